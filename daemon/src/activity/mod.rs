@@ -1,0 +1,2 @@
+//! Activities: run what a Scheduling Block names.
+pub mod oda;

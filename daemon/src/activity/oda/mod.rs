@@ -1,0 +1,1 @@
+//! The observatory data archive (ODA): where SBDs come from and SBIs go.

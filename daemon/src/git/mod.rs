@@ -1,0 +1,1 @@
+//! Git scripts: the clone cache and per-commit Python environments.

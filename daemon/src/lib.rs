@@ -1,0 +1,15 @@
+//! `oetd`, the Observation Execution Tool daemon.
+//!
+//! The folders tell the architecture: `server/` owns the control socket, `procedure/`
+//! owns script processes and their history, `activity/` turns Scheduling Blocks into
+//! procedures, `git/` fetches scripts and builds their Python environments, `events`
+//! is the bus everything is announced on, and `systemd` is the glue to the service
+//! manager.
+
+pub mod activity;
+pub mod config;
+pub mod events;
+pub mod git;
+pub mod procedure;
+pub mod server;
+pub mod systemd;

@@ -1,0 +1,1 @@
+//! Glue to systemd: readiness and watchdog notification, socket activation, journald.

@@ -1,0 +1,261 @@
+//! What the daemon tells about procedures and activities: states, scripts, arguments and
+//! history. These are wire types; their JSON views live in [`crate::view`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// Seconds since the Unix epoch, as upstream reports times.
+pub type Timestamp = f64;
+
+/// Now, as a [`Timestamp`].
+pub fn now() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The states of a procedure, in the order they normally come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProcedureState {
+    Creating,
+    Idle,
+    PrepEnv,
+    Loading,
+    Initialising,
+    Ready,
+    Running,
+    Complete,
+    Stopped,
+    Failed,
+    Unknown,
+}
+
+impl ProcedureState {
+    pub const ALL: [ProcedureState; 11] = [
+        ProcedureState::Creating,
+        ProcedureState::Idle,
+        ProcedureState::PrepEnv,
+        ProcedureState::Loading,
+        ProcedureState::Initialising,
+        ProcedureState::Ready,
+        ProcedureState::Running,
+        ProcedureState::Complete,
+        ProcedureState::Stopped,
+        ProcedureState::Failed,
+        ProcedureState::Unknown,
+    ];
+
+    /// The upstream name, e.g. `PREP_ENV`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcedureState::Creating => "CREATING",
+            ProcedureState::Idle => "IDLE",
+            ProcedureState::PrepEnv => "PREP_ENV",
+            ProcedureState::Loading => "LOADING",
+            ProcedureState::Initialising => "INITIALISING",
+            ProcedureState::Ready => "READY",
+            ProcedureState::Running => "RUNNING",
+            ProcedureState::Complete => "COMPLETE",
+            ProcedureState::Stopped => "STOPPED",
+            ProcedureState::Failed => "FAILED",
+            ProcedureState::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// COMPLETE, STOPPED, FAILED and UNKNOWN are final: nothing follows them.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ProcedureState::Complete
+                | ProcedureState::Stopped
+                | ProcedureState::Failed
+                | ProcedureState::Unknown
+        )
+    }
+}
+
+impl fmt::Display for ProcedureState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProcedureState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ProcedureState::ALL
+            .into_iter()
+            .find(|state| state.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown procedure state '{s}'"))
+    }
+}
+
+/// Where a git script comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GitArgs {
+    /// Remote URL or local path of the repository; `None` means the configured default.
+    pub git_repo: Option<String>,
+    /// Branch to resolve; `None` means the repository's default branch.
+    pub git_branch: Option<String>,
+    /// Commit to use; wins over the branch.
+    pub git_commit: Option<String>,
+}
+
+/// The script a procedure runs, as the caller asked for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ScriptSpec {
+    /// `file:///abs/path/script.py`
+    Filesystem { script_uri: String },
+    /// `git://relative/path/in/repo.py`
+    Git {
+        script_uri: String,
+        git_args: GitArgs,
+        create_env: bool,
+    },
+}
+
+impl ScriptSpec {
+    pub fn filesystem(uri: impl Into<String>) -> Self {
+        ScriptSpec::Filesystem {
+            script_uri: uri.into(),
+        }
+    }
+
+    pub fn uri(&self) -> &str {
+        match self {
+            ScriptSpec::Filesystem { script_uri } | ScriptSpec::Git { script_uri, .. } => {
+                script_uri
+            }
+        }
+    }
+
+    /// `filesystem` or `git`, as upstream names the kinds.
+    pub fn script_type(&self) -> &'static str {
+        match self {
+            ScriptSpec::Filesystem { .. } => "filesystem",
+            ScriptSpec::Git { .. } => "git",
+        }
+    }
+}
+
+/// Positional and keyword arguments of one function call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct FunctionArgs {
+    pub args: Vec<Value>,
+    pub kwargs: BTreeMap<String, Value>,
+}
+
+impl FunctionArgs {
+    pub fn is_empty(&self) -> bool {
+        self.args.is_empty() && self.kwargs.is_empty()
+    }
+}
+
+/// One call of a script function, as recorded in a procedure's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub function: String,
+    pub args: FunctionArgs,
+    pub time: Timestamp,
+}
+
+/// A state a procedure entered, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub state: ProcedureState,
+    pub time: Timestamp,
+}
+
+/// Everything known about one procedure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcedureSummary {
+    pub id: u64,
+    pub script: ScriptSpec,
+    /// Every call made, in order (`init` first when the script has one).
+    pub calls: Vec<CallRecord>,
+    pub history: Vec<StateChange>,
+    pub stacktrace: Option<String>,
+    pub state: ProcedureState,
+}
+
+impl ProcedureSummary {
+    /// When the procedure was created (its first state change).
+    pub fn created_at(&self) -> Timestamp {
+        self.history.first().map_or(0.0, |change| change.time)
+    }
+
+    /// Arguments per function, the newest call of each function winning (upstream's
+    /// `script_args` shape).
+    pub fn script_args(&self) -> BTreeMap<String, FunctionArgs> {
+        self.calls
+            .iter()
+            .map(|call| (call.function.clone(), call.args.clone()))
+            .collect()
+    }
+}
+
+/// The states of an activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActivityState {
+    Requested,
+    Prepared,
+    Running,
+    Complete,
+    Failed,
+    Stopped,
+}
+
+impl ActivityState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivityState::Requested => "REQUESTED",
+            ActivityState::Prepared => "PREPARED",
+            ActivityState::Running => "RUNNING",
+            ActivityState::Complete => "COMPLETE",
+            ActivityState::Failed => "FAILED",
+            ActivityState::Stopped => "STOPPED",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ActivityState::Complete | ActivityState::Failed | ActivityState::Stopped
+        )
+    }
+}
+
+impl fmt::Display for ActivityState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An activity state and when it was entered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ActivityStateChange {
+    pub state: ActivityState,
+    pub time: Timestamp,
+}
+
+/// Everything known about one activity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivitySummary {
+    pub id: u64,
+    pub activity_name: String,
+    pub sbd_id: String,
+    pub sbi_id: Option<String>,
+    pub procedure_id: Option<u64>,
+    /// Runtime arguments given by the caller, per function.
+    pub script_args: BTreeMap<String, FunctionArgs>,
+    pub prepare_only: bool,
+    pub history: Vec<ActivityStateChange>,
+    pub state: ActivityState,
+}
