@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::activity::oda::{self, OdaConfig};
+
 /// Everything `oetd` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -15,6 +17,7 @@ pub struct Config {
     pub events: EventConfig,
     pub paths: PathConfig,
     pub log: LogConfig,
+    pub oda: OdaConfig,
 }
 
 /// The control socket.
@@ -178,6 +181,7 @@ impl Config {
         if self.events.buffer == 0 {
             return Err("events.buffer must be at least 1".into());
         }
+        oda::open(&self.oda, &self.state_dir()).map_err(|err| format!("[oda] {err}"))?;
         Ok(())
     }
 

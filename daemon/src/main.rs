@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::Parser;
+use oetd::activity::{oda, ActivityService};
 use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::procedure::supervisor::{self, WorkerCommand};
@@ -103,6 +104,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         bus,
     );
 
+    let oda = oda::open(&config.oda, &state_dir).context("cannot open the ODA")?;
+    info!("ODA: {} ({:?} backend)", oda.location(), config.oda.backend);
+    let activities = ActivityService::new(oda, procedures.clone(), state_dir.join("activities"))
+        .context("cannot prepare the directory for activities' SBD files")?;
+
     let socket = config.socket_path();
     let listener = server::bind(&socket, 0o660)?;
     listener.set_nonblocking(true)?;
@@ -112,6 +118,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = Shutdown::default();
     let services = Services {
         procedures: procedures.clone(),
+        activities,
         socket: socket.display().to_string(),
         started_at: SystemTime::now(),
     };

@@ -1,5 +1,6 @@
 //! An async client of `oetd`, used by `oetctl`, the HTTP shim and the tests.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use futures::{SinkExt, StreamExt};
@@ -9,7 +10,9 @@ use tokio_util::codec::Framed;
 use crate::codec::{CodecError, FrameCodec, DEFAULT_MAX_FRAME};
 use crate::error::ProtocolError;
 use crate::messages::*;
-use crate::summary::{FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec};
+use crate::summary::{
+    ActivityState, ActivitySummary, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec,
+};
 use crate::PROTOCOL_VERSION;
 
 type Transport = Framed<UnixStream, FrameCodec<ServerMessage, ClientMessage>>;
@@ -170,6 +173,59 @@ impl Client {
         }
     }
 
+    /// Runs an activity of an SBD; answers once the activity is REQUESTED and its
+    /// procedure created. Wait for its states with events.
+    pub async fn run_activity(
+        &mut self,
+        activity_name: &str,
+        sbd_id: &str,
+        script_args: BTreeMap<String, FunctionArgs>,
+        prepare_only: bool,
+        create_env: bool,
+    ) -> Result<ActivitySummary, ClientError> {
+        match self
+            .request(RequestBody::RunActivity {
+                activity_name: activity_name.to_owned(),
+                sbd_id: sbd_id.to_owned(),
+                script_args,
+                prepare_only,
+                create_env,
+            })
+            .await?
+        {
+            ResponseBody::Activity(summary) => Ok(summary),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Summaries of the given activities, or of every live one when `ids` is empty.
+    pub async fn list_activities(
+        &mut self,
+        ids: Vec<u64>,
+    ) -> Result<Vec<ActivitySummary>, ClientError> {
+        match self.request(RequestBody::ListActivities { ids }).await? {
+            ResponseBody::Activities(summaries) => Ok(summaries),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// One activity's summary.
+    pub async fn describe_activity(&mut self, id: u64) -> Result<ActivitySummary, ClientError> {
+        self.list_activities(vec![id])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Unexpected(format!("no summary for activity {id}")))
+    }
+
+    /// Stores an SBD (JSON text) in the daemon's ODA; returns its id and version as stored.
+    pub async fn put_sbd(&mut self, json: String) -> Result<(String, u64), ClientError> {
+        match self.request(RequestBody::PutSbd { json }).await? {
+            ResponseBody::SbdStored { sbd_id, version } => Ok((sbd_id, version)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Turns this connection into a stream of every event from now on.
     pub async fn subscribe(mut self) -> Result<EventStream, ClientError> {
         match self.request(RequestBody::Subscribe).await? {
@@ -239,6 +295,43 @@ impl EventStream {
                 Some(Ok(StreamItem::Lagged(_))) => {
                     // Events were dropped; the summary tells the truth instead.
                     let summary = client.describe(id).await?;
+                    if done(summary.state) {
+                        return Ok(summary);
+                    }
+                }
+                Some(Err(err)) => return Err(err),
+                None => return Err(ClientError::Closed),
+            }
+        }
+    }
+
+    /// Waits until activity `id` is in a state for which `wanted` holds, or in a final
+    /// state, and returns its summary then; like [`EventStream::wait_for`].
+    pub async fn wait_for_activity(
+        &mut self,
+        client: &mut Client,
+        id: u64,
+        wanted: impl Fn(ActivityState) -> bool,
+    ) -> Result<ActivitySummary, ClientError> {
+        let done = |state: ActivityState| wanted(state) || state.is_final();
+        let summary = client.describe_activity(id).await?;
+        if done(summary.state) {
+            return Ok(summary);
+        }
+        loop {
+            match self.next().await {
+                Some(Ok(StreamItem::Event(event))) => {
+                    if event.activity_id() == Some(id)
+                        && event.topic.starts_with(crate::topics::ACTIVITY_PREFIX)
+                    {
+                        let summary = client.describe_activity(id).await?;
+                        if done(summary.state) {
+                            return Ok(summary);
+                        }
+                    }
+                }
+                Some(Ok(StreamItem::Lagged(_))) => {
+                    let summary = client.describe_activity(id).await?;
                     if done(summary.state) {
                         return Ok(summary);
                     }

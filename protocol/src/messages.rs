@@ -9,7 +9,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
-use crate::summary::{FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec, Timestamp};
+use std::collections::BTreeMap;
+
+use crate::summary::{
+    ActivitySummary, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec, Timestamp,
+};
 use crate::value::Value;
 
 /// First frame from a client.
@@ -70,6 +74,21 @@ pub enum RequestBody {
     Subscribe,
     /// The daemon's own state.
     Status,
+    /// Run an activity of a Scheduling Block Definition from the ODA.
+    RunActivity {
+        activity_name: String,
+        sbd_id: String,
+        /// Arguments per function, laid over the SBD's own.
+        script_args: BTreeMap<String, FunctionArgs>,
+        /// Prepare the procedure but leave starting `main` to the operator.
+        prepare_only: bool,
+        /// For git scripts: run in a virtual environment built for the commit.
+        create_env: bool,
+    },
+    /// Summaries of the given activities, or of all live ones when empty.
+    ListActivities { ids: Vec<u64> },
+    /// Store an SBD (JSON text) in the ODA.
+    PutSbd { json: String },
 }
 
 impl RequestBody {
@@ -84,6 +103,9 @@ impl RequestBody {
             RequestBody::ProcedureLogs { .. } => "request.procedure.logs",
             RequestBody::Subscribe => "request.subscribe",
             RequestBody::Status => "request.status",
+            RequestBody::RunActivity { .. } => "request.activity.run",
+            RequestBody::ListActivities { .. } => "request.activity.list",
+            RequestBody::PutSbd { .. } => "request.oda.put_sbd",
         }
     }
 }
@@ -99,6 +121,13 @@ pub enum ResponseBody {
     Logs(ProcedureLogs),
     Subscribed,
     Status(DaemonStatus),
+    Activity(ActivitySummary),
+    Activities(Vec<ActivitySummary>),
+    /// The SBD as the ODA stored it.
+    SbdStored {
+        sbd_id: String,
+        version: u64,
+    },
 }
 
 /// Every frame a server sends. `Welcome` stays the first variant, for the same reason
@@ -135,6 +164,16 @@ impl Event {
     pub fn procedure_id(&self) -> Option<u64> {
         let map = self.payload.as_map()?;
         match map.get("procedure_id")? {
+            Value::Int(id) => u64::try_from(*id).ok(),
+            _ => None,
+        }
+    }
+
+    /// For `activity.lifecycle.*` and `sb.lifecycle.started` events, the activity they
+    /// are about.
+    pub fn activity_id(&self) -> Option<u64> {
+        let map = self.payload.as_map()?;
+        match map.get("activity_id")? {
             Value::Int(id) => u64::try_from(*id).ok(),
             _ => None,
         }
@@ -208,4 +247,9 @@ pub mod topics {
     pub const COMPLETE: &str = "procedure.lifecycle.complete";
     pub const STOPPED: &str = "procedure.lifecycle.stopped";
     pub const FAILED: &str = "procedure.lifecycle.failed";
+    /// The `main` of an activity's procedure started: the Scheduling Block is observed.
+    pub const SB_STARTED: &str = "sb.lifecycle.started";
+    /// Every `activity.lifecycle.<state>` topic starts with this; see
+    /// [`crate::ActivityState::topic`].
+    pub const ACTIVITY_PREFIX: &str = "activity.lifecycle.";
 }

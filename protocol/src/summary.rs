@@ -230,6 +230,18 @@ impl ActivityState {
             ActivityState::Complete | ActivityState::Failed | ActivityState::Stopped
         )
     }
+
+    /// The event topic announcing this state, e.g. `activity.lifecycle.prepared`.
+    pub fn topic(self) -> &'static str {
+        match self {
+            ActivityState::Requested => "activity.lifecycle.requested",
+            ActivityState::Prepared => "activity.lifecycle.prepared",
+            ActivityState::Running => "activity.lifecycle.running",
+            ActivityState::Complete => "activity.lifecycle.complete",
+            ActivityState::Failed => "activity.lifecycle.failed",
+            ActivityState::Stopped => "activity.lifecycle.stopped",
+        }
+    }
 }
 
 impl fmt::Display for ActivityState {
@@ -258,4 +270,14 @@ pub struct ActivitySummary {
     pub prepare_only: bool,
     pub history: Vec<ActivityStateChange>,
     pub state: ActivityState,
+    /// Why the activity did not go on as asked, e.g. `main` could not be started or the
+    /// procedure ended UNKNOWN.
+    pub error: Option<String>,
+}
+
+impl ActivitySummary {
+    /// When the activity was requested (its first state change).
+    pub fn created_at(&self) -> Timestamp {
+        self.history.first().map_or(0.0, |change| change.time)
+    }
 }

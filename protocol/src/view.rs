@@ -90,5 +90,6 @@ pub fn activity(summary: &ActivitySummary) -> Json {
             .map(|change| json!([change.state.as_str(), change.time]))
             .collect::<Vec<_>>(),
         "state": summary.state.as_str(),
+        "error": summary.error,
     })
 }

@@ -8,6 +8,7 @@ use oet_protocol::{
 };
 use tokio::net::UnixStream;
 
+use crate::activity::{ActivityService, RunActivity};
 use crate::events::DAEMON_SOURCE;
 use crate::procedure::ProcedureService;
 
@@ -15,6 +16,7 @@ use crate::procedure::ProcedureService;
 #[derive(Clone)]
 pub struct Services {
     pub procedures: ProcedureService,
+    pub activities: ActivityService,
     pub socket: String,
     pub started_at: SystemTime,
 }
@@ -66,6 +68,38 @@ pub async fn dispatch(
         RequestBody::ListProcedures { ids } => procedures.list(&ids).map(ResponseBody::Procedures),
         RequestBody::ProcedureLogs { id } => procedures.logs(id).map(ResponseBody::Logs),
         RequestBody::Status => Ok(ResponseBody::Status(status(services))),
+        RequestBody::RunActivity {
+            activity_name,
+            sbd_id,
+            script_args,
+            prepare_only,
+            create_env,
+        } => services
+            .activities
+            .run(RunActivity {
+                activity_name,
+                sbd_id,
+                script_args,
+                prepare_only,
+                create_env,
+            })
+            .await
+            .map(ResponseBody::Activity)
+            .map_err(ProtocolError::from),
+        RequestBody::ListActivities { ids } => services
+            .activities
+            .list(&ids)
+            .map(ResponseBody::Activities)
+            .map_err(ProtocolError::from),
+        RequestBody::PutSbd { json } => services
+            .activities
+            .put_sbd(&json)
+            .await
+            .map(|sbd| ResponseBody::SbdStored {
+                sbd_id: sbd.sbd_id,
+                version: sbd.version,
+            })
+            .map_err(ProtocolError::from),
         RequestBody::Subscribe => Err(ProtocolError::internal(
             "subscriptions are served by the connection, not dispatched",
         )),
@@ -121,7 +155,37 @@ fn announce(services: &Services, peer: &Peer, body: &RequestBody) {
         RequestBody::ProcedureLogs { id } => {
             payload.insert("procedure_id".into(), Value::from(*id));
         }
-        RequestBody::ListProcedures { .. } | RequestBody::Subscribe | RequestBody::Status => {}
+        RequestBody::RunActivity {
+            activity_name,
+            sbd_id,
+            script_args,
+            prepare_only,
+            create_env,
+        } => {
+            payload.insert("activity_name".into(), Value::from(activity_name.as_str()));
+            payload.insert("sbd_id".into(), Value::from(sbd_id.as_str()));
+            payload.insert(
+                "script_args".into(),
+                Value::Map(
+                    script_args
+                        .iter()
+                        .map(|(name, args)| {
+                            let args = oet_protocol::view::function_args(args);
+                            (name.clone(), Value::from(args))
+                        })
+                        .collect(),
+                ),
+            );
+            payload.insert("prepare_only".into(), Value::Bool(*prepare_only));
+            payload.insert("create_env".into(), Value::Bool(*create_env));
+        }
+        RequestBody::PutSbd { json } => {
+            payload.insert("bytes".into(), Value::from(json.len() as u64));
+        }
+        RequestBody::ListProcedures { .. }
+        | RequestBody::ListActivities { .. }
+        | RequestBody::Subscribe
+        | RequestBody::Status => {}
     }
     services
         .procedures

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use oet_protocol::FunctionArgs;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 
 use crate::activity::sbd::Sbd;
@@ -106,7 +106,7 @@ pub trait Oda: Send + Sync {
 }
 
 /// Which ODA backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OdaBackend {
     /// A directory of JSON documents on this host.
@@ -117,7 +117,7 @@ pub enum OdaBackend {
 }
 
 /// The `[oda]` config section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OdaConfig {
     /// `"filesystem"` (default) or `"rest"`.

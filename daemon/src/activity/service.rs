@@ -1,0 +1,744 @@
+//! The activity service: the table of activities, the flow that turns "run activity X of
+//! SBD Y" into a procedure (DESIGN 5), and the one place where an activity's state changes
+//! (`advance`).
+//!
+//! The flow validates everything it can before anything is recorded: the SBD is fetched
+//! and parsed, the activity resolved, the arguments merged and checked, the script URI
+//! checked (and, for a filesystem script, found on this host). Only then is an SBI created
+//! in the ODA. An SBI is the record of an *attempt*: if writing the SBD file or creating
+//! the procedure fails after it, the SBI stays and the error names it.
+//!
+//! Each activity has a follower task that walks its procedure's state history (woken by
+//! the bus, re-reading the summary so that lost events lose nothing) and mirrors it:
+//! READY → PREPARED, RUNNING → RUNNING, COMPLETE/FAILED/STOPPED → the same. The follower
+//! starts `main` once the procedure is READY, unless the activity is prepare-only.
+//!
+//! The SBD handed to the script lives in a file of the activity directory (mode 0600 in a
+//! 0700 directory) for as long as the procedure is in the procedure history: the procedure
+//! service forgets a procedure only when some procedure becomes final, so the service
+//! sweeps after every final state change it sees on the bus, dropping the activities
+//! whose procedures are gone and removing their files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use oet_protocol::{
+    now, topics, view, ActivityState, ActivityStateChange, ActivitySummary, ErrorKind, Event,
+    FunctionArgs, ProcedureState, ProcedureSummary, ProtocolError, Timestamp, Value,
+};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tracing::{info, warn};
+
+use super::oda::{ActivityCall, NewSbi, Oda, OdaError};
+use super::sbd::{Sbd, UnknownActivity};
+use crate::events::DAEMON_SOURCE;
+use crate::procedure::{script, ProcedureService};
+
+/// Topic of the event telling that an activity could not go on as asked although its
+/// procedure did not end (e.g. `main` could not be started); the activity's `error` says
+/// why.
+pub const ACTIVITY_ERROR_TOPIC: &str = "activity.lifecycle.error";
+
+/// What a caller asks for when running an activity.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunActivity {
+    pub activity_name: String,
+    pub sbd_id: String,
+    /// Arguments per function, laid over the SBD's own (`ActivityDef::merged_args`).
+    pub script_args: BTreeMap<String, FunctionArgs>,
+    pub prepare_only: bool,
+    /// Only meaningful for git scripts; ignored for filesystem ones, as upstream does.
+    pub create_env: bool,
+}
+
+/// Why an activity could not be run or found.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivityError {
+    #[error(transparent)]
+    Oda(#[from] OdaError),
+    #[error(transparent)]
+    UnknownActivity(#[from] UnknownActivity),
+    #[error("activity '{activity}' of SBD '{sbd_id}' cannot be run: {reason}")]
+    Script {
+        activity: String,
+        sbd_id: String,
+        reason: String,
+    },
+    #[error("invalid script argument for {function}: {reason}")]
+    Argument { function: String, reason: String },
+    #[error("SBI '{sbi_id}' was recorded in the ODA for this attempt, but the SBD could not be written to {} for the script: {cause}; nothing was run", path.display())]
+    SbFile {
+        sbi_id: String,
+        path: PathBuf,
+        cause: io::Error,
+    },
+    #[error("SBI '{sbi_id}' was recorded in the ODA for this attempt, but the procedure could not be created: {}", cause.message)]
+    ProcedureRefused {
+        sbi_id: String,
+        cause: ProtocolError,
+    },
+    #[error("no activity with ID {0}")]
+    NotFound(u64),
+}
+
+impl From<ActivityError> for ProtocolError {
+    fn from(err: ActivityError) -> Self {
+        let kind = match &err {
+            ActivityError::Oda(oda) => match oda {
+                OdaError::NotFound { .. } => ErrorKind::NotFound,
+                OdaError::InvalidId { .. } | OdaError::Malformed(_) => ErrorKind::InvalidRequest,
+                OdaError::Unreachable { .. }
+                | OdaError::Remote { .. }
+                | OdaError::Io { .. }
+                | OdaError::Config(_) => ErrorKind::Internal,
+            },
+            ActivityError::UnknownActivity(_) | ActivityError::NotFound(_) => ErrorKind::NotFound,
+            ActivityError::Script { .. } | ActivityError::Argument { .. } => {
+                ErrorKind::InvalidRequest
+            }
+            ActivityError::SbFile { .. } => ErrorKind::Internal,
+            ActivityError::ProcedureRefused { cause, .. } => cause.kind,
+        };
+        ProtocolError::new(kind, err.to_string())
+    }
+}
+
+/// A cheap handle to the activity service; clone it freely.
+#[derive(Clone)]
+pub struct ActivityService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    oda: Arc<dyn Oda>,
+    procedures: ProcedureService,
+    sb_dir: PathBuf,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    last_id: u64,
+    entries: BTreeMap<u64, Entry>,
+}
+
+struct Entry {
+    summary: ActivitySummary,
+    /// The SBD file handed to the script; removed when the activity is forgotten.
+    sb_file: PathBuf,
+}
+
+impl ActivityService {
+    /// Creates the service over an ODA and the procedure service. `sb_dir` holds the SBD
+    /// files handed to scripts; it is created (mode 0700) and emptied of files left by an
+    /// earlier run, since no live procedure can refer to them. Must be called inside a
+    /// tokio runtime: it starts the task that forgets activities with their procedures.
+    pub fn new(
+        oda: Arc<dyn Oda>,
+        procedures: ProcedureService,
+        sb_dir: PathBuf,
+    ) -> Result<Self, io::Error> {
+        prepare_sb_dir(&sb_dir)?;
+        let service = ActivityService {
+            inner: Arc::new(Inner {
+                oda,
+                procedures,
+                sb_dir,
+                table: Mutex::new(Table::default()),
+            }),
+        };
+        let events = service.inner.procedures.bus().subscribe();
+        tokio::spawn(service.clone().forget_with_procedures(events));
+        Ok(service)
+    }
+
+    /// The ODA activities read SBDs from and record SBIs in.
+    pub fn oda(&self) -> &Arc<dyn Oda> {
+        &self.inner.oda
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // As for the procedure table: carry on with what is there after a panic.
+        self.inner
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores an SBD (JSON text) in the ODA.
+    pub async fn put_sbd(&self, json: &str) -> Result<Sbd, ActivityError> {
+        let sbd = self.inner.oda.put_sbd(json).await?;
+        info!(sbd_id = %sbd.sbd_id, "stored {sbd} in the ODA");
+        Ok(sbd)
+    }
+
+    /// Runs an activity (DESIGN 5). Answers once the activity is REQUESTED and its
+    /// procedure is created; the follower task takes it from there.
+    pub async fn run(&self, request: RunActivity) -> Result<ActivitySummary, ActivityError> {
+        let requested_at = now();
+        let RunActivity {
+            activity_name,
+            sbd_id,
+            script_args,
+            prepare_only,
+            create_env,
+        } = request;
+
+        // 1. Fetch and resolve; check everything before anything is recorded.
+        let sbd = self.inner.oda.get_sbd(&sbd_id).await?;
+        let def = sbd.activity(&activity_name)?;
+        let spec = def.script_spec(create_env);
+        let script_error = |reason: String| ActivityError::Script {
+            activity: activity_name.clone(),
+            sbd_id: sbd.sbd_id.clone(),
+            reason,
+        };
+        let script = script::parse(&spec).map_err(|err| script_error(err.message))?;
+        if let script::Script::File(path) = &script {
+            match tokio::fs::metadata(path).await {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    return Err(script_error(format!(
+                        "its script {} is not a file",
+                        path.display()
+                    )))
+                }
+                Err(err) => {
+                    return Err(script_error(format!(
+                        "its script {} cannot be used on this host: {err}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        check_args(&script_args)?;
+        let mut merged = def.merged_args(&script_args);
+        check_args(&merged)?;
+
+        // 2. Record the attempt in the ODA; it assigns the SBI's id.
+        let call = ActivityCall {
+            activity_name: activity_name.clone(),
+            function_args: merged.clone(),
+            runtime_args: script_args.clone(),
+            executed_at: SystemTime::now(),
+        };
+        let sbi_id = self
+            .inner
+            .oda
+            .create_sbi(&NewSbi::for_activity(&sbd, call))
+            .await?;
+
+        // 3. Hand the SBD to the script through a file, and its path and the SBI to main.
+        let sb_file = self.write_sb_file(&sbd, &sbi_id).await?;
+        let init_args = merged.remove("init").unwrap_or_default();
+        let mut main_args = merged.remove("main").unwrap_or_default();
+        main_args.kwargs.insert(
+            "sb_json".to_owned(),
+            Value::from(sb_file.display().to_string()),
+        );
+        main_args
+            .kwargs
+            .insert("sbi_id".to_owned(), Value::from(sbi_id.as_str()));
+
+        // 4. Prepare the procedure, listening before it exists so no state is missed.
+        let events = self.inner.procedures.bus().subscribe();
+        let procedure = match self.inner.procedures.create(spec, init_args) {
+            Ok(procedure) => procedure,
+            Err(cause) => {
+                remove_file(&sb_file);
+                return Err(ActivityError::ProcedureRefused { sbi_id, cause });
+            }
+        };
+
+        let summary = {
+            let mut table = self.table();
+            table.last_id += 1;
+            let summary = ActivitySummary {
+                id: table.last_id,
+                activity_name,
+                sbd_id: sbd.sbd_id.clone(),
+                sbi_id: Some(sbi_id),
+                procedure_id: Some(procedure.id),
+                script_args,
+                prepare_only,
+                history: vec![ActivityStateChange {
+                    state: ActivityState::Requested,
+                    time: requested_at,
+                }],
+                state: ActivityState::Requested,
+                error: None,
+            };
+            table.entries.insert(
+                summary.id,
+                Entry {
+                    summary: summary.clone(),
+                    sb_file,
+                },
+            );
+            self.announce(&summary, ActivityState::Requested.topic());
+            summary
+        };
+        let follower = Follower {
+            service: self.clone(),
+            activity_id: summary.id,
+            procedure_id: procedure.id,
+            main_args: (!prepare_only).then_some(main_args),
+            seen: 0,
+        };
+        tokio::spawn(follower.run(events));
+        Ok(summary)
+    }
+
+    /// Summaries of the given activities, or of all live ones when `ids` is empty.
+    pub fn list(&self, ids: &[u64]) -> Result<Vec<ActivitySummary>, ActivityError> {
+        // Forgetting is also done here, so that a list never shows an activity whose
+        // procedure the procedure history no longer has.
+        self.sweep();
+        let table = self.table();
+        if ids.is_empty() {
+            return Ok(table.entries.values().map(|e| e.summary.clone()).collect());
+        }
+        ids.iter()
+            .map(|id| {
+                table
+                    .entries
+                    .get(id)
+                    .map(|e| e.summary.clone())
+                    .ok_or(ActivityError::NotFound(*id))
+            })
+            .collect()
+    }
+
+    /// One activity's summary.
+    pub fn summary(&self, id: u64) -> Result<ActivitySummary, ActivityError> {
+        self.table()
+            .entries
+            .get(&id)
+            .map(|e| e.summary.clone())
+            .ok_or(ActivityError::NotFound(id))
+    }
+
+    async fn write_sb_file(&self, sbd: &Sbd, sbi_id: &str) -> Result<PathBuf, ActivityError> {
+        let dir = self.inner.sb_dir.clone();
+        let prefix = format!("sb-{}-", file_safe(sbi_id));
+        let text = sbd.to_json_string();
+        let written = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
+            // A temporary file is created 0600 under a fresh name, so no one else can
+            // have written it; it is kept under that name.
+            let mut file = tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(".json")
+                .tempfile_in(&dir)?;
+            file.write_all(text.as_bytes())?;
+            file.as_file().sync_all()?;
+            let (_, path) = file.keep().map_err(|err| err.error)?;
+            Ok(path)
+        })
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join)));
+        written.map_err(|cause| ActivityError::SbFile {
+            sbi_id: sbi_id.to_owned(),
+            path: self.inner.sb_dir.clone(),
+            cause,
+        })
+    }
+
+    /// Moves activity `id` to `to` at `time`, unless it is already final; the one place
+    /// an activity's state changes. Returns whether it changed.
+    fn advance(&self, id: u64, to: ActivityState, time: Timestamp, error: Option<String>) -> bool {
+        let mut table = self.table();
+        let Some(entry) = table.entries.get_mut(&id) else {
+            return false;
+        };
+        let summary = &mut entry.summary;
+        if summary.state.is_final() || summary.state == to {
+            return false;
+        }
+        summary.state = to;
+        summary
+            .history
+            .push(ActivityStateChange { state: to, time });
+        if error.is_some() {
+            summary.error = error;
+        }
+        let summary = summary.clone();
+        self.announce(&summary, to.topic());
+        true
+    }
+
+    /// Records why an activity did not go on as asked, and tells listeners.
+    fn record_error(&self, id: u64, error: String) {
+        let mut table = self.table();
+        if let Some(entry) = table.entries.get_mut(&id) {
+            entry.summary.error = Some(error);
+            let summary = entry.summary.clone();
+            self.announce(&summary, ACTIVITY_ERROR_TOPIC);
+        }
+    }
+
+    /// Logs and publishes an activity's state (or error) under `topic`.
+    fn announce(&self, summary: &ActivitySummary, topic: &str) {
+        let sbi_id = summary.sbi_id.as_deref().unwrap_or("");
+        let procedure_id = summary.procedure_id.unwrap_or(0);
+        match &summary.error {
+            Some(error) if topic == ACTIVITY_ERROR_TOPIC || summary.state.is_final() => warn!(
+                activity_id = summary.id,
+                sbd_id = %summary.sbd_id,
+                sbi_id,
+                procedure_id,
+                state = summary.state.as_str(),
+                "activity {} ({} of {}) is {}: {error}",
+                summary.id,
+                summary.activity_name,
+                summary.sbd_id,
+                summary.state
+            ),
+            _ => info!(
+                activity_id = summary.id,
+                sbd_id = %summary.sbd_id,
+                sbi_id,
+                procedure_id,
+                state = summary.state.as_str(),
+                "activity {} ({} of {}) is {}",
+                summary.id,
+                summary.activity_name,
+                summary.sbd_id,
+                summary.state
+            ),
+        }
+        self.inner.procedures.bus().publish(
+            topic,
+            DAEMON_SOURCE,
+            map([
+                ("activity_id", Value::from(summary.id)),
+                ("state", Value::from(summary.state.as_str())),
+                ("summary", Value::from(view::activity(summary))),
+            ]),
+        );
+    }
+
+    /// Publishes `sb.lifecycle.started`: the activity's `main` has started.
+    fn announce_sb_started(&self, id: u64) {
+        let Ok(summary) = self.summary(id) else {
+            return;
+        };
+        let sbi_id = summary.sbi_id.clone().unwrap_or_default();
+        let procedure_id = summary.procedure_id.unwrap_or(0);
+        info!(
+            activity_id = id,
+            sbd_id = %summary.sbd_id,
+            sbi_id = %sbi_id,
+            procedure_id,
+            "scheduling block {} started as {sbi_id}",
+            summary.sbd_id
+        );
+        self.inner.procedures.bus().publish(
+            topics::SB_STARTED,
+            DAEMON_SOURCE,
+            map([
+                ("activity_id", Value::from(id)),
+                ("sbd_id", Value::from(summary.sbd_id.as_str())),
+                ("sbi_id", Value::from(sbi_id)),
+                ("procedure_id", Value::from(procedure_id)),
+            ]),
+        );
+    }
+
+    /// Forgets final activities whose procedures the procedure history no longer has,
+    /// and removes their SBD files.
+    fn sweep(&self) {
+        let Ok(live) = self.inner.procedures.list(&[]) else {
+            return;
+        };
+        let live: BTreeSet<u64> = live.iter().map(|p| p.id).collect();
+        let mut table = self.table();
+        let gone: Vec<u64> = table
+            .entries
+            .values()
+            .filter(|e| {
+                let forgotten = match e.summary.procedure_id {
+                    Some(id) => !live.contains(&id),
+                    None => true,
+                };
+                e.summary.state.is_final() && forgotten
+            })
+            .map(|e| e.summary.id)
+            .collect();
+        for id in gone {
+            if let Some(entry) = table.entries.remove(&id) {
+                remove_file(&entry.sb_file);
+            }
+        }
+    }
+
+    /// Sweeps whenever a procedure becomes final (the only moment the procedure service
+    /// forgets one) or events were lost.
+    async fn forget_with_procedures(self, mut events: broadcast::Receiver<Event>) {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.new_state().is_some_and(ProcedureState::is_final) => {
+                    self.sweep()
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => self.sweep(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Follows one activity's procedure and mirrors its states.
+struct Follower {
+    service: ActivityService,
+    activity_id: u64,
+    procedure_id: u64,
+    /// `main`'s arguments while `main` is still to be started by the follower.
+    main_args: Option<FunctionArgs>,
+    /// How many entries of the procedure's state history have been mirrored.
+    seen: usize,
+}
+
+impl Follower {
+    async fn run(mut self, mut events: broadcast::Receiver<Event>) {
+        loop {
+            let summary = match self.service.inner.procedures.summary(self.procedure_id) {
+                Ok(summary) => summary,
+                Err(_) => {
+                    // Forgotten before its end was seen (a history of size 0).
+                    let error = format!(
+                        "procedure {} left the procedure history before its end was seen",
+                        self.procedure_id
+                    );
+                    self.service.advance(
+                        self.activity_id,
+                        ActivityState::Failed,
+                        now(),
+                        Some(error),
+                    );
+                    break;
+                }
+            };
+            self.mirror(&summary);
+            if summary.state.is_final() {
+                break;
+            }
+            if summary.state == ProcedureState::Ready {
+                if let Some(args) = self.main_args.take() {
+                    self.start_main(args);
+                    // Look again at once: the start changed the state, or it failed.
+                    continue;
+                }
+            }
+            if !next_change(&mut events, self.procedure_id).await {
+                break;
+            }
+        }
+        self.service.sweep();
+    }
+
+    /// Mirrors the procedure states not yet seen, with the procedure's own times.
+    fn mirror(&mut self, summary: &ProcedureSummary) {
+        let new = summary.history.get(self.seen..).unwrap_or_default();
+        for change in new {
+            let (to, error) = match change.state {
+                ProcedureState::Ready => (ActivityState::Prepared, None),
+                ProcedureState::Running => (ActivityState::Running, None),
+                ProcedureState::Complete => (ActivityState::Complete, None),
+                ProcedureState::Stopped => (ActivityState::Stopped, None),
+                ProcedureState::Failed => (ActivityState::Failed, None),
+                ProcedureState::Unknown => (
+                    ActivityState::Failed,
+                    Some(format!(
+                        "procedure {} ended UNKNOWN: its process could not be confirmed ended",
+                        summary.id
+                    )),
+                ),
+                _ => continue,
+            };
+            let changed = self
+                .service
+                .advance(self.activity_id, to, change.time, error);
+            if changed && to == ActivityState::Running && started_main(summary, change.time) {
+                self.service.announce_sb_started(self.activity_id);
+            }
+        }
+        self.seen = summary.history.len();
+    }
+
+    fn start_main(&self, args: FunctionArgs) {
+        if let Err(err) = self
+            .service
+            .inner
+            .procedures
+            .start(self.procedure_id, "main", args)
+        {
+            self.service.record_error(
+                self.activity_id,
+                format!(
+                    "main of procedure {} could not be started: {}; start it with `oetctl procedure start --pid {}` when possible",
+                    self.procedure_id, err.message, self.procedure_id
+                ),
+            );
+        }
+    }
+}
+
+/// Whether the call that put the procedure into RUNNING at `time` was `main`: calls are
+/// recorded just before the RUNNING they cause, under the same lock.
+fn started_main(summary: &ProcedureSummary, time: Timestamp) -> bool {
+    summary
+        .calls
+        .iter()
+        .rev()
+        .find(|call| call.time <= time)
+        .is_some_and(|call| call.function == "main")
+}
+
+/// Waits for the next state change of procedure `id`, or for lost events. False when the
+/// bus has closed.
+async fn next_change(events: &mut broadcast::Receiver<Event>, id: u64) -> bool {
+    loop {
+        match events.recv().await {
+            Ok(event) if event.topic == topics::STATECHANGE && event.procedure_id() == Some(id) => {
+                return true
+            }
+            Ok(_) => continue,
+            Err(RecvError::Lagged(_)) => return true,
+            Err(RecvError::Closed) => return false,
+        }
+    }
+}
+
+fn check_args(args: &BTreeMap<String, FunctionArgs>) -> Result<(), ActivityError> {
+    for (function, fa) in args {
+        if function.is_empty() {
+            return Err(ActivityError::Argument {
+                function: "a function".to_owned(),
+                reason: "the function name is empty".to_owned(),
+            });
+        }
+        fa.args
+            .iter()
+            .chain(fa.kwargs.values())
+            .try_for_each(Value::check_finite)
+            .map_err(|err| ActivityError::Argument {
+                function: function.clone(),
+                reason: err.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Creates the SBD file directory for the daemon's user only, and removes files an
+/// earlier run left behind.
+fn prepare_sb_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_file(path: &Path) {
+    if let Err(err) = std::fs::remove_file(path) {
+        if err.kind() != io::ErrorKind::NotFound {
+            warn!("cannot remove SBD file {}: {err}", path.display());
+        }
+    }
+}
+
+/// An id reduced to characters that are safe in a file name.
+fn file_safe(id: &str) -> String {
+    id.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn map<const N: usize>(items: [(&str, Value); N]) -> Value {
+    Value::Map(items.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oet_protocol::{CallRecord, ScriptSpec, StateChange};
+
+    #[test]
+    fn ids_become_safe_file_names() {
+        assert_eq!(
+            file_safe("sbi-oet-20240501-00001"),
+            "sbi-oet-20240501-00001"
+        );
+        assert_eq!(file_safe("../a b/c"), "___a_b_c");
+    }
+
+    #[test]
+    fn the_call_before_running_tells_whether_main_started() {
+        let call = |function: &str, time| CallRecord {
+            function: function.into(),
+            args: FunctionArgs::default(),
+            time,
+        };
+        let summary = ProcedureSummary {
+            id: 1,
+            script: ScriptSpec::filesystem("file:///a.py"),
+            calls: vec![call("init", 1.0), call("other", 5.0), call("main", 7.0)],
+            history: vec![StateChange {
+                state: ProcedureState::Creating,
+                time: 1.0,
+            }],
+            stacktrace: None,
+            state: ProcedureState::Running,
+        };
+        assert!(!started_main(&summary, 5.5));
+        assert!(started_main(&summary, 7.0));
+        assert!(started_main(&summary, 8.0));
+    }
+
+    #[test]
+    fn arguments_that_cannot_be_recorded_are_refused() {
+        let bad = BTreeMap::from([(
+            "main".to_owned(),
+            FunctionArgs {
+                args: vec![Value::Float(f64::NAN)],
+                kwargs: BTreeMap::new(),
+            },
+        )]);
+        let err = check_args(&bad).expect_err("NaN");
+        assert!(err.to_string().contains("for main"), "{err}");
+        let unnamed = BTreeMap::from([(String::new(), FunctionArgs::default())]);
+        assert!(check_args(&unnamed).is_err());
+        let protocol = ProtocolError::from(err);
+        assert_eq!(protocol.kind, ErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn the_sb_directory_is_private_and_emptied() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("activities");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("sb-old.json"), "{}").expect("write");
+        prepare_sb_dir(&dir).expect("prepare");
+        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(&dir).expect("read").count(), 0);
+    }
+}
