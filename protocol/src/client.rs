@@ -236,8 +236,8 @@ impl EventStream {
         loop {
             match self.next().await {
                 Some(Ok(StreamItem::Event(event))) => {
-                    let reached = event.procedure_id() == Some(id)
-                        && event.new_state().is_some_and(done);
+                    let reached =
+                        event.procedure_id() == Some(id) && event.new_state().is_some_and(done);
                     if reached {
                         return client.describe(id).await;
                     }

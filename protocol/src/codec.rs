@@ -128,7 +128,10 @@ mod tests {
     #[test]
     fn every_value_kind_round_trips() {
         let mut map = BTreeMap::new();
-        map.insert("a".to_string(), Value::List(vec![Value::Null, Value::Bool(false)]));
+        map.insert(
+            "a".to_string(),
+            Value::List(vec![Value::Null, Value::Bool(false)]),
+        );
         map.insert("b".to_string(), Value::Float(-0.5));
         map.insert("c".to_string(), Value::Int(i64::MIN));
         map.insert("d".to_string(), Value::from("text"));
