@@ -224,7 +224,11 @@ fn prepare(argv: Vec<OsString>) -> Vec<OsString> {
             break;
         }
         if text.starts_with('-') {
-            let value_follows = flag_takes_value(cmd, text) == Some(true) && !text.contains('=');
+            // A word that is none of this command's flags starts the free words.
+            let Some(takes_value) = flag_takes_value(cmd, text) else {
+                break;
+            };
+            let value_follows = takes_value && !text.contains('=');
             out.extend(rest.next());
             if value_follows {
                 out.extend(rest.next());
@@ -341,6 +345,14 @@ mod tests {
         assert_eq!(args.script_uri, "file:///x.py");
         assert_eq!(args.args, vec!["--k=v"]);
         assert!(args.wait);
+    }
+
+    #[test]
+    fn a_keyword_argument_first_does_not_hide_the_flags_after_it() {
+        let args = start("procedure start --function other --x=5 --listen -1");
+        assert_eq!(args.function, "other");
+        assert!(args.listen);
+        assert_eq!(args.args, vec!["--x=5", "-1"]);
     }
 
     #[test]

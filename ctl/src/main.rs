@@ -258,6 +258,12 @@ impl Ctl {
 
     async fn listen(&self, args: ListenArgs) -> anyhow::Result<()> {
         let mut events = self.subscribe().await?;
+        // On stderr, so that stdout carries only events; it also tells a watcher that
+        // nothing from now on will be missed.
+        eprintln!(
+            "oetctl: listening to oetd at {} (interrupt to stop)",
+            self.socket.display()
+        );
         let wanted = |topic: &str| {
             args.topic.is_empty() || args.topic.iter().any(|p| topic.starts_with(p.as_str()))
         };
