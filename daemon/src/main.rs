@@ -10,9 +10,8 @@ use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::procedure::supervisor::{self, WorkerCommand};
 use oetd::procedure::{ProcedureService, WORKER_HARNESS};
-use oetd::server::{self, Services};
+use oetd::server::{self, Services, Shutdown};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 /// The Observation Execution Tool daemon: runs observing scripts and supervises them.
@@ -81,6 +80,7 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
 }
@@ -109,7 +109,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
     info!("oetd listening on {}", socket.display());
 
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::default();
     let services = Services {
         procedures: procedures.clone(),
         socket: socket.display().to_string(),
@@ -125,9 +125,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     wait_for_stop_signal().await?;
     info!("shutting down: stopping running scripts");
-    shutdown.cancel();
-    let (served, ()) = tokio::join!(server, procedures.shutdown());
-    if let Err(err) = served {
+    shutdown.stop_accepting.cancel();
+    procedures.shutdown().await;
+    shutdown.close_connections.cancel();
+    if let Err(err) = server.await {
         error!("the control server ended abnormally: {err}");
     }
     if let Err(err) = std::fs::remove_file(&socket) {

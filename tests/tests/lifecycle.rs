@@ -191,3 +191,32 @@ async fn a_wrong_uri_prefix_is_refused_without_creating_anything() {
     assert!(err.to_string().contains("file://"), "{err}");
     assert!(client.list(vec![]).await.expect("list").is_empty());
 }
+
+#[tokio::test]
+async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
+    let daemon = TestDaemon::start_with("history_size = 2");
+    let live = daemon
+        .create_ready(
+            &daemon.script("live.py", "def main():\n    pass\n"),
+            FunctionArgs::default(),
+        )
+        .await;
+    let older = daemon
+        .create_ready("file:///missing/one.py", FunctionArgs::default())
+        .await;
+    let newer = daemon
+        .create_ready("file:///missing/two.py", FunctionArgs::default())
+        .await;
+    assert_eq!((older.state, newer.state), (Failed, Failed));
+    let mut client = daemon.client().await;
+    let ids: Vec<u64> = client
+        .list(vec![])
+        .await
+        .expect("list")
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [live.id, newer.id]);
+    let err = client.describe(older.id).await.expect_err("pruned");
+    assert!(err.to_string().starts_with("not found"), "{err}");
+}

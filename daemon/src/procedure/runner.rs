@@ -9,6 +9,7 @@ use futures::StreamExt;
 use oet_protocol::{FunctionArgs, ProcedureState, Stream};
 use tokio::io::AsyncRead;
 use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tracing::{debug, warn};
 
@@ -16,15 +17,17 @@ use super::script::Script;
 use super::service::{Control, ProcedureService};
 use super::supervisor::{describe_exit, Worker};
 use super::worker_link::{self, FromWorker, JsonArgs, LinkReader, LinkWriter, ToWorker};
+use crate::config::ProcedureConfig;
 
-/// Longest script output line kept whole; longer lines are cut at this many bytes.
+/// Longest script output line kept whole; longer lines are replaced by a note.
 const MAX_OUTPUT_LINE: usize = 64 * 1024;
 
 /// Bus events waiting to be handed to a worker; beyond this the worker misses events
 /// rather than slowing anyone down.
 const EVENT_BACKLOG: usize = 1024;
 
-/// How long to keep reading a worker's last reports after its process has exited.
+/// How long to keep reading a worker's last reports and output after its process has
+/// exited. Only a process that escaped the process group can make this wait matter.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(
@@ -45,10 +48,9 @@ pub(super) async fn run(
             return;
         }
     };
-    let config = service.config();
-    let python = PathBuf::from(&config.python);
+    let python = PathBuf::from(service.config().python);
     let (mut worker, io) = match service.workers().spawn(&python, id, service.work_dir()) {
-        Ok(worker) => worker,
+        Ok(spawned) => spawned,
         Err(err) => {
             service.fail(
                 id,
@@ -61,12 +63,17 @@ pub(super) async fn run(
             return;
         }
     };
-    capture_output(&service, id, io.stdout, Stream::Stdout);
-    capture_output(&service, id, io.stderr, Stream::Stderr);
+    let output = [
+        capture_output(&service, id, io.stdout, Stream::Stdout),
+        capture_output(&service, id, io.stderr, Stream::Stderr),
+    ];
     let (mut reader, writer) = worker_link::split(io.channel);
     let outbox = Outbox::start(writer);
     let mut events = service.bus().subscribe();
-    let mut pending_load = Some((path, init));
+    let mut link = LinkState {
+        pending_load: Some((path, init)),
+        last_words: None,
+    };
     let mut reader_open = true;
     let own_source = id.to_string();
 
@@ -74,7 +81,7 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             message = reader.next(), if reader_open => match message {
-                Some(message) => handle(&service, id, message, &mut pending_load, &outbox),
+                Some(message) => link.handle(&service, id, message, &outbox),
                 None => reader_open = false,
             },
             command = control.recv() => match command {
@@ -83,7 +90,11 @@ pub(super) async fn run(
                     outbox.command(ToWorker::Call { function, args, kwargs });
                 }
                 Some(Control::Stop { done }) => {
-                    stop(&service, id, &mut worker).await;
+                    let state = stop(id, &mut worker, &service.config()).await;
+                    collect_output(output).await;
+                    if let Err(err) = service.transition(id, state) {
+                        debug!(procedure_id = id, "stop found the procedure already ended: {err}");
+                    }
                     let _ = done.send(());
                     break;
                 }
@@ -91,14 +102,21 @@ pub(super) async fn run(
                 None => {}
             },
             status = worker.child.wait() => {
-                drain(&service, id, &mut reader, &mut pending_load, &outbox).await;
-                let state = service.summary(id).map(|s| s.state);
-                if !matches!(state, Ok(s) if s.is_final()) {
-                    let text = match status {
+                drain(&service, id, &mut reader, &mut link, &outbox).await;
+                // Whatever the script left running goes now, so that its output ends.
+                worker.kill_group();
+                collect_output(output).await;
+                match link.last_words.take() {
+                    Some(LastWords::Complete) => {
+                        if let Err(err) = service.transition(id, ProcedureState::Complete) {
+                            warn!(procedure_id = id, "{err}");
+                        }
+                    }
+                    Some(LastWords::Failed(trace)) => service.fail(id, trace),
+                    None => service.fail(id, match status {
                         Ok(status) => describe_exit(status),
                         Err(err) => format!("lost track of the script process: {err}"),
-                    };
-                    service.fail(id, text);
+                    }),
                 }
                 break;
             },
@@ -116,41 +134,64 @@ pub(super) async fn run(
     service.detach(id);
 }
 
-/// Acts on one report from the worker.
-fn handle(
-    service: &ProcedureService,
-    id: u64,
-    message: Result<FromWorker, worker_link::LinkError>,
-    pending_load: &mut Option<(PathBuf, FunctionArgs)>,
-    outbox: &Outbox,
-) {
-    match message {
-        Ok(FromWorker::State {
-            state: ProcedureState::Failed,
-            stacktrace,
-        }) => service.fail(
-            id,
-            stacktrace.unwrap_or_else(|| "the script failed without a stack trace".into()),
-        ),
-        Ok(FromWorker::State { state, .. }) => {
-            if let Err(err) = service.transition(id, state) {
-                warn!(procedure_id = id, "ignoring worker report: {err}");
-                return;
+/// What the runner remembers of the worker's reports.
+struct LinkState {
+    /// The script to hand the worker once its interpreter is up.
+    pending_load: Option<(PathBuf, FunctionArgs)>,
+    /// How the worker said the procedure ended. It is recorded once the process has
+    /// exited and its output is collected, so that a final state always comes with the
+    /// script's complete output.
+    last_words: Option<LastWords>,
+}
+
+enum LastWords {
+    Complete,
+    Failed(String),
+}
+
+impl LinkState {
+    /// Acts on one report from the worker.
+    fn handle(
+        &mut self,
+        service: &ProcedureService,
+        id: u64,
+        message: Result<FromWorker, worker_link::LinkError>,
+        outbox: &Outbox,
+    ) {
+        match message {
+            Ok(FromWorker::State {
+                state: ProcedureState::Failed,
+                stacktrace,
+            }) => {
+                self.last_words =
+                    Some(LastWords::Failed(stacktrace.unwrap_or_else(|| {
+                        "the script failed without a stack trace".into()
+                    })))
             }
-            // The first IDLE means the interpreter is up: hand it its script.
-            if state == ProcedureState::Idle {
-                if let Some((path, init)) = pending_load.take() {
-                    outbox.command(ToWorker::Load {
-                        path: path.to_string_lossy().into_owned(),
-                        init: JsonArgs::from_args(&init),
-                    });
+            Ok(FromWorker::State {
+                state: ProcedureState::Complete,
+                ..
+            }) => self.last_words = Some(LastWords::Complete),
+            Ok(FromWorker::State { state, .. }) => {
+                if let Err(err) = service.transition(id, state) {
+                    warn!(procedure_id = id, "ignoring worker report: {err}");
+                    return;
+                }
+                // The first IDLE means the interpreter is up: hand it its script.
+                if state == ProcedureState::Idle {
+                    if let Some((path, init)) = self.pending_load.take() {
+                        outbox.command(ToWorker::Load {
+                            path: path.to_string_lossy().into_owned(),
+                            init: JsonArgs::from_args(&init),
+                        });
+                    }
                 }
             }
+            Ok(FromWorker::Event { topic, payload }) => {
+                service.publish_script_event(id, topic, payload)
+            }
+            Err(err) => warn!(procedure_id = id, "{err}"),
         }
-        Ok(FromWorker::Event { topic, payload }) => {
-            service.publish_script_event(id, topic, payload)
-        }
-        Err(err) => warn!(procedure_id = id, "{err}"),
     }
 }
 
@@ -159,27 +200,27 @@ async fn drain(
     service: &ProcedureService,
     id: u64,
     reader: &mut LinkReader,
-    pending_load: &mut Option<(PathBuf, FunctionArgs)>,
+    link: &mut LinkState,
     outbox: &Outbox,
 ) {
     let read_all = async {
         while let Some(message) = reader.next().await {
-            handle(service, id, message, pending_load, outbox);
+            link.handle(service, id, message, outbox);
         }
     };
     // A process the script forked may still hold the channel open; do not wait for it.
     let _ = tokio::time::timeout(DRAIN_LIMIT, read_all).await;
 }
 
-/// SIGTERM, a grace period, then SIGKILL of the whole group; records the final state.
-async fn stop(service: &ProcedureService, id: u64, worker: &mut Worker) {
-    let config = service.config();
+/// SIGTERM, a grace period, then SIGKILL of the whole group; says which final state that
+/// amounts to.
+async fn stop(id: u64, worker: &mut Worker, config: &ProcedureConfig) -> ProcedureState {
     worker.terminate();
     let ended = tokio::time::timeout(config.stop_grace(), worker.child.wait())
         .await
         .is_ok();
     worker.kill_group();
-    let state = if ended
+    if ended
         || tokio::time::timeout(config.kill_wait(), worker.child.wait())
             .await
             .is_ok()
@@ -191,13 +232,13 @@ async fn stop(service: &ProcedureService, id: u64, worker: &mut Worker) {
             "script process {} did not end after SIGKILL", worker.pid
         );
         ProcedureState::Unknown
-    };
-    if let Err(err) = service.transition(id, state) {
-        debug!(
-            procedure_id = id,
-            "stop found the procedure already ended: {err}"
-        );
     }
+}
+
+/// Waits until the script's output has been read to its end (bounded: a process that
+/// escaped its group could hold the pipes open).
+async fn collect_output(pumps: [JoinHandle<()>; 2]) {
+    let _ = tokio::time::timeout(DRAIN_LIMIT, futures::future::join_all(pumps)).await;
 }
 
 /// Logs and keeps every line the script prints on one stream.
@@ -206,7 +247,7 @@ fn capture_output(
     id: u64,
     pipe: impl AsyncRead + Unpin + Send + 'static,
     stream: Stream,
-) {
+) -> JoinHandle<()> {
     let service = service.clone();
     tokio::spawn(async move {
         let codec =
@@ -226,7 +267,7 @@ fn capture_output(
                 Err(_) => break,
             }
         }
-    });
+    })
 }
 
 /// Messages on their way to the worker. Commands (load, call) are never dropped; bus

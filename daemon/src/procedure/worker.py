@@ -34,7 +34,6 @@ os.set_inheritable(_fd, False)
 _channel = socket.socket(fileno=_fd)
 _send_lock = threading.Lock()
 _commands = queue.Queue()
-_inbound = threading.local()
 
 try:
     from pubsub import pub
@@ -52,9 +51,14 @@ def _state(name, **extra):
     _send(dict(state=name, **extra))
 
 
+class _Source(str):
+    """The msg_src of a message delivered from oetd. Its identity marks that message, so
+    that it is not sent back, while messages the script sends in response still are."""
+
+
 def _forward(topic=pub.AUTO_TOPIC if pub else None, **kwargs):
     """Forwards every pypubsub message sent in this process to oetd."""
-    if getattr(_inbound, "active", False):
+    if isinstance(kwargs.get("msg_src"), _Source):
         return
     _send({"event": {"topic": topic.getName(), "payload": kwargs}})
 
@@ -65,16 +69,13 @@ def _deliver(message):
         return
     payload = message.get("payload")
     kwargs = dict(payload) if isinstance(payload, dict) else {"payload": payload}
-    kwargs["msg_src"] = message.get("msg_src")
-    _inbound.active = True
+    kwargs["msg_src"] = _Source(message.get("msg_src", ""))
     try:
         pub.sendMessage(message["topic"], **kwargs)
     except Exception:
         # A topic whose listeners expect other arguments cannot take this message;
         # that is the script's business, not a reason to stop reading.
         pass
-    finally:
-        _inbound.active = False
 
 
 def _read_commands():

@@ -52,14 +52,22 @@ pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, 
     Ok(listener)
 }
 
-/// Serves connections until `shutdown` is cancelled, then waits for every connection task
+/// When the server stops: first it stops accepting, later (once scripts are stopped and
+/// their final states published to listeners) it closes the open connections.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub stop_accepting: CancellationToken,
+    pub close_connections: CancellationToken,
+}
+
+/// Serves connections until told to stop accepting, then waits for every connection task
 /// to end.
 pub async fn serve(
     listener: UnixListener,
     services: Services,
     max_connections: usize,
     max_frame: usize,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
     let tasks = tokio_util::task::TaskTracker::new();
@@ -67,14 +75,14 @@ pub async fn serve(
         // Take a permit before accepting, so that excess clients wait in the kernel's
         // backlog instead of costing the daemon a task each.
         let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.stop_accepting.cancelled() => break,
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
         };
         let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.stop_accepting.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
@@ -84,9 +92,9 @@ pub async fn serve(
             },
         };
         let services = services.clone();
-        let shutdown = shutdown.clone();
+        let close = shutdown.close_connections.clone();
         tasks.spawn(async move {
-            connection::serve(stream, services, max_frame, shutdown).await;
+            connection::serve(stream, services, max_frame, close).await;
             drop(permit);
         });
     }

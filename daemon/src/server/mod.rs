@@ -6,4 +6,4 @@ pub mod dispatch;
 pub mod listener;
 
 pub use dispatch::Services;
-pub use listener::{bind, serve};
+pub use listener::{bind, serve, Shutdown};
