@@ -41,8 +41,12 @@ pub enum Action {
     /// Create, start, stop and inspect procedures (scripts loaded into their own process)
     #[command(subcommand)]
     Procedure(ProcedureAction),
-    // Activities (`activity run|list|describe`) join here as
-    // `Activity(ActivityAction)` once oetd offers them.
+    /// Run the activities of Scheduling Blocks and inspect them
+    #[command(subcommand)]
+    Activity(ActivityAction),
+    /// Work with the observatory data archive (ODA) oetd uses
+    #[command(subcommand)]
+    Oda(OdaAction),
     /// Print every event published in oetd until interrupted
     Listen(ListenArgs),
     /// Show the daemon's state
@@ -173,6 +177,75 @@ pub struct ListenArgs {
     /// Only events whose topic starts with PREFIX (repeatable), e.g. procedure.lifecycle
     #[arg(long, value_name = "PREFIX")]
     pub topic: Vec<String>,
+}
+
+/// `oetctl activity ...`
+#[derive(Debug, Subcommand)]
+pub enum ActivityAction {
+    /// Run an activity of an SBD from the ODA: record an SBI, prepare its script and
+    /// start main when READY
+    Run(ActivityRunArgs),
+    /// List activities: ID, activity, SBD, SBI, procedure, creation time and state
+    List(ActivityListArgs),
+    /// Show an activity's summary, arguments and state history
+    Describe(AidArgs),
+}
+
+/// Arguments of `activity run`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+--script-args is a JSON object of function name to {\"args\": [...], \"kwargs\": {...}}, \
+laid over the SBD's own function arguments: kwargs are merged key by key, and args \
+replace the SBD's when given. Example: --script-args '{\"main\": {\"kwargs\": {\"x\": 1}}}'")]
+pub struct ActivityRunArgs {
+    /// The activity, as named in the SBD's `activities`
+    pub activity_name: String,
+
+    /// The SBD's id in the ODA
+    pub sbd_id: String,
+
+    /// Function arguments laid over the SBD's, as JSON
+    #[arg(long = "script-args", alias = "script_args", value_name = "JSON")]
+    pub script_args: Option<String>,
+
+    /// Prepare the script but do not start main; start it later with `procedure start`
+    #[arg(long = "prepare-only", alias = "prepare_only")]
+    pub prepare_only: bool,
+
+    /// Run a git script in its own virtual environment with the project installed
+    #[arg(long = "create-env", alias = "create_env")]
+    pub create_env: bool,
+
+    /// Print the activity's events until it ends (or is PREPARED, with --prepare-only)
+    #[arg(long)]
+    pub listen: bool,
+}
+
+/// Arguments of `activity list`.
+#[derive(Debug, Args)]
+pub struct ActivityListArgs {
+    /// Only these activities (repeatable) [default: every live one]
+    #[arg(long, value_name = "ID")]
+    pub aid: Vec<u64>,
+}
+
+/// An activity to look at.
+#[derive(Debug, Args)]
+pub struct AidArgs {
+    /// The activity [default: the newest]
+    #[arg(long, value_name = "ID")]
+    pub aid: Option<u64>,
+}
+
+/// `oetctl oda ...`
+#[derive(Debug, Subcommand)]
+pub enum OdaAction {
+    /// Store the SBD in a JSON file in oetd's ODA; prints its sbd_id and version
+    #[command(name = "put-sbd")]
+    PutSbd {
+        /// The SBD document (JSON); one without `sbd_id` is given one
+        file: PathBuf,
+    },
 }
 
 /// The clap command of `oetctl`, for man pages and shell completions.
@@ -422,11 +495,37 @@ mod tests {
     }
 
     #[test]
+    fn activity_run_takes_its_flags_anywhere() {
+        let cli = parse_ok("activity run observe sbd-1 --prepare-only --script-args {} --listen");
+        match cli.command {
+            Action::Activity(ActivityAction::Run(args)) => {
+                assert_eq!(args.activity_name, "observe");
+                assert_eq!(args.sbd_id, "sbd-1");
+                assert_eq!(args.script_args.as_deref(), Some("{}"));
+                assert!(args.prepare_only && args.listen && !args.create_env);
+            }
+            other => panic!("not an activity run: {other:?}"),
+        }
+        match parse_ok("activity describe --aid 4").command {
+            Action::Activity(ActivityAction::Describe(args)) => assert_eq!(args.aid, Some(4)),
+            other => panic!("not an activity describe: {other:?}"),
+        }
+        match parse_ok("oda put-sbd /tmp/sbd.json").command {
+            Action::Oda(OdaAction::PutSbd { file }) => {
+                assert_eq!(file, PathBuf::from("/tmp/sbd.json"))
+            }
+            other => panic!("not a put-sbd: {other:?}"),
+        }
+    }
+
+    #[test]
     fn wrong_lines_are_refused() {
         for line in [
             "procedure",
             "procedure create",
             "procedure list --pid x",
+            "activity run observe",
+            "oda put-sbd",
             "bogus",
         ] {
             let argv = std::iter::once("oetctl").chain(line.split(' '));

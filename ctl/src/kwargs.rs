@@ -24,6 +24,12 @@ pub enum ArgError {
     UnknownScheme { uri: String, hint: String },
     #[error("{flag} only applies to git:// scripts, but the script is '{uri}'")]
     GitFlagWithoutGit { flag: &'static str, uri: String },
+    #[error("--script-args is not JSON: {0}")]
+    ScriptArgsJson(String),
+    #[error(
+        "--script-args{at} must be {expected}, e.g. '{{\"main\": {{\"args\": [1], \"kwargs\": {{\"x\": 2}}}}}}'"
+    )]
+    ScriptArgsShape { at: String, expected: &'static str },
 }
 
 /// Splits the free words after a command into positional and keyword arguments.
@@ -55,6 +61,45 @@ pub fn function_args(words: &[String]) -> Result<FunctionArgs, ArgError> {
         }
     }
     Ok(FunctionArgs { args, kwargs })
+}
+
+/// Parses `--script-args`: a JSON object mapping function names to
+/// `{"args": [...], "kwargs": {...}}` (either key may be left out).
+pub fn script_args(text: &str) -> Result<BTreeMap<String, FunctionArgs>, ArgError> {
+    use serde_json::Value as Json;
+    let json: Json =
+        serde_json::from_str(text).map_err(|err| ArgError::ScriptArgsJson(err.to_string()))?;
+    let shape = |at: String, expected| ArgError::ScriptArgsShape { at, expected };
+    let Json::Object(functions) = json else {
+        return Err(shape(String::new(), "an object of function names"));
+    };
+    let mut parsed = BTreeMap::new();
+    for (function, spec) in functions {
+        let Json::Object(mut spec) = spec else {
+            return Err(shape(
+                format!(".{function}"),
+                "an object with \"args\" and/or \"kwargs\"",
+            ));
+        };
+        let args = match spec.remove("args") {
+            None | Some(Json::Null) => Vec::new(),
+            Some(Json::Array(items)) => items.into_iter().map(Value::from).collect(),
+            Some(_) => return Err(shape(format!(".{function}.args"), "a list")),
+        };
+        let kwargs = match spec.remove("kwargs") {
+            None | Some(Json::Null) => BTreeMap::new(),
+            Some(Json::Object(map)) => map.into_iter().map(|(k, v)| (k, Value::from(v))).collect(),
+            Some(_) => return Err(shape(format!(".{function}.kwargs"), "an object")),
+        };
+        if let Some(other) = spec.keys().next() {
+            return Err(shape(
+                format!(".{function}.{other}"),
+                "absent: only \"args\" and \"kwargs\" are known",
+            ));
+        }
+        parsed.insert(function, FunctionArgs { args, kwargs });
+    }
+    Ok(parsed)
 }
 
 /// The git flags of `procedure create`.
@@ -187,6 +232,33 @@ mod tests {
             function_args(&words(&["--a=1", "--a=2"])),
             Err(ArgError::DuplicateKey { key: "a".into() })
         );
+    }
+
+    #[test]
+    fn script_args_are_json_per_function() {
+        let parsed =
+            script_args(r#"{"main": {"kwargs": {"raise_msg": "fail"}}, "init": {"args": [1]}}"#)
+                .expect("valid");
+        assert_eq!(parsed["main"].kwargs["raise_msg"], Value::from("fail"));
+        assert!(parsed["main"].args.is_empty());
+        assert_eq!(parsed["init"].args, vec![Value::Int(1)]);
+        assert!(script_args("{}").expect("empty").is_empty());
+        for (bad, expected) in [
+            ("{", "not JSON"),
+            ("[1]", "an object of function names"),
+            (r#"{"main": 1}"#, "--script-args.main must be an object"),
+            (
+                r#"{"main": {"args": {}}}"#,
+                "--script-args.main.args must be a list",
+            ),
+            (
+                r#"{"main": {"kwarg": {}}}"#,
+                "--script-args.main.kwarg must be absent",
+            ),
+        ] {
+            let err = script_args(bad).expect_err(bad).to_string();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -11,9 +11,13 @@ use clap::error::ErrorKind as ClapErrorKind;
 use clap_complete::Shell;
 use oet_protocol::client::StreamItem;
 use oet_protocol::summary::now;
-use oet_protocol::{paths, Client, EventStream, ProcedureState, ProcedureSummary};
+use oet_protocol::{
+    paths, topics, ActivityState, ActivitySummary, Client, EventStream, ProcedureState,
+    ProcedureSummary,
+};
 use oetctl::cli::{
-    self, Action, CreateArgs, ListenArgs, PidArgs, ProcedureAction, StartArgs, StopArgs,
+    self, Action, ActivityAction, ActivityRunArgs, AidArgs, CreateArgs, ListenArgs, OdaAction,
+    PidArgs, ProcedureAction, StartArgs, StopArgs,
 };
 use oetctl::kwargs::{self, GitOptions};
 use oetctl::render;
@@ -114,6 +118,12 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             ProcedureAction::Describe(args) => ctl.describe(args).await,
             ProcedureAction::Logs(args) => ctl.logs(args).await,
         },
+        Action::Activity(action) => match action {
+            ActivityAction::Run(args) => ctl.run_activity(args).await,
+            ActivityAction::List(args) => ctl.list_activities(args.aid).await,
+            ActivityAction::Describe(args) => ctl.describe_activity(args).await,
+        },
+        Action::Oda(OdaAction::PutSbd { file }) => ctl.put_sbd(&file).await,
         Action::Listen(args) => ctl.listen(args).await,
         Action::Status => ctl.status().await,
         Action::Generate { out_dir } => generate(&out_dir),
@@ -281,6 +291,139 @@ impl Ctl {
         }
     }
 
+    async fn run_activity(&self, args: ActivityRunArgs) -> anyhow::Result<()> {
+        let script_args = match &args.script_args {
+            Some(text) => kwargs::script_args(text)?,
+            None => Default::default(),
+        };
+        let mut client = self.connect().await?;
+        // Subscribed first, so that the activity's first events are not missed.
+        let mut events = if args.listen {
+            Some(self.subscribe().await?)
+        } else {
+            None
+        };
+        let summary = client
+            .run_activity(
+                &args.activity_name,
+                &args.sbd_id,
+                script_args,
+                args.prepare_only,
+                args.create_env,
+            )
+            .await?;
+        let Some(events) = events.as_mut() else {
+            return self.print_activity(&summary);
+        };
+        let summary = self.follow_activity(events, &mut client, &summary).await?;
+        if self.json {
+            print_line(&render::activity_json(&summary).to_string())?;
+        } else {
+            print_text("\n")?;
+            self.print_activity(&summary)?;
+        }
+        activity_ended_well(&summary)
+    }
+
+    /// Prints the events of an activity, its procedure and its script until the activity
+    /// is final (or PREPARED, when only preparing was asked, or when main could not be
+    /// started); returns its summary then.
+    async fn follow_activity(
+        &self,
+        events: &mut EventStream,
+        client: &mut Client,
+        started: &ActivitySummary,
+    ) -> anyhow::Result<ActivitySummary> {
+        let id = started.id;
+        let pid = started.procedure_id;
+        let done = |summary: &ActivitySummary| {
+            summary.state.is_final()
+                || (summary.state == ActivityState::Prepared
+                    && (summary.prepare_only || summary.error.is_some()))
+        };
+        loop {
+            match events.next().await {
+                Some(Ok(StreamItem::Event(event))) => {
+                    let about_it = event.activity_id() == Some(id)
+                        || (pid.is_some() && event.procedure_id() == pid)
+                        || pid.is_some_and(|pid| event.msg_src == pid.to_string());
+                    if !about_it {
+                        continue;
+                    }
+                    self.print_event(&event)?;
+                    let activity_event = event.activity_id() == Some(id)
+                        && event.topic.starts_with(topics::ACTIVITY_PREFIX);
+                    if activity_event {
+                        let summary = client.describe_activity(id).await?;
+                        if done(&summary) {
+                            return Ok(summary);
+                        }
+                    }
+                }
+                Some(Ok(StreamItem::Lagged(missed))) => {
+                    self.print_lagged(missed)?;
+                    let summary = client.describe_activity(id).await?;
+                    if done(&summary) {
+                        return Ok(summary);
+                    }
+                }
+                Some(Err(err)) => return Err(err.into()),
+                None => bail!("oetd closed the event stream before activity {id} ended"),
+            }
+        }
+    }
+
+    async fn list_activities(&self, ids: Vec<u64>) -> anyhow::Result<()> {
+        let summaries = self.connect().await?.list_activities(ids).await?;
+        if self.json {
+            print_json(&render::activities_json(&summaries))
+        } else {
+            print_text(&render::activity_table(&summaries))
+        }
+    }
+
+    async fn describe_activity(&self, args: AidArgs) -> anyhow::Result<()> {
+        let mut client = self.connect().await?;
+        let id = match args.aid {
+            Some(id) => id,
+            None => {
+                let summaries = client.list_activities(Vec::new()).await?;
+                match summaries.iter().map(|summary| summary.id).max() {
+                    Some(id) => id,
+                    None => bail!("oetd has no activities; run one with 'oetctl activity run'"),
+                }
+            }
+        };
+        let summary = client.describe_activity(id).await?;
+        if self.json {
+            print_json(&render::activity_json(&summary))
+        } else {
+            print_text(&render::describe_activity(&summary))
+        }
+    }
+
+    async fn put_sbd(&self, file: &Path) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the SBD file {}", file.display()))?;
+        let (sbd_id, version) = self.connect().await?.put_sbd(text).await?;
+        if self.json {
+            print_json(&serde_json::json!({"sbd_id": sbd_id, "version": version}))
+        } else {
+            print_line(&format!("stored SBD {sbd_id} version {version}"))
+        }
+    }
+
+    fn print_activity(&self, summary: &ActivitySummary) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(&render::activity_json(summary));
+        }
+        print_text(&render::activity_table(std::slice::from_ref(summary)))?;
+        if let Some(error) = &summary.error {
+            print_text(&format!("\nError: {error}\n"))?;
+        }
+        Ok(())
+    }
+
     async fn status(&self) -> anyhow::Result<()> {
         let status = self.connect().await?.status().await?;
         if self.json {
@@ -342,6 +485,17 @@ fn ended_well(summary: &ProcedureSummary) -> anyhow::Result<()> {
         ProcedureState::Failed | ProcedureState::Stopped | ProcedureState::Unknown => {
             bail!("procedure {} ended {}", summary.id, summary.state)
         }
+        _ => Ok(()),
+    }
+}
+
+/// An error when a followed activity ended FAILED or STOPPED, or could not start main.
+fn activity_ended_well(summary: &ActivitySummary) -> anyhow::Result<()> {
+    match (summary.state, &summary.error) {
+        (ActivityState::Failed | ActivityState::Stopped, _) => {
+            bail!("activity {} ended {}", summary.id, summary.state)
+        }
+        (_, Some(error)) => bail!("activity {}: {error}", summary.id),
         _ => Ok(()),
     }
 }

@@ -5,7 +5,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oet_protocol::summary::Timestamp;
-use oet_protocol::{view, DaemonStatus, Event, ProcedureLogs, ProcedureSummary, ScriptSpec};
+use oet_protocol::{
+    view, ActivitySummary, DaemonStatus, Event, ProcedureLogs, ProcedureSummary, ScriptSpec,
+};
 use serde_json::{json, Value as Json};
 
 /// Columns of text, each as wide as its widest cell, separated by two spaces.
@@ -228,6 +230,77 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
         status.procedures_live,
         running,
     )
+}
+
+/// The table of activities: ID, Activity, SBD, SBI, Procedure, Creation time, State.
+pub fn activity_table(summaries: &[ActivitySummary]) -> String {
+    let mut table = Table::new(&[
+        "ID",
+        "Activity",
+        "SBD",
+        "SBI",
+        "Procedure",
+        "Creation time",
+        "State",
+    ]);
+    for summary in summaries {
+        table.row(vec![
+            summary.id.to_string(),
+            summary.activity_name.clone(),
+            summary.sbd_id.clone(),
+            summary.sbi_id.clone().unwrap_or_else(|| "-".into()),
+            summary
+                .procedure_id
+                .map_or_else(|| "-".into(), |id| id.to_string()),
+            time_secs(summary.created_at()),
+            summary.state.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// Everything about one activity: its row, the arguments given on the command line, the
+/// state history, and why it did not go as asked when it did not.
+pub fn describe_activity(summary: &ActivitySummary) -> String {
+    let mut out = activity_table(std::slice::from_ref(summary));
+    if summary.prepare_only {
+        out.push_str("\nPrepare only: main is left for the operator to start\n");
+    }
+    out.push_str("\nScript args:\n");
+    if summary.script_args.is_empty() {
+        out.push_str("  (none beyond the SBD's)\n");
+    } else {
+        let mut args = Table::new(&["Function", "Args", "Kwargs"]);
+        for (function, fa) in &summary.script_args {
+            let json = view::function_args(fa);
+            args.row(vec![
+                function.clone(),
+                json["args"].to_string(),
+                json["kwargs"].to_string(),
+            ]);
+        }
+        out.push_str(&indent(&args.render()));
+    }
+    out.push_str("\nHistory:\n");
+    let mut history = Table::new(&["Time", "State"]);
+    for change in &summary.history {
+        history.row(vec![time_millis(change.time), change.state.to_string()]);
+    }
+    out.push_str(&indent(&history.render()));
+    if let Some(error) = &summary.error {
+        out.push_str(&format!("\nError: {error}\n"));
+    }
+    out
+}
+
+/// Activity summaries as a JSON array.
+pub fn activities_json(summaries: &[ActivitySummary]) -> Json {
+    Json::Array(summaries.iter().map(view::activity).collect())
+}
+
+/// One activity summary as JSON.
+pub fn activity_json(summary: &ActivitySummary) -> Json {
+    view::activity(summary)
 }
 
 /// Procedure summaries as a JSON array.
@@ -472,6 +545,64 @@ ValueError: no
             json!([["CREATING", T0], ["READY", T0 + 1.25]])
         );
         assert_eq!(first["history"]["stacktrace"], Json::Null);
+    }
+
+    fn activity() -> ActivitySummary {
+        use oet_protocol::{ActivityState, ActivityStateChange};
+        ActivitySummary {
+            id: 2,
+            activity_name: "observe".into(),
+            sbd_id: "sbd-mvp01-1".into(),
+            sbi_id: Some("sbi-oet-20240501-00001".into()),
+            procedure_id: Some(7),
+            script_args: BTreeMap::from([(
+                "main".to_owned(),
+                FunctionArgs {
+                    args: vec![],
+                    kwargs: BTreeMap::from([("x".to_owned(), Value::Int(1))]),
+                },
+            )]),
+            prepare_only: true,
+            history: vec![
+                ActivityStateChange {
+                    state: ActivityState::Requested,
+                    time: T0,
+                },
+                ActivityStateChange {
+                    state: ActivityState::Prepared,
+                    time: T0 + 0.5,
+                },
+            ],
+            state: ActivityState::Prepared,
+            error: Some("main could not be started".into()),
+        }
+    }
+
+    #[test]
+    fn activities_show_as_table_description_and_json() {
+        let summary = activity();
+        assert_eq!(
+            activity_table(std::slice::from_ref(&summary)),
+            "ID  Activity  SBD          SBI                     Procedure  Creation time         State\n\
+             2   observe   sbd-mvp01-1  sbi-oet-20240501-00001  7          2024-05-01T12:00:00Z  PREPARED\n"
+        );
+        let text = describe_activity(&summary);
+        assert!(text.contains("Prepare only"), "{text}");
+        assert!(text.contains("  main      []    {\"x\":1}"), "{text}");
+        assert!(
+            text.contains("  2024-05-01T12:00:00.500Z  PREPARED"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\nError: main could not be started\n"),
+            "{text}"
+        );
+        let json = activities_json(&[summary]);
+        assert_eq!(json[0]["sbi_id"], "sbi-oet-20240501-00001");
+        assert_eq!(
+            json[0]["activity_states"],
+            json!([["REQUESTED", T0], ["PREPARED", T0 + 0.5]])
+        );
     }
 
     #[test]
