@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use oet_protocol::client::StreamItem;
 use oet_protocol::{
-    Client, Event, EventStream, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec,
+    ActivityState, ActivitySummary, Client, Event, EventStream, FunctionArgs, ProcedureState,
+    ProcedureSummary, ScriptSpec,
 };
 use tempfile::TempDir;
 
@@ -199,6 +200,24 @@ pub async fn wait_for(
         .await
         .unwrap_or_else(|_| panic!("procedure {id} did not reach the awaited state in time"))
         .expect("wait for state")
+}
+
+/// Waits (bounded by [`DEADLINE`]) until activity `id` satisfies `wanted` or is final.
+pub async fn wait_for_activity(
+    events: &mut EventStream,
+    client: &mut Client,
+    id: u64,
+    wanted: impl Fn(ActivityState) -> bool,
+) -> ActivitySummary {
+    tokio::time::timeout(DEADLINE, events.wait_for_activity(client, id, wanted))
+        .await
+        .unwrap_or_else(|_| panic!("activity {id} did not reach the awaited state in time"))
+        .expect("wait for activity state")
+}
+
+/// The states an activity went through, in order.
+pub fn activity_states(summary: &ActivitySummary) -> Vec<ActivityState> {
+    summary.history.iter().map(|c| c.state).collect()
 }
 
 /// Waits (bounded) for the next event matching `pred`.
