@@ -7,6 +7,7 @@ use oet_protocol::{
     DaemonStatus, ProtocolError, RequestBody, ResponseBody, Value, PROTOCOL_VERSION,
 };
 use tokio::net::UnixStream;
+use tracing::info;
 
 use crate::activity::{ActivityService, RunActivity};
 use crate::events::DAEMON_SOURCE;
@@ -53,6 +54,22 @@ pub async fn dispatch(
     body: RequestBody,
 ) -> Result<ResponseBody, ProtocolError> {
     announce(services, peer, &body);
+    if !matches!(
+        body,
+        RequestBody::ListProcedures { .. }
+            | RequestBody::ProcedureLogs { .. }
+            | RequestBody::Status
+    ) {
+        info!(
+            peer_uid = peer.uid,
+            peer_gid = peer.gid,
+            peer_pid = peer.pid,
+            "{} requested by uid {} (pid {})",
+            body.topic(),
+            peer.uid.map_or("?".into(), |u| u.to_string()),
+            peer.pid.map_or("?".into(), |p| p.to_string()),
+        );
+    }
     let procedures = &services.procedures;
     match body {
         RequestBody::CreateProcedure { script, init_args } => procedures
