@@ -181,7 +181,7 @@ impl Config {
         if self.events.buffer == 0 {
             return Err("events.buffer must be at least 1".into());
         }
-        oda::open(&self.oda, &self.state_dir()).map_err(|err| format!("[oda] {err}"))?;
+        oda::open(&self.oda, &self.state_dir()).map_err(|err| err.to_string())?;
         Ok(())
     }
 
@@ -262,5 +262,14 @@ mod tests {
     fn zero_running_is_refused() {
         let err = Config::parse("[procedures]\nmax_running = 0\n").unwrap_err();
         assert!(err.contains("procedures.max_running"), "{err}");
+    }
+
+    #[test]
+    fn the_oda_section_is_checked() {
+        let config =
+            Config::parse("[oda]\nbackend = \"rest\"\nurl = \"http://oda/api\"\n").expect("parses");
+        assert_eq!(config.oda.url.as_deref(), Some("http://oda/api"));
+        let err = Config::parse("[oda]\nbackend = \"rest\"\n").unwrap_err();
+        assert!(err.contains("needs `url`"), "{err}");
     }
 }

@@ -83,6 +83,8 @@ pub enum ActivityError {
     },
     #[error("no activity with ID {0}")]
     NotFound(u64),
+    #[error("running the activity failed inside oetd: {0}")]
+    Internal(String),
 }
 
 impl From<ActivityError> for ProtocolError {
@@ -100,7 +102,7 @@ impl From<ActivityError> for ProtocolError {
             ActivityError::Script { .. } | ActivityError::Argument { .. } => {
                 ErrorKind::InvalidRequest
             }
-            ActivityError::SbFile { .. } => ErrorKind::Internal,
+            ActivityError::SbFile { .. } | ActivityError::Internal(_) => ErrorKind::Internal,
             ActivityError::ProcedureRefused { cause, .. } => cause.kind,
         };
         ProtocolError::new(kind, err.to_string())
@@ -178,7 +180,17 @@ impl ActivityService {
 
     /// Runs an activity (DESIGN 5). Answers once the activity is REQUESTED and its
     /// procedure is created; the follower task takes it from there.
+    ///
+    /// The flow runs in a task of its own, so a caller that gives up waiting cannot
+    /// leave an SBI without its procedure by cancelling it halfway.
     pub async fn run(&self, request: RunActivity) -> Result<ActivitySummary, ActivityError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.request(request).await })
+            .await
+            .unwrap_or_else(|join| Err(ActivityError::Internal(join.to_string())))
+    }
+
+    async fn request(&self, request: RunActivity) -> Result<ActivitySummary, ActivityError> {
         let requested_at = now();
         let RunActivity {
             activity_name,

@@ -58,6 +58,7 @@ pub async fn dispatch(
         body,
         RequestBody::ListProcedures { .. }
             | RequestBody::ProcedureLogs { .. }
+            | RequestBody::ListActivities { .. }
             | RequestBody::Status
     ) {
         info!(
