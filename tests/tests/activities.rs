@@ -690,3 +690,44 @@ async fn oetctl_puts_an_sbd_and_runs_lists_and_describes_activities() {
         String::from_utf8_lossy(&failed.stderr)
     );
 }
+
+#[tokio::test]
+async fn an_activity_that_cannot_start_main_stays_prepared_and_says_why() {
+    let daemon = TestDaemon::start();
+    put_sample(&daemon, "sbd-busy-1").await;
+    let busy = daemon.script(
+        "busy.py",
+        "import time\n\ndef main():\n    time.sleep(3600)\n",
+    );
+    let ready = daemon.create_ready(&busy, FunctionArgs::default()).await;
+    let mut events = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(ready.id, "main", FunctionArgs::default())
+        .await
+        .expect("start the busy one");
+
+    let requested = client
+        .run_activity("allocate", "sbd-busy-1", BTreeMap::new(), false, false)
+        .await
+        .expect("run");
+    let event = next_event(&mut events, |e| {
+        e.topic == "activity.lifecycle.error" && e.activity_id() == Some(requested.id)
+    })
+    .await;
+    assert_eq!(event.msg_src, "oetd");
+    let summary = client
+        .describe_activity(requested.id)
+        .await
+        .expect("describe");
+    assert_eq!(summary.state, ActivityState::Prepared);
+    let error = summary.error.expect("an error");
+    assert!(
+        error.contains("could not be started") && error.contains("RUNNING"),
+        "{error}"
+    );
+    client
+        .stop(ready.id, false)
+        .await
+        .expect("stop the busy one");
+}

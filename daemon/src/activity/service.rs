@@ -158,11 +158,6 @@ impl ActivityService {
         Ok(service)
     }
 
-    /// The ODA activities read SBDs from and record SBIs in.
-    pub fn oda(&self) -> &Arc<dyn Oda> {
-        &self.inner.oda
-    }
-
     fn table(&self) -> MutexGuard<'_, Table> {
         // As for the procedure table: carry on with what is there after a panic.
         self.inner
@@ -185,9 +180,18 @@ impl ActivityService {
     /// leave an SBI without its procedure by cancelling it halfway.
     pub async fn run(&self, request: RunActivity) -> Result<ActivitySummary, ActivityError> {
         let this = self.clone();
-        tokio::spawn(async move { this.request(request).await })
+        let (activity, sbd_id) = (request.activity_name.clone(), request.sbd_id.clone());
+        let result = tokio::spawn(async move { this.request(request).await })
             .await
-            .unwrap_or_else(|join| Err(ActivityError::Internal(join.to_string())))
+            .unwrap_or_else(|join| Err(ActivityError::Internal(join.to_string())));
+        if let Err(
+            err @ (ActivityError::SbFile { sbi_id, .. }
+            | ActivityError::ProcedureRefused { sbi_id, .. }),
+        ) = &result
+        {
+            warn!(sbd_id = %sbd_id, sbi_id = %sbi_id, "activity '{activity}' of SBD '{sbd_id}' was not run: {err}");
+        }
+        result
     }
 
     async fn request(&self, request: RunActivity) -> Result<ActivitySummary, ActivityError> {
