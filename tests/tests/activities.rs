@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use oet_protocol::{
-    topics, ActivityState, ClientError, ErrorKind, FunctionArgs, ProcedureState, Value,
+    topics, ActivityState, ClientError, ErrorKind, FunctionArgs, ProcedureState, ScriptSpec, Value,
 };
 use oet_tests::{activity_states, next_event, wait_for, wait_for_activity, TestDaemon};
 use serde_json::{json, Value as Json};
@@ -730,4 +730,101 @@ async fn an_activity_that_cannot_start_main_stays_prepared_and_says_why() {
         .stop(ready.id, false)
         .await
         .expect("stop the busy one");
+}
+
+/// Runs `git` in `dir`, failing the test when it fails.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=OET Tests",
+            "-c",
+            "user.email=oet@example.org",
+        ])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+#[ignore = "needs git scripts in the procedure runner, which this oetd does not have yet"]
+async fn a_git_activity_runs_the_script_of_its_commit() {
+    let daemon = TestDaemon::start();
+    let repo = daemon.dir.path().join("scripts-repo");
+    std::fs::create_dir_all(repo.join("scripts")).expect("mkdir");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("scripts/allocate.py"), ALLOCATE).expect("write script");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "allocate"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    // A later commit on the branch must not be the one that runs.
+    std::fs::write(
+        repo.join("scripts/allocate.py"),
+        "def main(**kwargs):\n    raise Exception('the wrong commit ran')\n",
+    )
+    .expect("rewrite script");
+    git(&repo, &["commit", "-q", "-am", "break it"]);
+
+    let out = daemon.dir.path().join("git.out.json");
+    let sbd = json!({
+        "sbd_id": "sbd-git-1",
+        "telescope": "ska_low",
+        "activities": {"allocate": {
+            "kind": "git",
+            "path": "git://scripts/allocate.py",
+            "repo": repo.display().to_string(),
+            "branch": "main",
+            "commit": commit,
+            "function_args": {
+                "init": {"kwargs": {"subarray_id": 3}},
+                "main": {"kwargs": {"out": out.display().to_string()}},
+            },
+        }},
+    });
+    let mut client = daemon.client().await;
+    client.put_sbd(sbd.to_string()).await.expect("put");
+    let mut events = daemon.events().await;
+    let requested = client
+        .run_activity("allocate", "sbd-git-1", BTreeMap::new(), false, false)
+        .await
+        .expect("run");
+    let procedure = client
+        .describe(requested.procedure_id.expect("procedure"))
+        .await
+        .expect("procedure");
+    match &procedure.script {
+        ScriptSpec::Git {
+            script_uri,
+            git_args,
+            create_env,
+        } => {
+            assert_eq!(script_uri, "git://scripts/allocate.py");
+            assert_eq!(
+                git_args.git_repo.as_deref(),
+                Some(repo.to_str().expect("utf-8"))
+            );
+            assert_eq!(git_args.git_branch.as_deref(), Some("main"));
+            assert_eq!(git_args.git_commit.as_deref(), Some(commit.as_str()));
+            assert!(!create_env);
+        }
+        other => panic!("expected a git script, got {other:?}"),
+    }
+    let done = wait_for_activity(&mut events, &mut client, requested.id, |_| false).await;
+    let procedure = client.describe(procedure.id).await.expect("procedure");
+    assert_eq!(
+        done.state,
+        ActivityState::Complete,
+        "stack trace: {:?}",
+        procedure.stacktrace
+    );
+    let seen = read_json(&out);
+    assert_eq!(seen["sb"], sbd);
+    assert_eq!(seen["sbi_id"], json!(done.sbi_id));
 }
