@@ -234,7 +234,11 @@ impl EnvManager {
 
     fn join(&self, checkout: &Checkout, sink: &LineSink) -> Joined {
         let dir = self.inner.env_dir.join(checkout.key());
-        let mut builds = self.inner.builds.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut builds = self
+            .inner
+            .builds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(build) = builds.get(checkout.key()) {
             let mut list = build.sinks.lock();
             if build.cancel.is_cancelled() {
@@ -343,7 +347,10 @@ async fn build_env(
         commit: checkout.commit().to_owned(),
     };
     match tokio::fs::remove_dir_all(dir).await {
-        Ok(()) => sinks.emit(&format!("removed an incomplete environment at {}", dir.display())),
+        Ok(()) => sinks.emit(&format!(
+            "removed an incomplete environment at {}",
+            dir.display()
+        )),
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(EnvError::dir(dir, e)),
     }
@@ -354,12 +361,12 @@ async fn build_env(
         checkout.repo(),
         checkout.commit()
     ));
-    let venv_args: Vec<OsString> = vec![
-        "-m".into(),
-        "venv".into(),
-        "--system-site-packages".into(),
-        dir.into(),
-    ];
+    let mut venv_args: Vec<OsString> =
+        vec!["-m".into(), "venv".into(), "--system-site-packages".into()];
+    if !config.env_own_pip {
+        venv_args.push("--without-pip".into());
+    }
+    venv_args.push(dir.into());
     match run(Path::new(&config.python), &venv_args, sinks, cancel).await {
         Ok(()) => {}
         Err(Failure::Cancelled) => return Err(cancelled()),
@@ -392,7 +399,10 @@ async fn build_env(
     }
     pip_args.extend(config.pip_extra_args.iter().map(OsString::from));
     pip_args.push(checkout.dir().into());
-    sinks.emit(&format!("installing {} into the environment", checkout.dir().display()));
+    sinks.emit(&format!(
+        "installing {} into the environment",
+        checkout.dir().display()
+    ));
     match run(&python, &pip_args, sinks, cancel).await {
         Ok(()) => {}
         Err(Failure::Cancelled) => return Err(cancelled()),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use envs::{EnvError, EnvManager};
-pub use repos::{Checkout, RepoCache};
+pub use repos::{CacheStats, Checkout, RepoCache};
 pub use script::script_path;
 
 /// The `git` section of the daemon configuration.
@@ -45,6 +45,10 @@ pub struct GitConfig {
     pub default_branch: Option<String>,
     /// The interpreter that creates virtual environments. Default: `python3`.
     pub python: String,
+    /// Give each environment a pip of its own (runs ensurepip, which takes seconds).
+    /// Default: false: the interpreter's own pip, visible through the system site
+    /// packages, installs into the environment.
+    pub env_own_pip: bool,
     /// Passed to pip as `--index-url` when set. Default: none (pip's own setting).
     pub pip_index_url: Option<String>,
     /// Extra arguments passed to `pip install` before the project path, e.g.
@@ -64,6 +68,7 @@ impl Default for GitConfig {
             default_repo: None,
             default_branch: None,
             python: "python3".to_owned(),
+            env_own_pip: false,
             pip_index_url: None,
             pip_extra_args: Vec::new(),
         }
@@ -111,7 +116,9 @@ pub enum GitError {
     AmbiguousCommit { repo: String, commit: String },
     #[error("fetching from repository '{repo}' failed: {reason}")]
     Fetch { repo: String, reason: String },
-    #[error("fetching from repository '{repo}' took longer than git.clone_timeout_secs ({secs} s)")]
+    #[error(
+        "fetching from repository '{repo}' took longer than git.clone_timeout_secs ({secs} s)"
+    )]
     Timeout { repo: String, secs: u64 },
     #[error("the git cache at '{path}' could not be used: {reason}; check git.cache_dir and its permissions")]
     Cache { path: PathBuf, reason: String },

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -85,6 +85,21 @@ struct Inner {
     checkouts_dir: PathBuf,
     tmp_dir: PathBuf,
     state: Mutex<State>,
+    /// How many clones this cache has started.
+    clones: AtomicU64,
+}
+
+/// A snapshot of the cache, for diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Complete checkouts in the cache.
+    pub checkouts: usize,
+    /// Checkouts being cloned right now.
+    pub cloning: usize,
+    /// Complete checkouts that a live [`Checkout`] holds.
+    pub pinned: usize,
+    /// Clones started since the cache was opened.
+    pub clones: u64,
 }
 
 type Build = Shared<BoxFuture<'static, Result<(), GitError>>>;
@@ -180,6 +195,7 @@ impl RepoCache {
             checkouts_dir,
             tmp_dir,
             state: Mutex::new(State::default()),
+            clones: AtomicU64::new(0),
         });
         let evicted = {
             let mut state = inner.lock();
@@ -202,6 +218,18 @@ impl RepoCache {
         Ok(RepoCache { inner })
     }
 
+    /// Counts of checkouts, for diagnostics and logs.
+    pub fn stats(&self) -> CacheStats {
+        let state = self.inner.lock();
+        let complete = || state.slots.values().filter(|s| s.building.is_none());
+        CacheStats {
+            checkouts: complete().count(),
+            cloning: state.slots.len() - complete().count(),
+            pinned: complete().filter(|s| s.pins > 0).count(),
+            clones: self.inner.clones.load(Ordering::Relaxed),
+        }
+    }
+
     /// Checks out `commit` (full or abbreviated hex), else the tip of `branch`, else
     /// the tip of `git.default_branch` or the repository's default branch, of `repo`
     /// (a URL or an absolute local path; default `git.default_repo`).
@@ -222,8 +250,8 @@ impl RepoCache {
             return Err(GitError::NotAllowed { repo });
         }
         if let Some(commit) = commit {
-            let valid = (4..=40).contains(&commit.len())
-                && commit.bytes().all(|b| b.is_ascii_hexdigit());
+            let valid =
+                (4..=40).contains(&commit.len()) && commit.bytes().all(|b| b.is_ascii_hexdigit());
             if !valid {
                 return Err(GitError::InvalidCommit {
                     commit: commit.to_owned(),
@@ -231,9 +259,12 @@ impl RepoCache {
             }
         }
 
-        let branch = branch
-            .map(str::to_owned)
-            .or_else(|| commit.is_none().then(|| config.default_branch.clone()).flatten());
+        let branch = branch.map(str::to_owned).or_else(|| {
+            commit
+                .is_none()
+                .then(|| config.default_branch.clone())
+                .flatten()
+        });
         let resolved = {
             let (repo, branch, commit) = (repo.clone(), branch.clone(), commit.map(str::to_owned));
             let tmp_dir = self.inner.tmp_dir.clone();
@@ -278,52 +309,53 @@ fn start_build(
     prefetched: Option<TempDir>,
     dir: PathBuf,
 ) -> Build {
+    inner.clones.fetch_add(1, Ordering::Relaxed);
     let failed_repo = repo.clone();
     let task = tokio::spawn(async move {
-            let tmp_dir = inner.tmp_dir.clone();
-            let result = {
-                let repo = repo.clone();
-                inner
-                    .blocking(&repo.clone(), move |abort| {
-                        materialize(
-                            &repo,
-                            commit,
-                            branch_hint.as_deref(),
-                            prefetched,
-                            &tmp_dir,
-                            &dir,
-                            abort,
-                        )
-                    })
-                    .await
-            };
-            let evicted = {
-                let mut state = inner.lock();
-                match &result {
-                    Ok(()) => {
-                        if let Some(slot) = state.slots.get_mut(&key) {
-                            slot.building = None;
-                        }
-                    }
-                    Err(_) => {
-                        state.slots.remove(&key);
+        let tmp_dir = inner.tmp_dir.clone();
+        let result = {
+            let repo = repo.clone();
+            inner
+                .blocking(&repo.clone(), move |abort| {
+                    materialize(
+                        &repo,
+                        commit,
+                        branch_hint.as_deref(),
+                        prefetched,
+                        &tmp_dir,
+                        &dir,
+                        abort,
+                    )
+                })
+                .await
+        };
+        let evicted = {
+            let mut state = inner.lock();
+            match &result {
+                Ok(()) => {
+                    if let Some(slot) = state.slots.get_mut(&key) {
+                        slot.building = None;
                     }
                 }
-                inner.evict(&mut state)
-            };
-            remove_dirs(evicted);
-            result
-        });
-        task.map(move |joined| {
-            joined.unwrap_or_else(|e| {
-                Err(GitError::Fetch {
-                    repo: failed_repo,
-                    reason: format!("the checkout task failed: {e}"),
-                })
+                Err(_) => {
+                    state.slots.remove(&key);
+                }
+            }
+            inner.evict(&mut state)
+        };
+        remove_dirs(evicted);
+        result
+    });
+    task.map(move |joined| {
+        joined.unwrap_or_else(|e| {
+            Err(GitError::Fetch {
+                repo: failed_repo,
+                reason: format!("the checkout task failed: {e}"),
             })
         })
-        .boxed()
-        .shared()
+    })
+    .boxed()
+    .shared()
 }
 
 impl Inner {
@@ -669,8 +701,10 @@ fn resolve_abbreviated(
         });
     }
 
-    let tmp = TempDir::with_prefix_in("fetch-", tmp_dir).map_err(|e| GitError::cache(tmp_dir, e))?;
-    let local = Repository::init(tmp.path()).map_err(|e| GitError::cache(tmp.path(), e.message()))?;
+    let tmp =
+        TempDir::with_prefix_in("fetch-", tmp_dir).map_err(|e| GitError::cache(tmp_dir, e))?;
+    let local =
+        Repository::init(tmp.path()).map_err(|e| GitError::cache(tmp.path(), e.message()))?;
     fetch_all(&local, repo, abort)?;
     let object = local.revparse_single(prefix).map_err(|e| match e.code() {
         git2::ErrorCode::Ambiguous => GitError::AmbiguousCommit {
@@ -682,10 +716,12 @@ fn resolve_abbreviated(
             commit: prefix.to_owned(),
         },
     })?;
-    let commit = object.peel_to_commit().map_err(|_| GitError::UnknownCommit {
-        repo: repo.to_owned(),
-        commit: prefix.to_owned(),
-    })?;
+    let commit = object
+        .peel_to_commit()
+        .map_err(|_| GitError::UnknownCommit {
+            repo: repo.to_owned(),
+            commit: prefix.to_owned(),
+        })?;
     let oid = commit.id();
     drop(commit);
     drop(object);
@@ -715,7 +751,10 @@ fn fetch(
 }
 
 fn fetch_all(local: &Repository, repo: &str, abort: &AtomicBool) -> Result<(), GitError> {
-    let refspecs = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"];
+    let refspecs = [
+        "+refs/heads/*:refs/remotes/origin/*",
+        "+refs/tags/*:refs/tags/*",
+    ];
     fetch(local, repo, &refspecs, false, abort).map_err(|e| {
         if abort.load(Ordering::Relaxed) {
             GitError::Fetch {
@@ -783,10 +822,13 @@ fn materialize(
     }
     let tmp = match prefetched {
         Some(tmp) => tmp,
-        None => TempDir::with_prefix_in("clone-", tmp_dir).map_err(|e| GitError::cache(tmp_dir, e))?,
+        None => {
+            TempDir::with_prefix_in("clone-", tmp_dir).map_err(|e| GitError::cache(tmp_dir, e))?
+        }
     };
     {
-        let local = Repository::init(tmp.path()).map_err(|e| GitError::cache(tmp.path(), e.message()))?;
+        let local =
+            Repository::init(tmp.path()).map_err(|e| GitError::cache(tmp.path(), e.message()))?;
         if local.find_commit(commit).is_err() {
             fetch_commit(&local, repo, commit, branch_hint, abort)?;
         }
@@ -830,12 +872,18 @@ mod tests {
 
     #[test]
     fn glob_patterns() {
-        assert!(glob_match("https://gitlab.com/ska/*", "https://gitlab.com/ska/oet.git"));
+        assert!(glob_match(
+            "https://gitlab.com/ska/*",
+            "https://gitlab.com/ska/oet.git"
+        ));
         assert!(glob_match("*", "/srv/repo"));
         assert!(glob_match("/srv/*/scripts", "/srv/a/b/scripts"));
         assert!(glob_match("/srv/repo", "/srv/repo"));
         assert!(!glob_match("/srv/repo", "/srv/repo2"));
-        assert!(!glob_match("https://gitlab.com/ska/*", "https://github.com/ska/x"));
+        assert!(!glob_match(
+            "https://gitlab.com/ska/*",
+            "https://github.com/ska/x"
+        ));
         assert!(glob_match("a*b*c", "aXbYbZc"));
         assert!(!glob_match("a*b*c", "aXbYbZ"));
     }

@@ -43,10 +43,22 @@ pub fn script_path(checkout: &Checkout, script_uri: &str) -> Result<PathBuf, Git
         .dir()
         .canonicalize()
         .map_err(|e| GitError::cache(checkout.dir(), e))?;
-    let path = match root.join(relative).canonicalize() {
+    let joined = root.join(relative);
+    let path = match joined.canonicalize() {
         Ok(path) => path,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-            return Err(not_found())
+            // Say "escapes" rather than "missing" when the part that exists leads out.
+            let leads_out = joined
+                .ancestors()
+                .find_map(|ancestor| ancestor.canonicalize().ok())
+                .is_some_and(|existing| !existing.starts_with(&root));
+            return Err(if leads_out {
+                GitError::ScriptEscapes {
+                    uri: script_uri.to_owned(),
+                }
+            } else {
+                not_found()
+            });
         }
         Err(e) => return Err(GitError::cache(checkout.dir(), e)),
     };
