@@ -5,7 +5,7 @@ mod support;
 use std::path::Path;
 
 use oetd::git::{script_path, GitConfig, GitError, RepoCache};
-use support::{tree, TestRepo};
+use support::{tree, GitDaemon, TestRepo};
 use tempfile::TempDir;
 
 fn cache(state: &Path, config: GitConfig) -> RepoCache {
@@ -392,4 +392,41 @@ async fn eviction_spares_pinned_checkouts() {
     assert!(!first_dir.exists());
     assert!(newest.dir().exists());
     assert_eq!(reopened.stats().checkouts, 1);
+}
+
+#[tokio::test]
+async fn network_repositories_are_fetched_shallow() {
+    let repo = TestRepo::new();
+    let v1 = repo.commit(&[("s.py", "V = 1\n")], "v1");
+    repo.commit(&[("s.py", "V = 2\n")], "v2");
+    let v3 = repo.commit(&[("s.py", "V = 3\n")], "v3");
+    // Lets clients ask for any reachable commit by id, as hosting services do.
+    repo.git(&["config", "uploadpack.allowReachableSHA1InWant", "true"]);
+    let server = GitDaemon::serve(repo.path());
+
+    let state = TempDir::new().expect("state dir");
+    let cache = cache(state.path(), GitConfig::default());
+    let tip = cache
+        .checkout(Some(&server.url), Some("main"), None)
+        .await
+        .expect("branch over git://");
+    assert_eq!(tip.commit(), v3);
+    assert_eq!(read(&tip.dir().join("s.py")), "V = 3\n");
+    assert!(tip.dir().join(".git/shallow").exists(), "one commit deep");
+
+    let old = cache
+        .checkout(Some(&server.url), None, Some(&v1))
+        .await
+        .expect("old commit over git://");
+    assert_eq!(
+        read(&script_path(&old, "git://s.py").expect("script")),
+        "V = 1\n"
+    );
+    assert!(old.dir().join(".git/shallow").exists(), "one commit deep");
+
+    let err = cache
+        .checkout(Some(&format!("{}-missing", server.url)), None, None)
+        .await
+        .expect_err("not served");
+    assert!(matches!(err, GitError::Unreachable { .. }), "{err:?}");
 }

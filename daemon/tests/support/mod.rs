@@ -101,3 +101,72 @@ pub fn tree(root: &Path, skip: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// A `git daemon` serving one repository on a loopback port; killed on drop.
+pub struct GitDaemon {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl GitDaemon {
+    /// Serves `repo` (its parent directory is the base path) and returns once the
+    /// daemon says it is listening.
+    pub fn serve(repo: &Path) -> Self {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+
+        let base = repo.parent().expect("repo has a parent");
+        let name = repo
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("repo name");
+        // A port the kernel just handed out and nobody holds.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut child = Command::new("git")
+            .args([
+                "daemon",
+                "--verbose",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            // `git daemon` runs `git-daemon` as a child: a group of their own lets
+            // drop end both.
+            .process_group(0)
+            .spawn()
+            .expect("git daemon starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("Ready to rumble") => break,
+                Some(Ok(_)) => continue,
+                other => panic!("git daemon did not come up: {other:?}"),
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        GitDaemon {
+            child,
+            url: format!("git://127.0.0.1:{port}/{name}"),
+        }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            let group = nix::unistd::Pid::from_raw(pgid);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
