@@ -110,8 +110,12 @@ impl Fixture {
         self.state.path().join("envs")
     }
 
+    /// Environments (not pip's cache) in the environment directory.
     fn envs_on_disk(&self) -> usize {
-        std::fs::read_dir(self.env_dir()).expect("env dir").count()
+        std::fs::read_dir(self.env_dir())
+            .expect("env dir")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".pip-cache"))
+            .count()
     }
 }
 
@@ -407,4 +411,25 @@ async fn waiting_is_bounded_by_env_wait_secs() {
     let env_dir = fx.env_dir().to_str().expect("utf-8").to_owned();
     assert_eq!(live_processes_mentioning(&env_dir), Vec::<String>::new());
     assert_eq!(fx.envs_on_disk(), 0);
+}
+
+#[test]
+fn opening_removes_environments_whose_build_never_finished() {
+    let state = TempDir::new().expect("state dir");
+    let envs = state.path().join("envs");
+    let key = format!("{}-{}", "0123456789abcdef", "a".repeat(40));
+    let partial = envs.join(&key);
+    let complete = envs.join(format!("{}-{}", "0123456789abcdef", "b".repeat(40)));
+    let pip_cache = envs.join(".pip-cache");
+    for dir in [&partial, &complete, &pip_cache] {
+        std::fs::create_dir_all(dir.join("bin")).expect("dirs");
+    }
+    std::fs::write(complete.join(".oetd-env-complete"), "repo\ncommit\n").expect("marker");
+
+    EnvManager::new(GitConfig::default(), state.path()).expect("open");
+    assert!(
+        !partial.exists(),
+        "a build interrupted by a crash is not reused"
+    );
+    assert!(complete.exists() && pip_cache.exists());
 }

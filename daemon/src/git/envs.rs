@@ -25,10 +25,14 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::repos::is_key;
 use super::{Checkout, GitConfig};
 
 /// Written into an environment when its build has succeeded, and only then.
 const MARKER: &str = ".oetd-env-complete";
+/// pip's download and wheel cache, shared by all environments, inside `git.env_dir`
+/// (the service's home may not be writable, and nothing is written outside our dirs).
+const PIP_CACHE: &str = ".pip-cache";
 /// How many lines of a failed command's output the error keeps.
 const TAIL_LINES: usize = 40;
 /// How long to wait for killed build processes to exit before giving up on them.
@@ -165,8 +169,10 @@ impl EnvManager {
         let env_dir = config.env_dir(state_dir);
         fs::create_dir_all(&env_dir).map_err(|e| EnvError::dir(&env_dir, e))?;
         for entry in fs::read_dir(&env_dir).map_err(|e| EnvError::dir(&env_dir, e))? {
-            let path = entry.map_err(|e| EnvError::dir(&env_dir, e))?.path();
-            if path.is_dir() && !path.join(MARKER).exists() {
+            let entry = entry.map_err(|e| EnvError::dir(&env_dir, e))?;
+            let is_env = entry.file_name().to_str().is_some_and(is_key);
+            let path = entry.path();
+            if is_env && path.is_dir() && !path.join(MARKER).exists() {
                 fs::remove_dir_all(&path).map_err(|e| EnvError::dir(&path, e))?;
             }
         }
@@ -319,7 +325,8 @@ async fn build_task(
     sinks: Arc<Sinks>,
     cancel: CancellationToken,
 ) -> Result<PathBuf, EnvError> {
-    let result = build_env(&inner.config, &checkout, &dir, &sinks, &cancel).await;
+    let pip_cache = inner.env_dir.join(PIP_CACHE);
+    let result = build_env(&inner.config, &checkout, &dir, &pip_cache, &sinks, &cancel).await;
     if result.is_err() {
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != ErrorKind::NotFound {
@@ -339,6 +346,7 @@ async fn build_env(
     config: &GitConfig,
     checkout: &Checkout,
     dir: &Path,
+    pip_cache: &Path,
     sinks: &Sinks,
     cancel: &CancellationToken,
 ) -> Result<PathBuf, EnvError> {
@@ -367,7 +375,15 @@ async fn build_env(
         venv_args.push("--without-pip".into());
     }
     venv_args.push(dir.into());
-    match run(Path::new(&config.python), &venv_args, sinks, cancel).await {
+    match run(
+        Path::new(&config.python),
+        &venv_args,
+        pip_cache,
+        sinks,
+        cancel,
+    )
+    .await
+    {
         Ok(()) => {}
         Err(Failure::Cancelled) => return Err(cancelled()),
         Err(Failure::Spawn(e)) => {
@@ -403,7 +419,7 @@ async fn build_env(
         "installing {} into the environment",
         checkout.dir().display()
     ));
-    match run(&python, &pip_args, sinks, cancel).await {
+    match run(&python, &pip_args, pip_cache, sinks, cancel).await {
         Ok(()) => {}
         Err(Failure::Cancelled) => return Err(cancelled()),
         Err(Failure::Spawn(e)) => {
@@ -441,6 +457,7 @@ enum Failure {
 async fn run(
     program: &Path,
     args: &[OsString],
+    pip_cache: &Path,
     sinks: &Sinks,
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
@@ -450,6 +467,7 @@ async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_CACHE_DIR", pip_cache)
         .env("PYTHONUNBUFFERED", "1")
         .process_group(0)
         .kill_on_drop(true)

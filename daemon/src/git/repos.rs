@@ -546,7 +546,7 @@ fn repo_hash(repo: &str) -> String {
 }
 
 /// Whether a directory name is a cache key: `<16 hex>-<40 hex>`.
-fn is_key(name: &str) -> bool {
+pub(crate) fn is_key(name: &str) -> bool {
     match name.split_once('-') {
         Some((hash, commit)) => {
             hash.len() == 16
