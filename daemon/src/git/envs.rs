@@ -1,0 +1,610 @@
+//! Per-commit Python environments: `python -m venv --system-site-packages`, then
+//! `pip install` of the checked-out project.
+//!
+//! One environment per repository + commit, under `git.env_dir`. It is complete when
+//! its marker file exists (written last); anything else in the directory is a partial
+//! build and is removed before a rebuild. Concurrent requests for one commit share one
+//! build, which runs in a task of its own; each requester receives the output lines
+//! from the moment it joins and waits at most `git.env_wait_secs`. The build is
+//! cancelled only when every requester has gone (cancelled, timed out or dropped):
+//! pip's whole process group is then killed and the partial environment removed.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::repos::is_key;
+use super::{Checkout, GitConfig};
+
+/// Written into an environment when its build has succeeded, and only then.
+const MARKER: &str = ".oetd-env-complete";
+/// pip's download and wheel cache, shared by all environments, inside `git.env_dir`
+/// (the service's home may not be writable, and nothing is written outside our dirs).
+const PIP_CACHE: &str = ".pip-cache";
+/// How many lines of a failed command's output the error keeps.
+const TAIL_LINES: usize = 40;
+/// How long to wait for killed build processes to exit before giving up on them.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a Python environment could not be provided.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("could not start '{program}': {reason}; check git.python in the oetd configuration")]
+    Spawn { program: String, reason: String },
+    #[error("creating the Python environment '{dir}' failed ({status}):\n{output}")]
+    Venv {
+        dir: PathBuf,
+        status: String,
+        output: String,
+    },
+    #[error("pip install of {repo} at commit {commit} failed ({status}):\n{output}")]
+    Install {
+        repo: String,
+        commit: String,
+        status: String,
+        output: String,
+    },
+    #[error("the Python environment for {repo} at commit {commit} was not ready within git.env_wait_secs ({secs} s)")]
+    Timeout {
+        repo: String,
+        commit: String,
+        secs: u64,
+    },
+    #[error("building the Python environment for {repo} at commit {commit} was cancelled")]
+    Cancelled { repo: String, commit: String },
+    #[error("the environment directory '{path}' could not be used: {reason}; check git.env_dir and its permissions")]
+    Dir { path: PathBuf, reason: String },
+}
+
+impl EnvError {
+    fn dir(path: &Path, err: impl std::fmt::Display) -> Self {
+        EnvError::Dir {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// Builds and hands out per-commit environments. Cheap to clone; clones share builds.
+#[derive(Clone)]
+pub struct EnvManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: GitConfig,
+    env_dir: PathBuf,
+    /// Builds in progress, by checkout key. An entry leaves when its build has ended
+    /// and cleaned up, just before its result is published.
+    builds: Mutex<HashMap<String, Arc<Build>>>,
+}
+
+type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+struct Build {
+    done: Shared<BoxFuture<'static, Result<PathBuf, EnvError>>>,
+    cancel: CancellationToken,
+    sinks: Arc<Sinks>,
+}
+
+/// The requesters still waiting for a build; the build is cancelled when none is left.
+#[derive(Default)]
+struct Sinks {
+    inner: Mutex<SinkList>,
+}
+
+#[derive(Default)]
+struct SinkList {
+    next_id: u64,
+    sinks: Vec<(u64, LineSink)>,
+}
+
+impl Sinks {
+    fn lock(&self) -> MutexGuard<'_, SinkList> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn emit(&self, line: &str) {
+        let sinks: Vec<LineSink> = self.lock().sinks.iter().map(|(_, s)| s.clone()).collect();
+        for sink in sinks {
+            sink(line);
+        }
+    }
+}
+
+/// One requester's interest in a build; leaving (or dropping) withdraws it.
+struct Interest {
+    build: Arc<Build>,
+    id: u64,
+    left: bool,
+}
+
+impl Interest {
+    /// Withdraws this interest; returns whether that cancelled the build.
+    fn leave(&mut self) -> bool {
+        if self.left {
+            return false;
+        }
+        self.left = true;
+        let mut list = self.build.sinks.lock();
+        list.sinks.retain(|(id, _)| *id != self.id);
+        if list.sinks.is_empty() && !self.build.cancel.is_cancelled() {
+            self.build.cancel.cancel();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+enum Joined {
+    Ready(PathBuf),
+    Waiting(Interest),
+    /// A build that is winding down after a cancellation; wait for it, then retry.
+    Ending(Arc<Build>),
+}
+
+impl EnvManager {
+    /// Opens (creating if needed) `git.env_dir`, or `<state_dir>/envs`, removing
+    /// environments whose build never completed.
+    pub fn new(config: GitConfig, state_dir: &Path) -> Result<Self, EnvError> {
+        let env_dir = config.env_dir(state_dir);
+        fs::create_dir_all(&env_dir).map_err(|e| EnvError::dir(&env_dir, e))?;
+        for entry in fs::read_dir(&env_dir).map_err(|e| EnvError::dir(&env_dir, e))? {
+            let entry = entry.map_err(|e| EnvError::dir(&env_dir, e))?;
+            let is_env = entry.file_name().to_str().is_some_and(is_key);
+            let path = entry.path();
+            if is_env && path.is_dir() && !path.join(MARKER).exists() {
+                fs::remove_dir_all(&path).map_err(|e| EnvError::dir(&path, e))?;
+            }
+        }
+        Ok(EnvManager {
+            inner: Arc::new(Inner {
+                config,
+                env_dir,
+                builds: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The interpreter of the environment for `checkout`, building the environment
+    /// first if needed. Build output goes to `on_line`, line by line. Gives up after
+    /// `git.env_wait_secs`, or when `cancel` fires; if no other requester is left the
+    /// build is then stopped and removed before this returns.
+    pub async fn ensure(
+        &self,
+        checkout: &Checkout,
+        on_line: impl Fn(&str) + Send + Sync + 'static,
+        cancel: CancellationToken,
+    ) -> Result<PathBuf, EnvError> {
+        let sink: LineSink = Arc::new(on_line);
+        let secs = self.inner.config.env_wait_secs;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let timeout = || EnvError::Timeout {
+            repo: checkout.repo().to_owned(),
+            commit: checkout.commit().to_owned(),
+            secs,
+        };
+        let cancelled = || EnvError::Cancelled {
+            repo: checkout.repo().to_owned(),
+            commit: checkout.commit().to_owned(),
+        };
+        loop {
+            let mut interest = match self.join(checkout, &sink) {
+                Joined::Ready(python) => return Ok(python),
+                Joined::Waiting(interest) => interest,
+                Joined::Ending(build) => {
+                    tokio::select! {
+                        _ = tokio::time::timeout_at(deadline, build.done.clone()) => {}
+                        _ = cancel.cancelled() => return Err(cancelled()),
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(timeout());
+                    }
+                    continue;
+                }
+            };
+            let done = interest.build.done.clone();
+            let failure = tokio::select! {
+                result = tokio::time::timeout_at(deadline, done) => match result {
+                    Ok(result) => return result,
+                    Err(_) => timeout(),
+                },
+                _ = cancel.cancelled() => cancelled(),
+            };
+            if interest.leave() {
+                // We were the last one waiting: let the build kill pip and clean up.
+                let _ = interest.build.done.clone().await;
+            }
+            return Err(failure);
+        }
+    }
+
+    fn join(&self, checkout: &Checkout, sink: &LineSink) -> Joined {
+        let dir = self.inner.env_dir.join(checkout.key());
+        let mut builds = self
+            .inner
+            .builds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(build) = builds.get(checkout.key()) {
+            let mut list = build.sinks.lock();
+            if build.cancel.is_cancelled() {
+                return Joined::Ending(build.clone());
+            }
+            let id = list.next_id;
+            list.next_id += 1;
+            list.sinks.push((id, sink.clone()));
+            drop(list);
+            sink(&format!(
+                "waiting for the Python environment of {} at {} that is being built",
+                checkout.repo(),
+                checkout.commit()
+            ));
+            return Joined::Waiting(Interest {
+                build: build.clone(),
+                id,
+                left: false,
+            });
+        }
+        if dir.join(MARKER).exists() {
+            return Joined::Ready(python_of(&dir));
+        }
+
+        let sinks = Arc::new(Sinks::default());
+        let id = {
+            let mut list = sinks.lock();
+            list.next_id = 1;
+            list.sinks.push((0, sink.clone()));
+            0
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(build_task(
+            self.inner.clone(),
+            checkout.clone(),
+            dir,
+            sinks.clone(),
+            cancel.clone(),
+        ));
+        let (repo, commit) = (checkout.repo().to_owned(), checkout.commit().to_owned());
+        let done = task
+            .map(move |joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(EnvError::Install {
+                        repo,
+                        commit,
+                        status: "the build task failed".to_owned(),
+                        output: e.to_string(),
+                    })
+                })
+            })
+            .boxed()
+            .shared();
+        let build = Arc::new(Build {
+            done,
+            cancel,
+            sinks,
+        });
+        builds.insert(checkout.key().to_owned(), build.clone());
+        Joined::Waiting(Interest {
+            build,
+            id,
+            left: false,
+        })
+    }
+}
+
+fn python_of(env: &Path) -> PathBuf {
+    env.join("bin").join("python")
+}
+
+/// Builds the environment, removes it again if that failed, and retires the build.
+/// Holding `checkout` keeps the project's checkout pinned for the whole install.
+async fn build_task(
+    inner: Arc<Inner>,
+    checkout: Checkout,
+    dir: PathBuf,
+    sinks: Arc<Sinks>,
+    cancel: CancellationToken,
+) -> Result<PathBuf, EnvError> {
+    let pip_cache = inner.env_dir.join(PIP_CACHE);
+    let result = build_env(&inner.config, &checkout, &dir, &pip_cache, &sinks, &cancel).await;
+    if result.is_err() {
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != ErrorKind::NotFound {
+                tracing::warn!("could not remove broken environment {}: {e}", dir.display());
+            }
+        }
+    }
+    inner
+        .builds
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(checkout.key());
+    result
+}
+
+async fn build_env(
+    config: &GitConfig,
+    checkout: &Checkout,
+    dir: &Path,
+    pip_cache: &Path,
+    sinks: &Sinks,
+    cancel: &CancellationToken,
+) -> Result<PathBuf, EnvError> {
+    let cancelled = || EnvError::Cancelled {
+        repo: checkout.repo().to_owned(),
+        commit: checkout.commit().to_owned(),
+    };
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => sinks.emit(&format!(
+            "removed an incomplete environment at {}",
+            dir.display()
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(EnvError::dir(dir, e)),
+    }
+
+    sinks.emit(&format!(
+        "creating a Python environment at {} for {} at {}",
+        dir.display(),
+        checkout.repo(),
+        checkout.commit()
+    ));
+    let mut venv_args: Vec<OsString> =
+        vec!["-m".into(), "venv".into(), "--system-site-packages".into()];
+    if !config.env_own_pip {
+        venv_args.push("--without-pip".into());
+    }
+    venv_args.push(dir.into());
+    match run(
+        Path::new(&config.python),
+        &venv_args,
+        pip_cache,
+        sinks,
+        cancel,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(Failure::Cancelled) => return Err(cancelled()),
+        Err(Failure::Spawn(e)) => {
+            return Err(EnvError::Spawn {
+                program: config.python.clone(),
+                reason: e.to_string(),
+            })
+        }
+        Err(Failure::Exit { status, tail }) => {
+            return Err(EnvError::Venv {
+                dir: dir.to_owned(),
+                status,
+                output: tail,
+            })
+        }
+    }
+
+    let python = python_of(dir);
+    let mut pip_args: Vec<OsString> = vec![
+        "-m".into(),
+        "pip".into(),
+        "install".into(),
+        "--disable-pip-version-check".into(),
+        "--no-input".into(),
+    ];
+    if let Some(url) = &config.pip_index_url {
+        pip_args.push("--index-url".into());
+        pip_args.push(url.into());
+    }
+    pip_args.extend(config.pip_extra_args.iter().map(OsString::from));
+    pip_args.push(checkout.dir().into());
+    sinks.emit(&format!(
+        "installing {} into the environment",
+        checkout.dir().display()
+    ));
+    match run(&python, &pip_args, pip_cache, sinks, cancel).await {
+        Ok(()) => {}
+        Err(Failure::Cancelled) => return Err(cancelled()),
+        Err(Failure::Spawn(e)) => {
+            return Err(EnvError::Spawn {
+                program: python.display().to_string(),
+                reason: e.to_string(),
+            })
+        }
+        Err(Failure::Exit { status, tail }) => {
+            return Err(EnvError::Install {
+                repo: checkout.repo().to_owned(),
+                commit: checkout.commit().to_owned(),
+                status,
+                output: tail,
+            })
+        }
+    }
+
+    let marker = format!("{}\n{}\n", checkout.repo(), checkout.commit());
+    tokio::fs::write(dir.join(MARKER), marker)
+        .await
+        .map_err(|e| EnvError::dir(dir, e))?;
+    sinks.emit("the Python environment is ready");
+    Ok(python)
+}
+
+enum Failure {
+    Spawn(std::io::Error),
+    Exit { status: String, tail: String },
+    Cancelled,
+}
+
+/// Runs `program` in a process group of its own, handing each output line (stdout and
+/// stderr) to `sinks`. On cancellation the whole group is killed and reaped.
+async fn run(
+    program: &Path,
+    args: &[OsString],
+    pip_cache: &Path,
+    sinks: &Sinks,
+    cancel: &CancellationToken,
+) -> Result<(), Failure> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_CACHE_DIR", pip_cache)
+        .env("PYTHONUNBUFFERED", "1")
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(Failure::Spawn)?;
+    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+
+    let (lines_tx, mut lines) = mpsc::channel::<String>(64);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward_lines(stdout, lines_tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_lines(stderr, lines_tx.clone()));
+    }
+    drop(lines_tx);
+
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                if let Some(pgid) = pgid {
+                    kill_group(pgid).await;
+                }
+                let _ = child.wait().await;
+                return Err(Failure::Cancelled);
+            }
+            line = lines.recv() => match line {
+                Some(line) => {
+                    sinks.emit(&line);
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+                None => break,
+            },
+        }
+    }
+    let status = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            if let Some(pgid) = pgid {
+                kill_group(pgid).await;
+            }
+            let _ = child.wait().await;
+            return Err(Failure::Cancelled);
+        }
+        status = child.wait() => status,
+    };
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(Failure::Exit {
+            status: describe(status),
+            tail: Vec::from(tail).join("\n"),
+        }),
+        Err(e) => Err(Failure::Exit {
+            status: format!("could not be waited for: {e}"),
+            tail: Vec::from(tail).join("\n"),
+        }),
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+async fn forward_lines(stream: impl AsyncRead + Unpin, lines: mpsc::Sender<String>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']).to_owned();
+                if lines.send(line).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILLs every process of the group, then waits until each has exited, watching
+/// them through pidfds (so "no build process left" holds when this returns).
+async fn kill_group(pgid: i32) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+
+    if killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_err() {
+        return;
+    }
+    let waits = group_members(pgid).into_iter().filter_map(|pid| {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: `fd` was just returned by pidfd_open and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the AsyncFd owns `fd`, which stays open until the AsyncFd is dropped.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .ok()?;
+        Some(async move {
+            // A pidfd becomes readable when its process has exited.
+            let _ = fd.readable().await;
+        })
+    });
+    let all = futures::future::join_all(waits);
+    if tokio::time::timeout(KILL_WAIT, all).await.is_err() {
+        tracing::warn!("processes of group {pgid} did not exit after SIGKILL");
+    }
+}
+
+/// The live (not yet exited) processes whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Fields after the parenthesised command name: state, ppid, pgrp, ...
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?;
+            let group: i32 = fields.nth(1)?.parse().ok()?;
+            (group == pgid && state != "Z" && state != "X").then_some(pid)
+        })
+        .collect()
+}

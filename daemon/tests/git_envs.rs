@@ -1,0 +1,435 @@
+//! Per-commit Python environments, built by the real `python3 -m venv` and pip from a
+//! tiny project committed to a test repository. The project carries its own in-tree
+//! build backend, so pip needs no index and no build tools (`--no-index`,
+//! `--no-build-isolation`).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oetd::git::{Checkout, EnvError, EnvManager, GitConfig, RepoCache};
+use support::TestRepo;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+const PYPROJECT: &str = r#"[build-system]
+requires = []
+build-backend = "oetbackend"
+backend-path = ["."]
+"#;
+
+/// A PEP 517 backend that zips `oettestpkg/` into a wheel; with `BLOCK_ON` set, it
+/// first reads that FIFO, so a test decides when (whether) the build goes on.
+const BACKEND: &str = r#"
+import base64, hashlib, os, zipfile
+
+NAME, VERSION = "oettestpkg", "0.1"
+DIST = NAME + "-" + VERSION
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    if BLOCK_ON:
+        with open(BLOCK_ON) as fifo:
+            fifo.read()
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, NAME, "__init__.py"), "rb") as f:
+        files = {NAME + "/__init__.py": f.read()}
+    files[DIST + ".dist-info/METADATA"] = (
+        "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (NAME, VERSION)
+    ).encode()
+    files[DIST + ".dist-info/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: oet-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = []
+    wheel = DIST + "-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, wheel), "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append("%s,sha256=%s,%d" % (name, digest.decode(), len(data)))
+        record.append(DIST + ".dist-info/RECORD,,")
+        z.writestr(DIST + ".dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+"#;
+
+struct Fixture {
+    repo: TestRepo,
+    state: TempDir,
+    cache: RepoCache,
+    envs: EnvManager,
+}
+
+impl Fixture {
+    fn new(config: GitConfig) -> Self {
+        let state = TempDir::new().expect("state dir");
+        let config = GitConfig {
+            pip_extra_args: vec!["--no-index".into(), "--no-build-isolation".into()],
+            ..config
+        };
+        Fixture {
+            repo: TestRepo::new(),
+            cache: RepoCache::new(config.clone(), state.path()).expect("cache"),
+            envs: EnvManager::new(config, state.path()).expect("envs"),
+            state,
+        }
+    }
+
+    /// Commits the project (its build blocking on `block_on` if given); returns the commit.
+    fn commit_project(&self, pyproject: &str, block_on: Option<&Path>) -> String {
+        let block_on = match block_on {
+            Some(path) => format!("{:?}", path.to_str().expect("utf-8 path")),
+            None => "None".to_owned(),
+        };
+        let backend = format!("BLOCK_ON = {block_on}\n{BACKEND}");
+        self.repo.commit(
+            &[
+                ("pyproject.toml", pyproject),
+                ("oetbackend.py", &backend),
+                ("oettestpkg/__init__.py", "VALUE = 42\n"),
+                ("scripts/observe.py", "import oettestpkg\n"),
+            ],
+            "project",
+        )
+    }
+
+    async fn checkout(&self, commit: &str) -> Checkout {
+        self.cache
+            .checkout(Some(self.repo.url()), None, Some(commit))
+            .await
+            .expect("checkout")
+    }
+
+    fn env_dir(&self) -> PathBuf {
+        self.state.path().join("envs")
+    }
+
+    /// Environments (not pip's cache) in the environment directory.
+    fn envs_on_disk(&self) -> usize {
+        std::fs::read_dir(self.env_dir())
+            .expect("env dir")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".pip-cache"))
+            .count()
+    }
+}
+
+/// Collects the lines a build hands to one requester.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn sink(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let lines = self.0.clone();
+        move |line: &str| lines.lock().expect("lines lock").push(line.to_owned())
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().expect("lines lock").clone()
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.all().iter().filter(|l| l.starts_with(prefix)).count()
+    }
+}
+
+fn python_says(python: &Path, code: &str) -> Result<String, String> {
+    let output = Command::new(python)
+        .args(["-c", code])
+        .output()
+        .expect("python runs");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Processes still alive (not zombies) whose command line mentions `needle`.
+fn live_processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("?");
+        if state == "Z" || state == "X" {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+fn make_fifo(dir: &Path) -> PathBuf {
+    let fifo = dir.join("build-gate");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    fifo
+}
+
+/// Opens the FIFO for writing, which returns once the build backend has opened it for
+/// reading: the build is then provably running.
+async fn wait_for_build_to_block(fifo: &Path) -> std::fs::File {
+    let fifo = fifo.to_owned();
+    let open =
+        tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(fifo));
+    tokio::time::timeout(Duration::from_secs(120), open)
+        .await
+        .expect("the build reached the backend within 120 s")
+        .expect("join")
+        .expect("open fifo")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_one_environment_that_has_the_project() {
+    let fx = Fixture::new(GitConfig::default());
+    let commit = fx.commit_project(PYPROJECT, None);
+    let checkout = fx.checkout(&commit).await;
+
+    let (first, second) = (Lines::default(), Lines::default());
+    let (a, b) = tokio::join!(
+        fx.envs
+            .ensure(&checkout, first.sink(), CancellationToken::new()),
+        fx.envs
+            .ensure(&checkout, second.sink(), CancellationToken::new()),
+    );
+    let python = a.expect("first requester gets the environment");
+    assert_eq!(b.expect("second requester gets it too"), python);
+
+    // The second joined the first's build (and hears its output from then on).
+    let (creating, waiting) = (
+        "creating a Python environment",
+        "waiting for the Python environment",
+    );
+    assert_eq!((first.count(creating), first.count(waiting)), (1, 0));
+    assert_eq!(second.count(waiting), 1, "{:?}", second.all());
+    assert!(second.count(creating) <= 1);
+    assert!(
+        first
+            .all()
+            .iter()
+            .any(|l| l.contains("Successfully installed oettestpkg-0.1")),
+        "pip's output reaches the requester: {:?}",
+        first.all()
+    );
+    assert!(python.starts_with(fx.env_dir()));
+
+    assert_eq!(
+        python_says(&python, "import oettestpkg; print(oettestpkg.VALUE)").as_deref(),
+        Ok("42")
+    );
+    let system = python_says(Path::new("python3"), "import oettestpkg").expect_err("not installed");
+    assert!(system.contains("ModuleNotFoundError"), "{system}");
+    // The system site packages are visible inside the environment.
+    assert_eq!(
+        python_says(&python, "import sys; print(sys.prefix != sys.base_prefix)").as_deref(),
+        Ok("True")
+    );
+
+    // The environment persists: a manager opened later reuses it without building.
+    let later = EnvManager::new(
+        GitConfig {
+            pip_extra_args: vec!["--no-index".into()],
+            ..GitConfig::default()
+        },
+        fx.state.path(),
+    )
+    .expect("reopen");
+    let lines = Lines::default();
+    let again = later
+        .ensure(&checkout, lines.sink(), CancellationToken::new())
+        .await
+        .expect("reused");
+    assert_eq!(again, python);
+    assert!(lines.all().is_empty(), "{:?}", lines.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_install_reports_pip_and_is_not_reused() {
+    let fx = Fixture::new(GitConfig::default());
+    let broken = fx.commit_project("[build-system\nrequires = []\n", None);
+    let checkout = fx.checkout(&broken).await;
+
+    let lines = Lines::default();
+    let err = fx
+        .envs
+        .ensure(&checkout, lines.sink(), CancellationToken::new())
+        .await
+        .expect_err("broken metadata");
+    assert!(matches!(err, EnvError::Install { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("Expected ']'"),
+        "pip's message is in the error: {text}"
+    );
+    assert!(text.contains(&broken), "{text}");
+    assert_eq!(fx.envs_on_disk(), 0, "the broken environment is removed");
+
+    // Asking again builds again (and fails again) rather than reusing anything.
+    let lines = Lines::default();
+    fx.envs
+        .ensure(&checkout, lines.sink(), CancellationToken::new())
+        .await
+        .expect_err("still broken");
+    assert_eq!(lines.count("creating a Python environment"), 1);
+    assert_eq!(fx.envs_on_disk(), 0);
+
+    let fixed = fx.commit_project(PYPROJECT, None);
+    let checkout = fx.checkout(&fixed).await;
+    let python = fx
+        .envs
+        .ensure(&checkout, Lines::default().sink(), CancellationToken::new())
+        .await
+        .expect("fixed commit installs");
+    assert_eq!(
+        python_says(&python, "import oettestpkg; print(oettestpkg.VALUE)").as_deref(),
+        Ok("42")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_build_kills_pip_and_removes_the_environment() {
+    let fx = Fixture::new(GitConfig::default());
+    let gate = TempDir::new().expect("gate dir");
+    let fifo = make_fifo(gate.path());
+    let commit = fx.commit_project(PYPROJECT, Some(&fifo));
+    let checkout = fx.checkout(&commit).await;
+
+    let cancel = CancellationToken::new();
+    let build = tokio::spawn({
+        let (envs, checkout, cancel) = (fx.envs.clone(), checkout.clone(), cancel.clone());
+        async move { envs.ensure(&checkout, |_| {}, cancel).await }
+    });
+    let writer = wait_for_build_to_block(&fifo).await;
+    let env_dir = fx.env_dir().to_str().expect("utf-8").to_owned();
+    assert!(
+        !live_processes_mentioning(&env_dir).is_empty(),
+        "pip is running"
+    );
+
+    cancel.cancel();
+    let err = build.await.expect("join").expect_err("cancelled");
+    assert!(matches!(err, EnvError::Cancelled { .. }), "{err:?}");
+    assert_eq!(live_processes_mentioning(&env_dir), Vec::<String>::new());
+    assert_eq!(fx.envs_on_disk(), 0, "the partial environment is removed");
+    drop(writer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_requester_leaving_does_not_stop_a_shared_build() {
+    let fx = Fixture::new(GitConfig::default());
+    let gate = TempDir::new().expect("gate dir");
+    let fifo = make_fifo(gate.path());
+    let commit = fx.commit_project(PYPROJECT, Some(&fifo));
+    let checkout = fx.checkout(&commit).await;
+
+    let leaving = CancellationToken::new();
+    let first = tokio::spawn({
+        let (envs, checkout, cancel) = (fx.envs.clone(), checkout.clone(), leaving.clone());
+        async move { envs.ensure(&checkout, |_| {}, cancel).await }
+    });
+    let writer = wait_for_build_to_block(&fifo).await;
+    let (lines_tx, mut second_lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let second = tokio::spawn({
+        let (envs, checkout) = (fx.envs.clone(), checkout.clone());
+        let sink = move |line: &str| {
+            let _ = lines_tx.send(line.to_owned());
+        };
+        async move { envs.ensure(&checkout, sink, CancellationToken::new()).await }
+    });
+
+    // Once the second requester has joined the build, the first leaves.
+    let joined = second_lines
+        .recv()
+        .await
+        .expect("the second requester hears from the build");
+    assert!(
+        joined.starts_with("waiting for the Python environment"),
+        "{joined}"
+    );
+    leaving.cancel();
+    let err = first.await.expect("join").expect_err("first left");
+    assert!(matches!(err, EnvError::Cancelled { .. }), "{err:?}");
+
+    // Let the backend go on: closing the FIFO ends its read.
+    drop(writer);
+    let python = second
+        .await
+        .expect("join")
+        .expect("the build went on for the second");
+    assert_eq!(
+        python_says(&python, "import oettestpkg; print(oettestpkg.VALUE)").as_deref(),
+        Ok("42")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_is_bounded_by_env_wait_secs() {
+    let fx = Fixture::new(GitConfig {
+        env_wait_secs: 1,
+        ..GitConfig::default()
+    });
+    let gate = TempDir::new().expect("gate dir");
+    let fifo = make_fifo(gate.path());
+    let commit = fx.commit_project(PYPROJECT, Some(&fifo));
+    let checkout = fx.checkout(&commit).await;
+
+    let err = fx
+        .envs
+        .ensure(&checkout, |_| {}, CancellationToken::new())
+        .await
+        .expect_err("the build never finishes");
+    assert!(matches!(err, EnvError::Timeout { secs: 1, .. }), "{err:?}");
+    assert!(err.to_string().contains("git.env_wait_secs"), "{err}");
+    // Nobody else wanted it: the build was stopped and removed.
+    let env_dir = fx.env_dir().to_str().expect("utf-8").to_owned();
+    assert_eq!(live_processes_mentioning(&env_dir), Vec::<String>::new());
+    assert_eq!(fx.envs_on_disk(), 0);
+}
+
+#[test]
+fn opening_removes_environments_whose_build_never_finished() {
+    let state = TempDir::new().expect("state dir");
+    let envs = state.path().join("envs");
+    let key = format!("{}-{}", "0123456789abcdef", "a".repeat(40));
+    let partial = envs.join(&key);
+    let complete = envs.join(format!("{}-{}", "0123456789abcdef", "b".repeat(40)));
+    let pip_cache = envs.join(".pip-cache");
+    for dir in [&partial, &complete, &pip_cache] {
+        std::fs::create_dir_all(dir.join("bin")).expect("dirs");
+    }
+    std::fs::write(complete.join(".oetd-env-complete"), "repo\ncommit\n").expect("marker");
+
+    EnvManager::new(GitConfig::default(), state.path()).expect("open");
+    assert!(
+        !partial.exists(),
+        "a build interrupted by a crash is not reused"
+    );
+    assert!(complete.exists() && pip_cache.exists());
+}
