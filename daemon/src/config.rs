@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::activity::oda::{self, OdaConfig};
+use crate::git::GitConfig;
 
 /// Everything `oetd` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -18,6 +19,7 @@ pub struct Config {
     pub paths: PathConfig,
     pub log: LogConfig,
     pub oda: OdaConfig,
+    pub git: GitConfig,
 }
 
 /// The control socket.

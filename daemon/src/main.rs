@@ -9,6 +9,7 @@ use clap::Parser;
 use oetd::activity::{oda, ActivityService};
 use oetd::config::Config;
 use oetd::events::EventBus;
+use oetd::git::GitServices;
 use oetd::procedure::supervisor::{self, WorkerCommand};
 use oetd::procedure::{ProcedureService, WORKER_HARNESS};
 use oetd::server::{self, Services, Shutdown};
@@ -94,12 +95,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
 
     let bus = EventBus::new(config.events.buffer);
+    let git = GitServices::open(&config.git, &state_dir)
+        .map_err(|err| anyhow::anyhow!("cannot set up git scripts: {err}"))?;
     let procedures = ProcedureService::new(
         config.procedures.clone(),
         WorkerCommand {
             harness,
             daemon_exe,
         },
+        git,
         state_dir.clone(),
         bus,
     );

@@ -3,7 +3,7 @@
 //! build backend, so pip needs no index and no build tools (`--no-index`,
 //! `--no-build-isolation`).
 
-mod support;
+use oet_tests::git as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,53 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oetd::git::{Checkout, EnvError, EnvManager, GitConfig, RepoCache};
-use support::TestRepo;
+use support::{TestRepo, BACKEND, PYPROJECT};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
-
-const PYPROJECT: &str = r#"[build-system]
-requires = []
-build-backend = "oetbackend"
-backend-path = ["."]
-"#;
-
-/// A PEP 517 backend that zips `oettestpkg/` into a wheel; with `BLOCK_ON` set, it
-/// first reads that FIFO, so a test decides when (whether) the build goes on.
-const BACKEND: &str = r#"
-import base64, hashlib, os, zipfile
-
-NAME, VERSION = "oettestpkg", "0.1"
-DIST = NAME + "-" + VERSION
-
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    if BLOCK_ON:
-        with open(BLOCK_ON) as fifo:
-            fifo.read()
-    here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, NAME, "__init__.py"), "rb") as f:
-        files = {NAME + "/__init__.py": f.read()}
-    files[DIST + ".dist-info/METADATA"] = (
-        "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (NAME, VERSION)
-    ).encode()
-    files[DIST + ".dist-info/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: oet-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    )
-    record = []
-    wheel = DIST + "-py3-none-any.whl"
-    with zipfile.ZipFile(os.path.join(wheel_directory, wheel), "w") as z:
-        for name, data in files.items():
-            z.writestr(name, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            record.append("%s,sha256=%s,%d" % (name, digest.decode(), len(data)))
-        record.append(DIST + ".dist-info/RECORD,,")
-        z.writestr(DIST + ".dist-info/RECORD", "\n".join(record) + "\n")
-    return wheel
-"#;
 
 struct Fixture {
     repo: TestRepo,

@@ -1,6 +1,6 @@
 //! The checkout cache against real repositories made by `git` in temp directories.
 
-mod support;
+use oet_tests::git as support;
 
 use std::path::Path;
 

@@ -15,6 +15,8 @@ use oet_protocol::{
 };
 use tempfile::TempDir;
 
+pub mod git;
+
 /// Upper bound for any single wait in a test: a wait that takes longer is a failure,
 /// never a pause.
 pub const DEADLINE: Duration = Duration::from_secs(60);

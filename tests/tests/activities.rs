@@ -16,6 +16,7 @@ use axum::Router;
 use oet_protocol::{
     topics, ActivityState, ClientError, ErrorKind, FunctionArgs, ProcedureState, ScriptSpec, Value,
 };
+use oet_tests::git::TestRepo;
 use oet_tests::{activity_states, next_event, wait_for, wait_for_activity, TestDaemon};
 use serde_json::{json, Value as Json};
 
@@ -732,45 +733,19 @@ async fn an_activity_that_cannot_start_main_stays_prepared_and_says_why() {
         .expect("stop the busy one");
 }
 
-/// Runs `git` in `dir`, failing the test when it fails.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = std::process::Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=OET Tests",
-            "-c",
-            "user.email=oet@example.org",
-        ])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 #[tokio::test]
-#[ignore = "needs git scripts in the procedure runner, which this oetd does not have yet"]
 async fn a_git_activity_runs_the_script_of_its_commit() {
     let daemon = TestDaemon::start();
-    let repo = daemon.dir.path().join("scripts-repo");
-    std::fs::create_dir_all(repo.join("scripts")).expect("mkdir");
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("scripts/allocate.py"), ALLOCATE).expect("write script");
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "allocate"]);
-    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let repo = TestRepo::new();
+    let commit = repo.commit(&[("scripts/allocate.py", ALLOCATE)], "allocate");
     // A later commit on the branch must not be the one that runs.
-    std::fs::write(
-        repo.join("scripts/allocate.py"),
-        "def main(**kwargs):\n    raise Exception('the wrong commit ran')\n",
-    )
-    .expect("rewrite script");
-    git(&repo, &["commit", "-q", "-am", "break it"]);
+    repo.commit(
+        &[(
+            "scripts/allocate.py",
+            "def main(**kwargs):\n    raise Exception('the wrong commit ran')\n",
+        )],
+        "break it",
+    );
 
     let out = daemon.dir.path().join("git.out.json");
     let sbd = json!({
@@ -779,7 +754,7 @@ async fn a_git_activity_runs_the_script_of_its_commit() {
         "activities": {"allocate": {
             "kind": "git",
             "path": "git://scripts/allocate.py",
-            "repo": repo.display().to_string(),
+            "repo": repo.url(),
             "branch": "main",
             "commit": commit,
             "function_args": {
@@ -806,10 +781,7 @@ async fn a_git_activity_runs_the_script_of_its_commit() {
             create_env,
         } => {
             assert_eq!(script_uri, "git://scripts/allocate.py");
-            assert_eq!(
-                git_args.git_repo.as_deref(),
-                Some(repo.to_str().expect("utf-8"))
-            );
+            assert_eq!(git_args.git_repo.as_deref(), Some(repo.url()));
             assert_eq!(git_args.git_branch.as_deref(), Some("main"));
             assert_eq!(git_args.git_commit.as_deref(), Some(commit.as_str()));
             assert!(!create_env);

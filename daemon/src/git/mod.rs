@@ -12,14 +12,31 @@ mod script;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use envs::{EnvError, EnvManager};
 pub use repos::{CacheStats, Checkout, RepoCache};
 pub use script::script_path;
 
+/// The checkout cache and the environment manager, as the procedure runner uses them.
+#[derive(Clone)]
+pub struct GitServices {
+    pub repos: RepoCache,
+    pub envs: EnvManager,
+}
+
+impl GitServices {
+    /// Opens the cache and environment directories named by `config`.
+    pub fn open(config: &GitConfig, state_dir: &Path) -> Result<GitServices, String> {
+        Ok(GitServices {
+            repos: RepoCache::new(config.clone(), state_dir).map_err(|e| e.to_string())?,
+            envs: EnvManager::new(config.clone(), state_dir).map_err(|e| e.to_string())?,
+        })
+    }
+}
+
 /// The `git` section of the daemon configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GitConfig {
     /// Where checkouts are cached. Default: `<state dir>/git`.

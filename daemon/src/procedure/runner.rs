@@ -6,18 +6,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use oet_protocol::{FunctionArgs, ProcedureState, Stream};
+use oet_protocol::{FunctionArgs, GitArgs, ProcedureState, Stream};
 use tokio::io::AsyncRead;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use super::script::Script;
 use super::service::{Control, ProcedureService};
 use super::supervisor::{describe_exit, Worker};
 use super::worker_link::{self, FromWorker, JsonArgs, LinkReader, LinkWriter, ToWorker};
 use crate::config::ProcedureConfig;
+use crate::git::{script_path, Checkout};
 
 /// Longest script output line kept whole; longer lines are replaced by a note.
 const MAX_OUTPUT_LINE: usize = 64 * 1024;
@@ -37,26 +39,39 @@ pub(super) async fn run(
     init: FunctionArgs,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
-    let path = match script {
-        Script::File(path) => path,
-        Script::Git { path } => {
-            service.fail(
-                id,
-                format!("git script git://{path} cannot be run: git scripts are not supported by this oetd"),
-            );
-            service.detach(id);
-            return;
-        }
+    let prepared = match script {
+        Script::File(path) => Prepared {
+            path,
+            python: PathBuf::from(service.config().python),
+            cwd: service.work_dir().to_owned(),
+            _checkout: None,
+        },
+        Script::Git {
+            uri,
+            args,
+            create_env,
+        } => match prepare_git(&service, id, &uri, &args, create_env, &mut control).await {
+            Ok(Some(prepared)) => prepared,
+            // Stopped while preparing: the state is already recorded.
+            Ok(None) => {
+                service.detach(id);
+                return;
+            }
+            Err(message) => {
+                service.fail(id, message);
+                service.detach(id);
+                return;
+            }
+        },
     };
-    let python = PathBuf::from(service.config().python);
-    let (mut worker, io) = match service.workers().spawn(&python, id, service.work_dir()) {
+    let (mut worker, io) = match service.workers().spawn(&prepared.python, id, &prepared.cwd) {
         Ok(spawned) => spawned,
         Err(err) => {
             service.fail(
                 id,
                 format!(
                     "cannot start the script interpreter '{}': {err}",
-                    python.display()
+                    prepared.python.display()
                 ),
             );
             service.detach(id);
@@ -71,7 +86,7 @@ pub(super) async fn run(
     let outbox = Outbox::start(writer);
     let mut events = service.bus().subscribe();
     let mut link = LinkState {
-        pending_load: Some((path, init)),
+        pending_load: Some((prepared.path.clone(), init)),
         last_words: None,
     };
     let mut reader_open = true;
@@ -131,7 +146,103 @@ pub(super) async fn run(
         }
     }
     worker.finish().await;
+    // The checkout stays pinned in the cache until the procedure's process is gone.
+    drop(prepared);
     service.detach(id);
+}
+
+/// What a procedure's worker is started with.
+struct Prepared {
+    path: PathBuf,
+    python: PathBuf,
+    cwd: PathBuf,
+    /// Keeps a git script's checkout from being evicted while the procedure lives.
+    _checkout: Option<Checkout>,
+}
+
+/// Fetches a git script's commit and, with `create_env`, builds (or waits for) its Python
+/// environment — the PREP_ENV state. A stop during this ends the preparation (killing
+/// pip if no other procedure waits for the same environment) and records STOPPED;
+/// `Ok(None)` says so. `Err` is the text of a failure.
+async fn prepare_git(
+    service: &ProcedureService,
+    id: u64,
+    uri: &str,
+    args: &GitArgs,
+    create_env: bool,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+) -> Result<Option<Prepared>, String> {
+    let cancel = CancellationToken::new();
+    let git = service.git().clone();
+    let work = async {
+        let checkout = tokio::select! {
+            checkout = git.repos.checkout(
+                args.git_repo.as_deref(),
+                args.git_branch.as_deref(),
+                args.git_commit.as_deref(),
+            ) => checkout.map_err(|e| e.to_string())?,
+            _ = cancel.cancelled() => return Ok(None),
+        };
+        let path = script_path(&checkout, uri).map_err(|e| e.to_string())?;
+        info!(
+            procedure_id = id,
+            script_uri = uri,
+            "procedure {id} uses {} at commit {}",
+            checkout.repo(),
+            checkout.commit()
+        );
+        let python = if create_env {
+            service
+                .transition(id, ProcedureState::Idle)
+                .map_err(|e| e.message)?;
+            service
+                .transition(id, ProcedureState::PrepEnv)
+                .map_err(|e| e.message)?;
+            let logs = service.clone();
+            let on_line = move |line: &str| logs.append_log(id, Stream::Stdout, line.to_owned());
+            match git.envs.ensure(&checkout, on_line, cancel.clone()).await {
+                Ok(python) => python,
+                Err(_) if cancel.is_cancelled() => return Ok(None),
+                Err(err) => return Err(err.to_string()),
+            }
+        } else {
+            PathBuf::from(service.config().python)
+        };
+        Ok(Some(Prepared {
+            path,
+            python,
+            cwd: checkout.dir().to_owned(),
+            _checkout: Some(checkout),
+        }))
+    };
+    tokio::pin!(work);
+    let mut stopping: Option<oneshot::Sender<()>> = None;
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                let Some(done) = stopping else {
+                    return result;
+                };
+                // Stopped while preparing: whatever the preparation came to, the
+                // procedure ends STOPPED.
+                if let Err(err) = service.transition(id, ProcedureState::Stopped) {
+                    debug!(procedure_id = id, "{err}");
+                }
+                let _ = done.send(());
+                return Ok(None);
+            }
+            command = control.recv(), if stopping.is_none() => match command {
+                Some(Control::Stop { done }) => {
+                    // Let the preparation wind down (pip killed, partial env removed)
+                    // before the procedure is called STOPPED.
+                    cancel.cancel();
+                    stopping = Some(done);
+                }
+                // Nothing else can be asked of a procedure that is not READY yet.
+                Some(Control::Call { .. }) | None => {}
+            },
+        }
+    }
 }
 
 /// What the runner remembers of the worker's reports.

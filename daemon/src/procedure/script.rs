@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use oet_protocol::{ProtocolError, ScriptSpec};
+use oet_protocol::{GitArgs, ProtocolError, ScriptSpec};
 
 /// A script the daemon knows how to find.
 #[derive(Debug, Clone, PartialEq)]
@@ -10,7 +10,11 @@ pub enum Script {
     /// An absolute path on this host.
     File(PathBuf),
     /// A path inside a git repository, resolved when the procedure is prepared.
-    Git { path: String },
+    Git {
+        uri: String,
+        args: GitArgs,
+        create_env: bool,
+    },
 }
 
 /// Checks a script spec's URI against its kind.
@@ -29,7 +33,11 @@ pub fn parse(spec: &ScriptSpec) -> Result<Script, ProtocolError> {
             }
             Ok(Script::File(PathBuf::from(path)))
         }
-        ScriptSpec::Git { script_uri, .. } => {
+        ScriptSpec::Git {
+            script_uri,
+            git_args,
+            create_env,
+        } => {
             let path = script_uri.strip_prefix("git://").ok_or_else(|| {
                 ProtocolError::invalid_request(format!(
                     "git script URI '{script_uri}' must start with git://"
@@ -41,7 +49,9 @@ pub fn parse(spec: &ScriptSpec) -> Result<Script, ProtocolError> {
                 )));
             }
             Ok(Script::Git {
-                path: path.to_owned(),
+                uri: script_uri.clone(),
+                args: git_args.clone(),
+                create_env: *create_env,
             })
         }
     }

@@ -20,6 +20,7 @@ use super::state;
 use super::supervisor::WorkerCommand;
 use crate::config::ProcedureConfig;
 use crate::events::{EventBus, DAEMON_SOURCE};
+use crate::git::GitServices;
 
 /// What the service asks of a procedure's runner.
 #[derive(Debug)]
@@ -42,6 +43,7 @@ pub struct ProcedureService {
 struct Inner {
     config: RwLock<ProcedureConfig>,
     workers: WorkerCommand,
+    git: GitServices,
     work_dir: PathBuf,
     bus: EventBus,
     table: Mutex<Table>,
@@ -71,6 +73,7 @@ impl ProcedureService {
     pub fn new(
         config: ProcedureConfig,
         workers: WorkerCommand,
+        git: GitServices,
         work_dir: PathBuf,
         bus: EventBus,
     ) -> Self {
@@ -78,6 +81,7 @@ impl ProcedureService {
             inner: Arc::new(Inner {
                 config: RwLock::new(config),
                 workers,
+                git,
                 work_dir,
                 bus,
                 table: Mutex::new(Table::default()),
@@ -110,6 +114,10 @@ impl ProcedureService {
 
     pub(crate) fn workers(&self) -> &WorkerCommand {
         &self.inner.workers
+    }
+
+    pub(crate) fn git(&self) -> &GitServices {
+        &self.inner.git
     }
 
     pub(crate) fn work_dir(&self) -> &std::path::Path {

@@ -1,6 +1,6 @@
-//! Shared helpers for the git tests: throw-away repositories made with the `git` CLI.
-
-#![allow(dead_code)]
+//! Git fixtures for tests: throw-away repositories made with the `git` CLI, a `git daemon`
+//! serving one over the network, and a tiny Python project whose in-tree build backend
+//! lets pip install it with no index and no build tools.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +37,12 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 pub struct TestRepo {
     _root: TempDir,
     path: PathBuf,
+}
+
+impl Default for TestRepo {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TestRepo {
@@ -164,9 +170,73 @@ impl GitDaemon {
 impl Drop for GitDaemon {
     fn drop(&mut self) {
         if let Ok(pgid) = i32::try_from(self.child.id()) {
-            let group = nix::unistd::Pid::from_raw(pgid);
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            // SAFETY: killpg has no memory-safety preconditions.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
         }
         let _ = self.child.wait();
     }
+}
+
+/// `pyproject.toml` of the test project: its build backend is `oetbackend.py` beside it.
+pub const PYPROJECT: &str = r#"[build-system]
+requires = []
+build-backend = "oetbackend"
+backend-path = ["."]
+"#;
+
+/// A PEP 517 backend that zips `oettestpkg/` into a wheel; with `BLOCK_ON` set, it
+/// first reads that FIFO, so a test decides when (whether) the build goes on.
+pub const BACKEND: &str = r#"
+import base64, hashlib, os, zipfile
+
+NAME, VERSION = "oettestpkg", "0.1"
+DIST = NAME + "-" + VERSION
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    if BLOCK_ON:
+        with open(BLOCK_ON) as fifo:
+            fifo.read()
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, NAME, "__init__.py"), "rb") as f:
+        files = {NAME + "/__init__.py": f.read()}
+    files[DIST + ".dist-info/METADATA"] = (
+        "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (NAME, VERSION)
+    ).encode()
+    files[DIST + ".dist-info/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: oet-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = []
+    wheel = DIST + "-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, wheel), "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append("%s,sha256=%s,%d" % (name, digest.decode(), len(data)))
+        record.append(DIST + ".dist-info/RECORD,,")
+        z.writestr(DIST + ".dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+"#;
+
+/// The files of the test project (package `oettestpkg` with `VALUE = 42`); with
+/// `block_on`, its build first reads that FIFO.
+pub fn project_files(block_on: Option<&Path>) -> Vec<(String, String)> {
+    let block_on = match block_on {
+        Some(path) => format!("{:?}", path.to_str().expect("utf-8 path")),
+        None => "None".to_owned(),
+    };
+    vec![
+        ("pyproject.toml".into(), PYPROJECT.into()),
+        (
+            "oetbackend.py".into(),
+            format!("BLOCK_ON = {block_on}\n{BACKEND}"),
+        ),
+        ("oettestpkg/__init__.py".into(), "VALUE = 42\n".into()),
+    ]
 }
