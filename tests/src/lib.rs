@@ -1,1 +1,1 @@
-
+pub mod systemd_sandbox;
