@@ -1,1 +1,414 @@
-fn main() {}
+//! `oetctl`: turns a command line into calls on oetd's control socket and prints the
+//! answers. Failures end the process with one line `oetctl: <reason>` on stderr and a
+//! non-zero exit status (2 for a wrong command line, 1 for everything else).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::error::ErrorKind as ClapErrorKind;
+use clap_complete::Shell;
+use oet_protocol::client::StreamItem;
+use oet_protocol::summary::now;
+use oet_protocol::{paths, Client, EventStream, ProcedureState, ProcedureSummary};
+use oetctl::cli::{
+    self, Action, CreateArgs, ListenArgs, PidArgs, ProcedureAction, StartArgs, StopArgs,
+};
+use oetctl::kwargs::{self, GitOptions};
+use oetctl::render;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&anyhow::Error::new(err).context("cannot start the runtime")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+/// Prints help and version as clap does; any other command-line error as one line.
+fn usage_error(err: clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ClapErrorKind::DisplayHelp
+            | ClapErrorKind::DisplayVersion
+            | ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        // Nothing useful is left to do if the help cannot be printed.
+        let _ = err.print();
+        return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+    }
+    eprintln!("oetctl: {} (see --help)", one_line(&err.to_string()));
+    ExitCode::from(2)
+}
+
+/// Clap's multi-line message condensed to its sentence: the lines before the usage,
+/// without the `error:` prefix and without tips.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:"))
+        .filter(|line| {
+            !line.is_empty() && !line.starts_with("tip:") && !line.starts_with("For more")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
+fn fail(err: &anyhow::Error) -> ExitCode {
+    // A reader that went away (`oetctl listen | head`) is not a failure of oetctl.
+    let broken_pipe = err
+        .downcast_ref::<io::Error>()
+        .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe);
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("oetctl: {}", reason(err));
+    ExitCode::FAILURE
+}
+
+/// The error and its causes on one line, leaving out a cause that the message before it
+/// already quotes.
+fn reason(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let ctl = Ctl {
+        socket: cli
+            .socket
+            .filter(|path| !path.as_os_str().is_empty())
+            .unwrap_or_else(paths::client_socket),
+        json: cli.json,
+    };
+    match cli.command {
+        Action::Procedure(action) => match action {
+            ProcedureAction::Create(args) => ctl.create(args).await,
+            ProcedureAction::Start(args) => ctl.start(args).await,
+            ProcedureAction::Stop(args) => ctl.stop(args).await,
+            ProcedureAction::List(args) => ctl.list(args.pid).await,
+            ProcedureAction::Describe(args) => ctl.describe(args).await,
+            ProcedureAction::Logs(args) => ctl.logs(args).await,
+        },
+        Action::Listen(args) => ctl.listen(args).await,
+        Action::Status => ctl.status().await,
+        Action::Generate { out_dir } => generate(&out_dir),
+    }
+}
+
+/// What every command needs: where oetd is and how to print.
+struct Ctl {
+    socket: PathBuf,
+    json: bool,
+}
+
+impl Ctl {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let name = concat!("oetctl ", env!("CARGO_PKG_VERSION"));
+        Ok(Client::connect(&self.socket, name).await?)
+    }
+
+    /// A second connection turned into an event stream. Subscribe before causing the
+    /// change you want to see, so that none of its events can be missed.
+    async fn subscribe(&self) -> anyhow::Result<EventStream> {
+        Ok(self.connect().await?.subscribe().await?)
+    }
+
+    async fn create(&self, args: CreateArgs) -> anyhow::Result<()> {
+        let init_args = kwargs::function_args(&args.args)?;
+        let git = GitOptions {
+            git_repo: args.git_repo,
+            git_branch: args.git_branch,
+            git_commit: args.git_commit,
+            create_env: args.create_env,
+        };
+        let script = kwargs::script_spec(&args.script_uri, git)?;
+        let mut client = self.connect().await?;
+        if !args.wait {
+            let summary = client.create(script, init_args).await?;
+            return self.print_summary(&summary);
+        }
+        let mut events = self.subscribe().await?;
+        let created = client.create(script, init_args).await?;
+        let summary = events
+            .wait_for(&mut client, created.id, |state| {
+                state == ProcedureState::Ready
+            })
+            .await?;
+        self.print_summary(&summary)?;
+        ended_well(&summary)
+    }
+
+    async fn start(&self, args: StartArgs) -> anyhow::Result<()> {
+        let fn_args = kwargs::function_args(&args.args)?;
+        let mut client = self.connect().await?;
+        let id = match args.pid {
+            Some(id) => id,
+            None => newest(&mut client).await?,
+        };
+        if !args.listen {
+            let summary = client.start(id, &args.function, fn_args).await?;
+            return self.print_summary(&summary);
+        }
+
+        let mut events = self.subscribe().await?;
+        let runs_before = runs(&client.describe(id).await?);
+        client.start(id, &args.function, fn_args).await?;
+        // Done at a final state, or when the procedure is READY again after running
+        // (a function other than main leaves the process loaded).
+        let mut seen_running = false;
+        loop {
+            match events.next().await {
+                Some(Ok(StreamItem::Event(event))) => {
+                    let about_it = event.procedure_id() == Some(id);
+                    if about_it || event.msg_src == id.to_string() {
+                        self.print_event(&event)?;
+                    }
+                    let Some(state) = event.new_state().filter(|_| about_it) else {
+                        continue;
+                    };
+                    seen_running |= state == ProcedureState::Running;
+                    if state.is_final() || (seen_running && state == ProcedureState::Ready) {
+                        break;
+                    }
+                }
+                Some(Ok(StreamItem::Lagged(missed))) => {
+                    self.print_lagged(missed)?;
+                    // The dropped events may have held the end; the summary knows.
+                    let summary = client.describe(id).await?;
+                    let ran = runs(&summary) > runs_before;
+                    if summary.state.is_final() || (ran && summary.state == ProcedureState::Ready) {
+                        break;
+                    }
+                }
+                Some(Err(err)) => return Err(err.into()),
+                None => bail!("oetd closed the event stream before procedure {id} ended"),
+            }
+        }
+        let summary = client.describe(id).await?;
+        if self.json {
+            print_line(&render::procedure_json(&summary).to_string())?;
+        } else {
+            print_text("\n")?;
+            self.print_summary(&summary)?;
+        }
+        ended_well(&summary)
+    }
+
+    async fn stop(&self, args: StopArgs) -> anyhow::Result<()> {
+        let mut client = self.connect().await?;
+        let id = match args.pid {
+            Some(id) => id,
+            None => running(&mut client).await?,
+        };
+        let summaries = client.stop(id, args.run_abort).await?;
+        self.print_summaries(&summaries)
+    }
+
+    async fn list(&self, ids: Vec<u64>) -> anyhow::Result<()> {
+        let summaries = self.connect().await?.list(ids).await?;
+        self.print_summaries(&summaries)
+    }
+
+    async fn describe(&self, args: PidArgs) -> anyhow::Result<()> {
+        let mut client = self.connect().await?;
+        let id = pid_or_newest(&mut client, args.pid).await?;
+        let summary = client.describe(id).await?;
+        if self.json {
+            print_json(&render::procedure_json(&summary))
+        } else {
+            print_text(&render::describe(&summary))
+        }
+    }
+
+    async fn logs(&self, args: PidArgs) -> anyhow::Result<()> {
+        let mut client = self.connect().await?;
+        let id = pid_or_newest(&mut client, args.pid).await?;
+        let logs = client.logs(id).await?;
+        if self.json {
+            print_json(&render::logs_json(&logs))
+        } else {
+            print_text(&render::logs(&logs))
+        }
+    }
+
+    async fn listen(&self, args: ListenArgs) -> anyhow::Result<()> {
+        let mut events = self.subscribe().await?;
+        // On stderr, so that stdout carries only events; it also tells a watcher that
+        // nothing from now on will be missed.
+        eprintln!(
+            "oetctl: listening to oetd at {} (interrupt to stop)",
+            self.socket.display()
+        );
+        let wanted = |topic: &str| {
+            args.topic.is_empty() || args.topic.iter().any(|p| topic.starts_with(p.as_str()))
+        };
+        loop {
+            match events.next().await {
+                Some(Ok(StreamItem::Event(event))) => {
+                    if wanted(&event.topic) {
+                        self.print_event(&event)?;
+                    }
+                }
+                Some(Ok(StreamItem::Lagged(missed))) => self.print_lagged(missed)?,
+                Some(Err(err)) => return Err(err.into()),
+                None => bail!("oetd closed the event stream (has it stopped?)"),
+            }
+        }
+    }
+
+    async fn status(&self) -> anyhow::Result<()> {
+        let status = self.connect().await?.status().await?;
+        if self.json {
+            print_json(&render::status_json(&status))
+        } else {
+            print_text(&render::status(&status, now()))
+        }
+    }
+
+    /// One summary as a table row, with the stack trace when there is one.
+    fn print_summary(&self, summary: &ProcedureSummary) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(&render::procedure_json(summary));
+        }
+        print_text(&render::procedure_table(std::slice::from_ref(summary)))?;
+        if let Some(trace) = &summary.stacktrace {
+            print_text(&format!("\nStack trace:\n{}\n", trace.trim_end()))?;
+        }
+        Ok(())
+    }
+
+    fn print_summaries(&self, summaries: &[ProcedureSummary]) -> anyhow::Result<()> {
+        if self.json {
+            print_json(&render::procedures_json(summaries))
+        } else {
+            print_text(&render::procedure_table(summaries))
+        }
+    }
+
+    fn print_event(&self, event: &oet_protocol::Event) -> anyhow::Result<()> {
+        if self.json {
+            print_line(&render::event_json(event).to_string())
+        } else {
+            print_line(&render::event_line(event))
+        }
+    }
+
+    fn print_lagged(&self, missed: u64) -> anyhow::Result<()> {
+        if self.json {
+            print_line(&render::lagged_json(missed).to_string())
+        } else {
+            print_line(&render::lagged_line(missed))
+        }
+    }
+}
+
+/// How many times the procedure has entered RUNNING.
+fn runs(summary: &ProcedureSummary) -> usize {
+    summary
+        .history
+        .iter()
+        .filter(|change| change.state == ProcedureState::Running)
+        .count()
+}
+
+/// An error when a waited-for procedure ended FAILED, STOPPED or UNKNOWN.
+fn ended_well(summary: &ProcedureSummary) -> anyhow::Result<()> {
+    match summary.state {
+        ProcedureState::Failed | ProcedureState::Stopped | ProcedureState::Unknown => {
+            bail!("procedure {} ended {}", summary.id, summary.state)
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn pid_or_newest(client: &mut Client, pid: Option<u64>) -> anyhow::Result<u64> {
+    match pid {
+        Some(id) => Ok(id),
+        None => newest(client).await,
+    }
+}
+
+/// The newest live procedure: the highest ID, since the daemon allocates them in order.
+async fn newest(client: &mut Client) -> anyhow::Result<u64> {
+    let summaries = client.list(Vec::new()).await?;
+    match summaries.iter().map(|summary| summary.id).max() {
+        Some(id) => Ok(id),
+        None => bail!("oetd has no procedures; create one with 'oetctl procedure create'"),
+    }
+}
+
+/// The procedure that is RUNNING, as upstream's `stop` chose it when none was named.
+async fn running(client: &mut Client) -> anyhow::Result<u64> {
+    let summaries = client.list(Vec::new()).await?;
+    let running: Vec<u64> = summaries
+        .iter()
+        .filter(|summary| summary.state == ProcedureState::Running)
+        .map(|summary| summary.id)
+        .collect();
+    match running.as_slice() {
+        [id] => Ok(*id),
+        [] => bail!("no procedure is RUNNING; name the one to stop with --pid"),
+        many => bail!(
+            "procedures {} are RUNNING; name the one to stop with --pid",
+            many.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Writes the man pages and the bash, zsh and fish completions into `out_dir`.
+fn generate(out_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // oetctl.1 names a page per subcommand (oetctl-procedure-create.1, ...); write them all.
+    clap_mangen::generate_to(oetctl::command(), out_dir)
+        .with_context(|| format!("cannot write the man pages into {}", out_dir.display()))?;
+    let mut cmd = oetctl::command();
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, "oetctl", out_dir)
+            .with_context(|| format!("cannot write the {shell} completions"))?;
+    }
+    Ok(())
+}
+
+fn print_text(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn print_line(line: &str) -> anyhow::Result<()> {
+    print_text(&format!("{line}\n"))
+}
+
+fn print_json(json: &serde_json::Value) -> anyhow::Result<()> {
+    print_line(&serde_json::to_string_pretty(json)?)
+}

@@ -1,1 +1,262 @@
-//! config
+//! The daemon's configuration: one TOML file, every key optional, embedded defaults for
+//! everything. Unknown keys and wrong types are errors that name the key and the line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `oetd` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub procedures: ProcedureConfig,
+    pub events: EventConfig,
+    pub paths: PathConfig,
+    pub log: LogConfig,
+}
+
+/// The control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Path of the control socket. Empty: `$RUNTIME_DIRECTORY/oetd.sock`, `/run/oet/oetd.sock`
+    /// for root, else `$XDG_RUNTIME_DIR/oet/oetd.sock` or `/tmp/oetd-<uid>/oetd.sock`.
+    pub socket: String,
+    /// Connections served at once; further clients wait to be accepted.
+    pub max_connections: usize,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            socket: String::new(),
+            max_connections: 64,
+            max_frame_bytes: oet_protocol::codec::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// How script processes are run and supervised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcedureConfig {
+    /// Interpreter for scripts: a name looked up on PATH, or an absolute path.
+    pub python: String,
+    /// Seconds a stopped script gets to finish its `finally:` blocks before its process
+    /// group is killed.
+    pub stop_grace_secs: f64,
+    /// Seconds to wait for a killed process to disappear before calling it UNKNOWN.
+    pub kill_wait_secs: f64,
+    /// Procedures kept in the live history; older final ones are pruned.
+    pub history_size: usize,
+    /// Procedures allowed to be RUNNING at the same time.
+    pub max_running: usize,
+    /// Lines of script output kept per procedure.
+    pub log_lines: usize,
+    /// Script run by `stop --run-abort`, given the stopped procedure's `subarray_id`.
+    /// Empty: aborting is refused with a message saying so.
+    pub abort_script: String,
+}
+
+impl Default for ProcedureConfig {
+    fn default() -> Self {
+        ProcedureConfig {
+            python: "python3".into(),
+            stop_grace_secs: 5.0,
+            kill_wait_secs: 5.0,
+            history_size: 10,
+            max_running: 1,
+            log_lines: 1000,
+            abort_script: String::new(),
+        }
+    }
+}
+
+impl ProcedureConfig {
+    pub fn stop_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.stop_grace_secs.max(0.0))
+    }
+
+    pub fn kill_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.kill_wait_secs.max(0.0))
+    }
+}
+
+/// The event bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventConfig {
+    /// Events buffered per subscriber before it is told it lagged.
+    pub buffer: usize,
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        EventConfig { buffer: 4096 }
+    }
+}
+
+/// Where the daemon keeps its files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathConfig {
+    /// State directory (worker harness, scratch files). Empty: `$STATE_DIRECTORY`, then
+    /// `/var/lib/oet` for root, else `$XDG_STATE_HOME/oet`, `~/.local/state/oet` or
+    /// `/tmp/oetd-<uid>/state`.
+    pub state_dir: String,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing filter directive.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses configuration text; the error names the offending key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let p = &self.procedures;
+        if p.max_running == 0 {
+            return Err("procedures.max_running must be at least 1".into());
+        }
+        if !p.stop_grace_secs.is_finite() || p.stop_grace_secs < 0.0 {
+            return Err("procedures.stop_grace_secs must be a non-negative number".into());
+        }
+        if !p.kill_wait_secs.is_finite() || p.kill_wait_secs < 0.0 {
+            return Err("procedures.kill_wait_secs must be a non-negative number".into());
+        }
+        if self.server.max_connections == 0 {
+            return Err("server.max_connections must be at least 1".into());
+        }
+        if self.server.max_frame_bytes < 1024 {
+            return Err("server.max_frame_bytes must be at least 1024".into());
+        }
+        if self.events.buffer == 0 {
+            return Err("events.buffer must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The control socket path, resolving the empty default.
+    pub fn socket_path(&self) -> PathBuf {
+        if self.server.socket.is_empty() {
+            oet_protocol::paths::daemon_socket()
+        } else {
+            PathBuf::from(&self.server.socket)
+        }
+    }
+
+    /// The state directory, resolving the empty default.
+    pub fn state_dir(&self) -> PathBuf {
+        if !self.paths.state_dir.is_empty() {
+            return PathBuf::from(&self.paths.state_dir);
+        }
+        let env_dir = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(dir) = env_dir("STATE_DIRECTORY") {
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            return PathBuf::from(first);
+        }
+        if nix::unistd::Uid::current().is_root() {
+            return PathBuf::from("/var/lib/oet");
+        }
+        if let Some(dir) = env_dir("XDG_STATE_HOME") {
+            return PathBuf::from(dir).join("oet");
+        }
+        if let Some(home) = env_dir("HOME") {
+            return PathBuf::from(home).join(".local/state/oet");
+        }
+        oet_protocol::paths::user_runtime_dir().join("state")
+    }
+}
+
+/// Turns a TOML error into one line naming the line number and what is wrong.
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().to_owned();
+    match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} (`{snippet}`): {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("").expect("parses"), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse("[procedures]\nhistory_size = 3\nhistroy = 4\n").unwrap_err();
+        assert!(err.contains("histroy"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::parse("[procedures]\nmax_running = \"two\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("max_running"), "{err}");
+    }
+
+    #[test]
+    fn zero_running_is_refused() {
+        let err = Config::parse("[procedures]\nmax_running = 0\n").unwrap_err();
+        assert!(err.contains("procedures.max_running"), "{err}");
+    }
+}

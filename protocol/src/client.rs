@@ -84,23 +84,17 @@ impl Client {
         self.transport
             .send(ClientMessage::Request(Request { id, body }))
             .await?;
-        loop {
-            match self.transport.next().await {
-                Some(Ok(ServerMessage::Response { id: got, result })) if got == id => {
-                    return result.map_err(ClientError::Daemon)
-                }
-                Some(Ok(ServerMessage::Malformed(err))) => return Err(ClientError::Daemon(err)),
-                Some(Ok(ServerMessage::Response { id: got, .. })) => {
-                    return Err(ClientError::Unexpected(format!(
-                        "answer to request {got} while waiting for {id}"
-                    )))
-                }
-                Some(Ok(other)) => {
-                    return Err(ClientError::Unexpected(format!("{other:?}")));
-                }
-                Some(Err(err)) => return Err(err.into()),
-                None => return Err(ClientError::Closed),
+        match self.transport.next().await {
+            Some(Ok(ServerMessage::Response { id: got, result })) if got == id => {
+                result.map_err(ClientError::Daemon)
             }
+            Some(Ok(ServerMessage::Malformed(err))) => Err(ClientError::Daemon(err)),
+            Some(Ok(ServerMessage::Response { id: got, .. })) => Err(ClientError::Unexpected(
+                format!("answer to request {got} while waiting for {id}"),
+            )),
+            Some(Ok(other)) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            Some(Err(err)) => Err(err.into()),
+            None => Err(ClientError::Closed),
         }
     }
 
@@ -236,8 +230,8 @@ impl EventStream {
         loop {
             match self.next().await {
                 Some(Ok(StreamItem::Event(event))) => {
-                    let reached = event.procedure_id() == Some(id)
-                        && event.new_state().is_some_and(done);
+                    let reached =
+                        event.procedure_id() == Some(id) && event.new_state().is_some_and(done);
                     if reached {
                         return client.describe(id).await;
                     }

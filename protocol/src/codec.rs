@@ -8,10 +8,10 @@
 use std::io;
 use std::marker::PhantomData;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Default hard maximum of one frame (1 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
@@ -55,22 +55,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Bytes of the length prefix.
+const HEAD: usize = 4;
+
 /// A tokio codec that reads `In` frames and writes `Out` frames.
 pub struct FrameCodec<In, Out> {
-    frames: LengthDelimitedCodec,
     max: usize,
     _types: PhantomData<fn(Out) -> In>,
 }
 
 impl<In, Out> FrameCodec<In, Out> {
     pub fn new(max_frame: usize) -> Self {
-        let max = max_frame.min(DECODE_LIMIT);
         FrameCodec {
-            frames: LengthDelimitedCodec::builder()
-                .max_frame_length(max)
-                .length_field_length(4)
-                .new_codec(),
-            max,
+            max: max_frame.min(DECODE_LIMIT),
             _types: PhantomData,
         }
     }
@@ -81,16 +78,21 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
-        if src.len() >= 4 {
-            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-            if len > self.max {
-                return Err(CodecError::FrameTooLarge { len, max: self.max });
-            }
+        let Some(head) = src.get(..HEAD) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > self.max {
+            return Err(CodecError::FrameTooLarge { len, max: self.max });
         }
-        match self.frames.decode(src)? {
-            Some(frame) => decode(&frame).map(Some),
-            None => Ok(None),
+        if src.len() < HEAD + len {
+            // Only now, with the length known to be acceptable, make room for the body.
+            src.reserve(HEAD + len - src.len());
+            return Ok(None);
         }
+        src.advance(HEAD);
+        let frame = src.split_to(len);
+        decode(&frame).map(Some)
     }
 }
 
@@ -105,9 +107,10 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
                 max: self.max,
             });
         }
-        self.frames
-            .encode(Bytes::from(bytes), dst)
-            .map_err(CodecError::Io)
+        dst.reserve(HEAD + bytes.len());
+        dst.put_u32(bytes.len() as u32);
+        dst.put_slice(&bytes);
+        Ok(())
     }
 }
 
@@ -128,7 +131,10 @@ mod tests {
     #[test]
     fn every_value_kind_round_trips() {
         let mut map = BTreeMap::new();
-        map.insert("a".to_string(), Value::List(vec![Value::Null, Value::Bool(false)]));
+        map.insert(
+            "a".to_string(),
+            Value::List(vec![Value::Null, Value::Bool(false)]),
+        );
         map.insert("b".to_string(), Value::Float(-0.5));
         map.insert("c".to_string(), Value::Int(i64::MIN));
         map.insert("d".to_string(), Value::from("text"));
@@ -184,6 +190,26 @@ mod tests {
             Err(CodecError::FrameTooLarge { len, max: 1024 }) => assert_eq!(len, 0x7fff_ffff),
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_frame_arriving_in_pieces_is_decoded_once_whole() {
+        let mut codec: FrameCodec<Value, Value> = FrameCodec::new(1024);
+        let mut whole = BytesMut::new();
+        codec
+            .encode(Value::from("a longer string value"), &mut whole)
+            .expect("encode");
+        let mut buf = BytesMut::new();
+        for byte in whole.iter().take(whole.len() - 1) {
+            buf.put_u8(*byte);
+            assert!(codec.decode(&mut buf).expect("no error").is_none());
+        }
+        buf.put_u8(whole[whole.len() - 1]);
+        assert_eq!(
+            codec.decode(&mut buf).expect("no error"),
+            Some(Value::from("a longer string value"))
+        );
+        assert!(buf.is_empty());
     }
 
     #[test]

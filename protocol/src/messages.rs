@@ -112,7 +112,9 @@ pub enum ServerMessage {
     },
     Event(Event),
     /// The subscriber was too slow and this many events were dropped for it.
-    Lagged { missed: u64 },
+    Lagged {
+        missed: u64,
+    },
     /// A frame could not be understood; the connection closes after this.
     Malformed(ProtocolError),
 }
@@ -143,7 +145,12 @@ impl Event {
         if self.topic != crate::topics::STATECHANGE {
             return None;
         }
-        self.payload.as_map()?.get("new_state")?.as_str()?.parse().ok()
+        self.payload
+            .as_map()?
+            .get("new_state")?
+            .as_str()?
+            .parse()
+            .ok()
     }
 }
 

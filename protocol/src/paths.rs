@@ -32,7 +32,12 @@ pub fn user_runtime_dir() -> PathBuf {
 pub fn daemon_socket() -> PathBuf {
     if let Some(dir) = env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
         // systemd may list several directories separated by ':'; the first is ours.
-        let first = dir.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
         return PathBuf::from(first).join(SOCKET_NAME);
     }
     if uid() == 0 {

@@ -4,9 +4,7 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::summary::{
-    ActivitySummary, FunctionArgs, ProcedureSummary, ScriptSpec, GitArgs,
-};
+use crate::summary::{ActivitySummary, FunctionArgs, GitArgs, ProcedureSummary, ScriptSpec};
 
 /// `{args: [...], kwargs: {...}}`
 pub fn function_args(args: &FunctionArgs) -> Json {

@@ -1,1 +1,258 @@
+//! The end-to-end test harness: a real `oetd` on a temporary socket with its own state
+//! directory, killed when the test ends; helpers to write scripts, talk to the daemon,
+//! run the real `oetctl`, and wait for processes to disappear.
+
 pub mod systemd_sandbox;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use oet_protocol::client::StreamItem;
+use oet_protocol::{
+    Client, Event, EventStream, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec,
+};
+use tempfile::TempDir;
+
+/// Upper bound for any single wait in a test: a wait that takes longer is a failure,
+/// never a pause.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory")
+        .to_owned()
+}
+
+pub fn oetd_bin() -> PathBuf {
+    bin_dir().join("oetd")
+}
+
+pub fn oetctl_bin() -> PathBuf {
+    bin_dir().join("oetctl")
+}
+
+/// The Python interpreter for scripts: `OET_TEST_PYTHON` (the test command sets it to a
+/// virtualenv with pypubsub), else `python3`.
+pub fn python() -> String {
+    std::env::var("OET_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// A running `oetd` owned by one test.
+pub struct TestDaemon {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestDaemon {
+    /// Starts oetd with the test interpreter and otherwise default settings.
+    pub fn start() -> TestDaemon {
+        TestDaemon::start_with("")
+    }
+
+    /// Starts oetd with extra TOML appended to `[procedures]` settings; the text may
+    /// open further sections.
+    pub fn start_with(extra_procedures_toml: &str) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("oetd-test-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("oetd.sock");
+        let config_path = dir.path().join("oetd.toml");
+        let config = format!(
+            "[paths]\nstate_dir = {state:?}\n\n[procedures]\npython = {python:?}\n{extra_procedures_toml}\n",
+            state = dir.path().join("state"),
+            python = python(),
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        std::fs::create_dir_all(dir.path().join("scripts")).expect("scripts dir");
+        let mut daemon = TestDaemon {
+            dir,
+            socket,
+            config_path,
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(oetd_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", oetd_bin().display()));
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[oetd] {line}");
+                if line.contains("oetd listening on") {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        if ready_rx.recv_timeout(DEADLINE).is_err() {
+            let status = child.try_wait();
+            panic!("oetd did not start listening (exit status: {status:?})");
+        }
+        self.child = Some(child);
+    }
+
+    /// The daemon's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid() as i32, signal);
+        }
+    }
+
+    /// Waits for the daemon to exit and returns its exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        child.wait().expect("wait for oetd")
+    }
+
+    /// Writes a script into the test's scripts directory and returns its `file://` URI.
+    pub fn script(&self, name: &str, body: &str) -> String {
+        let path = self.dir.path().join("scripts").join(name);
+        std::fs::write(&path, body).expect("write script");
+        format!("file://{}", path.display())
+    }
+
+    /// A connected protocol client.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket, "oet-tests")
+            .await
+            .expect("connect to oetd")
+    }
+
+    /// A subscribed event stream.
+    pub async fn events(&self) -> EventStream {
+        self.client().await.subscribe().await.expect("subscribe")
+    }
+
+    /// Runs the real `oetctl` against this daemon.
+    pub fn oetctl(&self, args: &[&str]) -> Output {
+        Command::new(oetctl_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run oetctl")
+    }
+
+    /// Creates a filesystem procedure and waits until it is READY (or final).
+    pub async fn create_ready(&self, uri: &str, init: FunctionArgs) -> ProcedureSummary {
+        let mut events = self.events().await;
+        let mut client = self.client().await;
+        let created = client
+            .create(ScriptSpec::filesystem(uri), init)
+            .await
+            .expect("create");
+        wait_for(&mut events, &mut client, created.id, |s| {
+            s == ProcedureState::Ready
+        })
+        .await
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (bounded by [`DEADLINE`]) until procedure `id` satisfies `wanted` or is final.
+pub async fn wait_for(
+    events: &mut EventStream,
+    client: &mut Client,
+    id: u64,
+    wanted: impl Fn(ProcedureState) -> bool,
+) -> ProcedureSummary {
+    tokio::time::timeout(DEADLINE, events.wait_for(client, id, wanted))
+        .await
+        .unwrap_or_else(|_| panic!("procedure {id} did not reach the awaited state in time"))
+        .expect("wait for state")
+}
+
+/// Waits (bounded) for the next event matching `pred`.
+pub async fn next_event(events: &mut EventStream, pred: impl Fn(&Event) -> bool) -> Event {
+    let wait = async {
+        loop {
+            match events.next().await {
+                Some(Ok(StreamItem::Event(event))) if pred(&event) => return event,
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => panic!("event stream failed: {err}"),
+                None => panic!("event stream closed"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .expect("awaited event did not come in time")
+}
+
+/// The states a procedure went through, in order.
+pub fn states(summary: &ProcedureSummary) -> Vec<ProcedureState> {
+    summary.history.iter().map(|c| c.state).collect()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Waits (bounded) for a process to end, using a pidfd so that the wait is woken by the
+/// exit itself.
+pub fn wait_gone(pid: u32, within: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        return !alive(pid);
+    }
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call's duration.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, within.as_millis() as i32) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    ready == 1 || !alive(pid)
+}

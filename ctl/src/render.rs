@@ -1,0 +1,506 @@
+//! What `oetctl` prints: aligned tables and lines for people, and JSON documents (in the
+//! shapes of [`oet_protocol::view`]) for programs. Every function returns the text, so
+//! the printing stays in `main.rs` and the shapes stay testable.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use oet_protocol::summary::Timestamp;
+use oet_protocol::{view, DaemonStatus, Event, ProcedureLogs, ProcedureSummary, ScriptSpec};
+use serde_json::{json, Value as Json};
+
+/// Columns of text, each as wide as its widest cell, separated by two spaces.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[&str]) -> Table {
+        Table {
+            rows: vec![headers.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|col| {
+                self.rows
+                    .iter()
+                    .filter_map(|row| row.get(col))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (col, cell) in row.iter().enumerate() {
+                if col + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let pad = widths[col] - cell.chars().count();
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(pad + 2));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The time to the nearest millisecond: an `f64` of epoch seconds is a hair off most
+/// decimal fractions, and truncating would show 12:00:00.001 as 12:00:00.000.
+fn system_time(time: Timestamp) -> Option<SystemTime> {
+    let millis = (time * 1000.0).round();
+    if !(0.0..=u64::MAX as f64).contains(&millis) {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::from_millis(millis as u64))
+}
+
+/// An RFC 3339 UTC time to the second, e.g. `2024-05-01T12:00:00Z`.
+pub fn time_secs(time: Timestamp) -> String {
+    system_time(time).map_or_else(
+        || time.to_string(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
+}
+
+/// An RFC 3339 UTC time to the millisecond, e.g. `2024-05-01T12:00:00.250Z`.
+pub fn time_millis(time: Timestamp) -> String {
+    system_time(time).map_or_else(
+        || time.to_string(),
+        |t| humantime::format_rfc3339_millis(t).to_string(),
+    )
+}
+
+/// The table of procedures: ID, Script, Creation time, State.
+pub fn procedure_table(summaries: &[ProcedureSummary]) -> String {
+    let mut table = Table::new(&["ID", "Script", "Creation time", "State"]);
+    for summary in summaries {
+        table.row(vec![
+            summary.id.to_string(),
+            summary.script.uri().to_owned(),
+            time_secs(summary.created_at()),
+            summary.state.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// Everything about one procedure: its summary row, where a git script comes from, the
+/// state history, the calls with their arguments, and the stack trace.
+pub fn describe(summary: &ProcedureSummary) -> String {
+    let mut out = procedure_table(std::slice::from_ref(summary));
+    if let ScriptSpec::Git {
+        git_args,
+        create_env,
+        ..
+    } = &summary.script
+    {
+        let or_default = |v: &Option<String>| v.clone().unwrap_or_else(|| "(default)".into());
+        out.push_str(&format!(
+            "\nGit: repository {}, branch {}, commit {}, {}\n",
+            or_default(&git_args.git_repo),
+            or_default(&git_args.git_branch),
+            or_default(&git_args.git_commit),
+            if *create_env {
+                "own virtual environment"
+            } else {
+                "default interpreter"
+            },
+        ));
+    }
+
+    out.push_str("\nHistory:\n");
+    let mut history = Table::new(&["Time", "State"]);
+    for change in &summary.history {
+        history.row(vec![time_millis(change.time), change.state.to_string()]);
+    }
+    out.push_str(&indent(&history.render()));
+
+    out.push_str("\nCalls:\n");
+    if summary.calls.is_empty() {
+        out.push_str("  (none)\n");
+    } else {
+        let mut calls = Table::new(&["Time", "Function", "Args", "Kwargs"]);
+        for call in &summary.calls {
+            let args = view::function_args(&call.args);
+            calls.row(vec![
+                time_millis(call.time),
+                call.function.clone(),
+                args["args"].to_string(),
+                args["kwargs"].to_string(),
+            ]);
+        }
+        out.push_str(&indent(&calls.render()));
+    }
+
+    if let Some(trace) = &summary.stacktrace {
+        out.push_str("\nStack trace:\n");
+        out.push_str(trace.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+/// The captured output of a procedure, one line per printed line.
+pub fn logs(logs: &ProcedureLogs) -> String {
+    let mut out = String::new();
+    if logs.dropped > 0 {
+        out.push_str(&format!(
+            "({} earlier line{} dropped: oetd keeps only the newest)\n",
+            logs.dropped,
+            if logs.dropped == 1 { " was" } else { "s were" }
+        ));
+    }
+    if logs.lines.is_empty() {
+        out.push_str(&format!(
+            "(procedure {} has printed nothing yet)\n",
+            logs.id
+        ));
+    }
+    for line in &logs.lines {
+        out.push_str(&format!(
+            "{}  {:<6}  {}\n",
+            time_millis(line.time),
+            line.stream.as_str(),
+            line.line
+        ));
+    }
+    out
+}
+
+/// One event as one line: time, topic, source, payload as JSON.
+pub fn event_line(event: &Event) -> String {
+    format!(
+        "{}  {}  {}  {}",
+        time_millis(event.time),
+        event.topic,
+        event.msg_src,
+        event.payload.to_json_lossy()
+    )
+}
+
+/// The line printed when a listener fell behind and events were dropped for it.
+pub fn lagged_line(missed: u64) -> String {
+    format!("lagged: {missed} events missed")
+}
+
+/// The daemon's state, `now` being the current time for the uptime.
+pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
+    let uptime = Duration::try_from_secs_f64((now - status.started_at).max(0.0))
+        .map(|d| Duration::from_secs(d.as_secs()))
+        .unwrap_or_default();
+    let running = if status.running.is_empty() {
+        "none".to_owned()
+    } else {
+        status
+            .running
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "Server:      {} (protocol {})\n\
+         PID:         {}\n\
+         Socket:      {}\n\
+         Started:     {} (up {})\n\
+         Procedures:  {} live, running: {}\n",
+        status.server,
+        status.protocol_version,
+        status.pid,
+        status.socket,
+        time_secs(status.started_at),
+        humantime::format_duration(uptime),
+        status.procedures_live,
+        running,
+    )
+}
+
+/// Procedure summaries as a JSON array.
+pub fn procedures_json(summaries: &[ProcedureSummary]) -> Json {
+    Json::Array(summaries.iter().map(view::procedure).collect())
+}
+
+/// One procedure summary as JSON.
+pub fn procedure_json(summary: &ProcedureSummary) -> Json {
+    view::procedure(summary)
+}
+
+/// Captured output as JSON: `{id, dropped, lines: [{time, stream, line}]}`.
+pub fn logs_json(logs: &ProcedureLogs) -> Json {
+    json!({
+        "id": logs.id,
+        "dropped": logs.dropped,
+        "lines": logs.lines.iter().map(|line| json!({
+            "time": line.time,
+            "stream": line.stream.as_str(),
+            "line": line.line,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// An event as JSON: `{topic, msg_src, time, payload}`.
+pub fn event_json(event: &Event) -> Json {
+    json!({
+        "topic": event.topic,
+        "msg_src": event.msg_src,
+        "time": event.time,
+        "payload": event.payload.to_json_lossy(),
+    })
+}
+
+/// A lag notice as JSON: `{"lagged": N}`.
+pub fn lagged_json(missed: u64) -> Json {
+    json!({ "lagged": missed })
+}
+
+/// The daemon's state as JSON.
+pub fn status_json(status: &DaemonStatus) -> Json {
+    json!({
+        "server": status.server,
+        "protocol_version": status.protocol_version,
+        "pid": status.pid,
+        "socket": status.socket,
+        "started_at": status.started_at,
+        "procedures_live": status.procedures_live,
+        "running": status.running,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use oet_protocol::{
+        CallRecord, FunctionArgs, GitArgs, LogLine, ProcedureState, StateChange, Stream, Value,
+    };
+
+    use super::*;
+
+    // 2024-05-01T12:00:00Z
+    const T0: f64 = 1_714_564_800.0;
+
+    fn summary(id: u64, state: ProcedureState) -> ProcedureSummary {
+        let mut kwargs = BTreeMap::new();
+        kwargs.insert("subarray_id".to_owned(), Value::Int(1));
+        ProcedureSummary {
+            id,
+            script: ScriptSpec::filesystem("file:///opt/scripts/hello.py"),
+            calls: vec![CallRecord {
+                function: "init".into(),
+                args: FunctionArgs {
+                    args: vec![Value::from("a")],
+                    kwargs,
+                },
+                time: T0 + 0.5,
+            }],
+            history: vec![
+                StateChange {
+                    state: ProcedureState::Creating,
+                    time: T0,
+                },
+                StateChange {
+                    state,
+                    time: T0 + 1.25,
+                },
+            ],
+            stacktrace: None,
+            state,
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(time_secs(T0 + 0.9), "2024-05-01T12:00:00Z");
+        assert_eq!(time_millis(T0 + 0.25), "2024-05-01T12:00:00.250Z");
+        assert_eq!(time_secs(-1.0), "-1", "a nonsense time is shown as it is");
+    }
+
+    #[test]
+    fn procedure_table_aligns_columns() {
+        let mut long = summary(12, ProcedureState::Ready);
+        long.script = ScriptSpec::filesystem("file:///x.py");
+        let text = procedure_table(&[summary(3, ProcedureState::Failed), long]);
+        assert_eq!(
+            text,
+            "ID  Script                        Creation time         State\n\
+             3   file:///opt/scripts/hello.py  2024-05-01T12:00:00Z  FAILED\n\
+             12  file:///x.py                  2024-05-01T12:00:00Z  READY\n"
+        );
+    }
+
+    #[test]
+    fn describe_shows_history_calls_and_stack_trace() {
+        let mut failed = summary(3, ProcedureState::Failed);
+        failed.stacktrace = Some("Traceback (most recent call last):\nValueError: no\n".into());
+        let text = describe(&failed);
+        let expected = "\
+ID  Script                        Creation time         State
+3   file:///opt/scripts/hello.py  2024-05-01T12:00:00Z  FAILED
+
+History:
+  Time                      State
+  2024-05-01T12:00:00.000Z  CREATING
+  2024-05-01T12:00:01.250Z  FAILED
+
+Calls:
+  Time                      Function  Args   Kwargs
+  2024-05-01T12:00:00.500Z  init      [\"a\"]  {\"subarray_id\":1}
+
+Stack trace:
+Traceback (most recent call last):
+ValueError: no
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn describe_tells_where_a_git_script_comes_from() {
+        let mut git = summary(4, ProcedureState::Ready);
+        git.script = ScriptSpec::Git {
+            script_uri: "git://scripts/hello.py".into(),
+            git_args: GitArgs {
+                git_repo: Some("https://example.org/s.git".into()),
+                git_branch: None,
+                git_commit: Some("abc123".into()),
+            },
+            create_env: true,
+        };
+        let text = describe(&git);
+        assert!(text.contains(
+            "Git: repository https://example.org/s.git, branch (default), commit abc123, \
+             own virtual environment"
+        ));
+        assert!(!text.contains("Stack trace"));
+    }
+
+    #[test]
+    fn logs_say_how_many_lines_were_dropped() {
+        let logs_with_drop = ProcedureLogs {
+            id: 3,
+            dropped: 2,
+            lines: vec![
+                LogLine {
+                    time: T0,
+                    stream: Stream::Stdout,
+                    line: "hello".into(),
+                },
+                LogLine {
+                    time: T0 + 0.001,
+                    stream: Stream::Stderr,
+                    line: "oops".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            logs(&logs_with_drop),
+            "(2 earlier lines were dropped: oetd keeps only the newest)\n\
+             2024-05-01T12:00:00.000Z  stdout  hello\n\
+             2024-05-01T12:00:00.001Z  stderr  oops\n"
+        );
+        let empty = ProcedureLogs {
+            id: 5,
+            dropped: 0,
+            lines: vec![],
+        };
+        assert_eq!(logs(&empty), "(procedure 5 has printed nothing yet)\n");
+        assert_eq!(
+            logs_json(&logs_with_drop)["lines"][1],
+            json!({"time": T0 + 0.001, "stream": "stderr", "line": "oops"})
+        );
+    }
+
+    #[test]
+    fn events_are_one_line_each() {
+        let mut payload = BTreeMap::new();
+        payload.insert("procedure_id".to_owned(), Value::Int(3));
+        payload.insert("new_state".to_owned(), Value::from("READY"));
+        let event = Event {
+            topic: "procedure.lifecycle.statechange".into(),
+            msg_src: "oetd".into(),
+            time: T0,
+            payload: Value::Map(payload),
+        };
+        assert_eq!(
+            event_line(&event),
+            "2024-05-01T12:00:00.000Z  procedure.lifecycle.statechange  oetd  \
+             {\"new_state\":\"READY\",\"procedure_id\":3}"
+        );
+        assert_eq!(
+            event_json(&event),
+            json!({
+                "topic": "procedure.lifecycle.statechange",
+                "msg_src": "oetd",
+                "time": T0,
+                "payload": {"new_state": "READY", "procedure_id": 3},
+            })
+        );
+        assert_eq!(lagged_line(7), "lagged: 7 events missed");
+    }
+
+    #[test]
+    fn json_summaries_have_the_upstream_shape() {
+        let json = procedures_json(&[summary(3, ProcedureState::Ready)]);
+        let first = &json[0];
+        assert_eq!(first["id"], 3);
+        assert_eq!(first["state"], "READY");
+        assert_eq!(first["script"]["script_type"], "filesystem");
+        assert_eq!(
+            first["script"]["script_uri"],
+            "file:///opt/scripts/hello.py"
+        );
+        assert_eq!(
+            first["script_args"]["init"],
+            json!({"args": ["a"], "kwargs": {"subarray_id": 1}})
+        );
+        assert_eq!(
+            first["history"]["process_states"],
+            json!([["CREATING", T0], ["READY", T0 + 1.25]])
+        );
+        assert_eq!(first["history"]["stacktrace"], Json::Null);
+    }
+
+    #[test]
+    fn status_shows_uptime_and_running_procedures() {
+        let daemon = DaemonStatus {
+            server: "oetd 0.1.0".into(),
+            protocol_version: 1,
+            pid: 42,
+            socket: "/run/oet/oetd.sock".into(),
+            started_at: T0,
+            procedures_live: 3,
+            running: vec![2],
+        };
+        assert_eq!(
+            status(&daemon, T0 + 3723.6),
+            "Server:      oetd 0.1.0 (protocol 1)\n\
+             PID:         42\n\
+             Socket:      /run/oet/oetd.sock\n\
+             Started:     2024-05-01T12:00:00Z (up 1h 2m 3s)\n\
+             Procedures:  3 live, running: 2\n"
+        );
+        assert!(status(
+            &DaemonStatus {
+                running: vec![],
+                ..daemon.clone()
+            },
+            T0
+        )
+        .contains("running: none"));
+        assert_eq!(status_json(&daemon)["running"], json!([2]));
+    }
+}

@@ -1,0 +1,226 @@
+//! Script processes: spawning a worker in its own process group, signalling it, and
+//! making sure nothing it started outlives it — or outlives the daemon.
+//!
+//! Each worker gets a companion *reaper*: `oetd` re-executed in a minimal mode that holds
+//! the read end of a pipe whose write end only the daemon has. When the pipe closes —
+//! because the procedure ended or because the daemon died, even by SIGKILL — the reaper
+//! SIGKILLs the worker's whole process group. The worker itself also has a parent-death
+//! signal, which covers the moment before its reaper exists.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// The hidden flag that turns `oetd` into a reaper.
+pub const REAPER_FLAG: &str = "--reap-process-group";
+
+/// File descriptor number of the worker's channel inside the worker.
+const WORKER_FD: i32 = 3;
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The worker harness file written out at start-up.
+    pub harness: PathBuf,
+    /// This daemon's own executable, re-executed as the reaper.
+    pub daemon_exe: PathBuf,
+}
+
+/// A started worker process and its reaper.
+pub struct Worker {
+    pub pid: u32,
+    pub child: Child,
+    reaper: Reaper,
+}
+
+/// The daemon's ends of a worker's channel and output pipes.
+pub struct WorkerIo {
+    pub channel: tokio::net::UnixStream,
+    pub stdout: ChildStdout,
+    pub stderr: ChildStderr,
+}
+
+impl WorkerCommand {
+    /// Starts `python` running the harness for procedure `id`, in a new process group.
+    pub fn spawn(&self, python: &Path, id: u64, cwd: &Path) -> io::Result<(Worker, WorkerIo)> {
+        let (ours, theirs) = StdUnixStream::pair()?;
+        let their_fd = theirs.as_raw_fd();
+        let mut command = Command::new(python);
+        command
+            .arg("-u")
+            .arg(&self.harness)
+            .current_dir(cwd)
+            .env("OET_WORKER_FD", WORKER_FD.to_string())
+            .env("OET_PROCEDURE_ID", id.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if their_fd == WORKER_FD {
+                    let flags = libc::fcntl(WORKER_FD, libc::F_GETFD);
+                    if flags < 0
+                        || libc::fcntl(WORKER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(their_fd, WORKER_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        drop(theirs);
+        let pid = child
+            .id()
+            .ok_or_else(|| io::Error::other("worker exited before its pid could be read"))?;
+        let reaper = match Reaper::spawn(&self.daemon_exe, pid) {
+            Ok(reaper) => reaper,
+            Err(err) => {
+                kill_group(pid);
+                return Err(err);
+            }
+        };
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout pipe"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| io::Error::other("no stderr pipe"))?;
+        ours.set_nonblocking(true)?;
+        let channel = tokio::net::UnixStream::from_std(ours)?;
+        Ok((
+            Worker { pid, child, reaper },
+            WorkerIo {
+                channel,
+                stdout,
+                stderr,
+            },
+        ))
+    }
+}
+
+impl Worker {
+    /// Asks the script to stop: the harness turns SIGTERM into an exception.
+    pub fn terminate(&self) {
+        // ESRCH only means it is already gone.
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+    }
+
+    /// Kills the worker and everything in its process group.
+    pub fn kill_group(&self) {
+        kill_group(self.pid);
+    }
+
+    /// Ends the procedure's processes for good: kills whatever is left in the group and
+    /// lets the reaper go.
+    pub async fn finish(mut self) {
+        kill_group(self.pid);
+        let _ = self.child.wait().await;
+        self.reaper.release().await;
+    }
+}
+
+fn kill_group(pgid: u32) {
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+}
+
+/// A reaper process guarding one worker's process group.
+struct Reaper {
+    child: Child,
+    pipe: Option<OwnedFd>,
+}
+
+impl Reaper {
+    fn spawn(daemon_exe: &Path, pgid: u32) -> io::Result<Reaper> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let child = Command::new(daemon_exe)
+            .arg(REAPER_FLAG)
+            .arg(pgid.to_string())
+            .stdin(Stdio::from(read))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            // Its own group, so a terminal's Ctrl-C reaches neither it nor the worker.
+            .process_group(0)
+            .spawn()?;
+        Ok(Reaper {
+            child,
+            pipe: Some(write),
+        })
+    }
+
+    async fn release(&mut self) {
+        self.pipe = None;
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The reaper's whole life: wait for the pipe on stdin to close, then kill the group.
+pub fn run_reaper(args: &[OsString]) -> i32 {
+    let Some(pgid) = args
+        .first()
+        .and_then(|a| a.to_str())
+        .and_then(|a| a.parse::<i32>().ok())
+        .filter(|pgid| *pgid > 1)
+    else {
+        eprintln!("oetd: {REAPER_FLAG} needs a process group id");
+        return 2;
+    };
+    // Signals aimed at a terminal's foreground group must not end the guard early.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reading into a valid buffer of the stated length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 {
+            break;
+        }
+        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    0
+}
+
+/// A human description of how a process ended, for the stack-trace text of a procedure
+/// whose process died without saying why.
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(signal) = status.signal() {
+        let name = Signal::try_from(signal)
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|_| format!("signal {signal}"));
+        let core = if status.core_dumped() {
+            " (core dumped)"
+        } else {
+            ""
+        };
+        format!("script process was killed by signal {name} ({signal}){core}")
+    } else {
+        match status.code() {
+            Some(code) => format!("script process exited unexpectedly with status {code}"),
+            None => format!("script process ended unexpectedly: {status}"),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! One client connection: the handshake, then requests and answers, or — after a
+//! subscribe — a stream of events. Anything malformed gets an error frame and the
+//! connection is closed; the daemon itself is never at risk.
+
+use futures::{SinkExt, StreamExt};
+use oet_protocol::codec::{CodecError, FrameCodec};
+use oet_protocol::{
+    ClientMessage, ProtocolError, RequestBody, ResponseBody, ServerMessage, Welcome,
+    PROTOCOL_VERSION,
+};
+use tokio::net::UnixStream;
+use tokio::sync::broadcast;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::dispatch::{self, Peer, Services};
+
+type Transport = Framed<UnixStream, FrameCodec<ClientMessage, ServerMessage>>;
+
+/// Serves one connection until the client leaves, misbehaves, or the daemon shuts down.
+pub async fn serve(
+    stream: UnixStream,
+    services: Services,
+    max_frame: usize,
+    shutdown: CancellationToken,
+) {
+    let peer = Peer::of(&stream);
+    let mut transport = Framed::new(stream, FrameCodec::new(max_frame));
+    let client = match handshake(&mut transport).await {
+        Ok(client) => client,
+        Err(reason) => {
+            warn!(
+                peer_uid = peer.uid,
+                peer_pid = peer.pid,
+                "refused a connection: {reason}"
+            );
+            return;
+        }
+    };
+    debug!(
+        peer_uid = peer.uid,
+        peer_pid = peer.pid,
+        "connection from {client}"
+    );
+    loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            frame = transport.next() => frame,
+        };
+        let request = match frame {
+            None => return,
+            Some(Ok(ClientMessage::Request(request))) => request,
+            Some(Ok(ClientMessage::Hello(_))) => {
+                refuse(&mut transport, &peer, "a second hello on one connection").await;
+                return;
+            }
+            Some(Err(err)) => {
+                refuse(&mut transport, &peer, &err.to_string()).await;
+                return;
+            }
+        };
+        if request.body == RequestBody::Subscribe {
+            let events = services.procedures.bus().subscribe();
+            let answer = ServerMessage::Response {
+                id: request.id,
+                result: Ok(ResponseBody::Subscribed),
+            };
+            if transport.send(answer).await.is_ok() {
+                stream_events(&mut transport, events, &shutdown).await;
+            }
+            return;
+        }
+        let result = dispatch::dispatch(&services, &peer, request.body).await;
+        let answer = ServerMessage::Response {
+            id: request.id,
+            result,
+        };
+        if let Err(err) = transport.send(answer).await {
+            debug!(peer_pid = peer.pid, "client went away: {err}");
+            return;
+        }
+    }
+}
+
+async fn handshake(transport: &mut Transport) -> Result<String, String> {
+    let hello = match transport.next().await {
+        Some(Ok(ClientMessage::Hello(hello))) => hello,
+        Some(Ok(ClientMessage::Request(_))) => {
+            let refusal = ProtocolError::invalid_request("a connection must start with a hello");
+            let _ = transport
+                .send(ServerMessage::Welcome(Welcome::Refused(refusal.clone())))
+                .await;
+            return Err(refusal.message);
+        }
+        Some(Err(err)) => {
+            let message = err.to_string();
+            let _ = transport
+                .send(ServerMessage::Malformed(ProtocolError::invalid_request(
+                    message.clone(),
+                )))
+                .await;
+            return Err(message);
+        }
+        None => return Err("closed before the handshake".into()),
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let refusal = ProtocolError::invalid_request(format!(
+            "protocol version mismatch: client {} speaks version {}, this oetd speaks version {}",
+            hello.client, hello.protocol_version, PROTOCOL_VERSION
+        ));
+        let _ = transport
+            .send(ServerMessage::Welcome(Welcome::Refused(refusal.clone())))
+            .await;
+        return Err(refusal.message);
+    }
+    transport
+        .send(ServerMessage::Welcome(Welcome::Accepted {
+            protocol_version: PROTOCOL_VERSION,
+            server: format!("oetd {}", env!("CARGO_PKG_VERSION")),
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(hello.client)
+}
+
+async fn refuse(transport: &mut Transport, peer: &Peer, reason: &str) {
+    warn!(
+        peer_uid = peer.uid,
+        peer_pid = peer.pid,
+        "closing connection: {reason}"
+    );
+    let _ = transport
+        .send(ServerMessage::Malformed(ProtocolError::invalid_request(
+            reason.to_owned(),
+        )))
+        .await;
+}
+
+/// Streams bus events to a subscriber. A subscriber that falls behind is told how many
+/// events it missed; the bus never waits for it.
+async fn stream_events(
+    transport: &mut Transport,
+    mut events: broadcast::Receiver<oet_protocol::Event>,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            // A subscriber only listens; anything it sends (or its leaving) ends the stream.
+            _ = transport.next() => return,
+            event = events.recv() => match event {
+                Ok(event) => ServerMessage::Event(event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => ServerMessage::Lagged { missed },
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if let Err(err) = transport.send(message).await {
+            if !matches!(err, CodecError::Io(_)) {
+                info!("event could not be sent to a subscriber: {err}");
+            }
+            return;
+        }
+    }
+}

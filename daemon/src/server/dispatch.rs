@@ -1,0 +1,147 @@
+//! Request → service call. Every request passes through `dispatch`, which announces it
+//! on the bus; authorization by peer credentials will be the one check placed here.
+
+use std::time::SystemTime;
+
+use oet_protocol::{
+    DaemonStatus, ProtocolError, RequestBody, ResponseBody, Value, PROTOCOL_VERSION,
+};
+use tokio::net::UnixStream;
+use tracing::info;
+
+use crate::events::DAEMON_SOURCE;
+use crate::procedure::ProcedureService;
+
+/// What requests are served by.
+#[derive(Clone)]
+pub struct Services {
+    pub procedures: ProcedureService,
+    pub socket: String,
+    pub started_at: SystemTime,
+}
+
+/// Who is on the other end of a connection, from SO_PEERCRED.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl Peer {
+    pub fn of(stream: &UnixStream) -> Peer {
+        match stream.peer_cred() {
+            Ok(cred) => Peer {
+                uid: Some(cred.uid()),
+                gid: Some(cred.gid()),
+                pid: cred.pid(),
+            },
+            Err(_) => Peer {
+                uid: None,
+                gid: None,
+                pid: None,
+            },
+        }
+    }
+}
+
+/// Serves one request.
+pub async fn dispatch(
+    services: &Services,
+    peer: &Peer,
+    body: RequestBody,
+) -> Result<ResponseBody, ProtocolError> {
+    announce(services, peer, &body);
+    if !matches!(
+        body,
+        RequestBody::ListProcedures { .. }
+            | RequestBody::ProcedureLogs { .. }
+            | RequestBody::Status
+    ) {
+        info!(
+            peer_uid = peer.uid,
+            peer_gid = peer.gid,
+            peer_pid = peer.pid,
+            "{} requested by uid {} (pid {})",
+            body.topic(),
+            peer.uid.map_or("?".into(), |u| u.to_string()),
+            peer.pid.map_or("?".into(), |p| p.to_string()),
+        );
+    }
+    let procedures = &services.procedures;
+    match body {
+        RequestBody::CreateProcedure { script, init_args } => procedures
+            .create(script, init_args)
+            .map(ResponseBody::Procedure),
+        RequestBody::StartProcedure { id, function, args } => procedures
+            .start(id, &function, args)
+            .map(ResponseBody::Procedure),
+        RequestBody::StopProcedure { id, run_abort } => procedures
+            .stop(id, run_abort)
+            .await
+            .map(ResponseBody::Stopped),
+        RequestBody::ListProcedures { ids } => procedures.list(&ids).map(ResponseBody::Procedures),
+        RequestBody::ProcedureLogs { id } => procedures.logs(id).map(ResponseBody::Logs),
+        RequestBody::Status => Ok(ResponseBody::Status(status(services))),
+        RequestBody::Subscribe => Err(ProtocolError::internal(
+            "subscriptions are served by the connection, not dispatched",
+        )),
+    }
+}
+
+fn status(services: &Services) -> DaemonStatus {
+    let (live, running) = services.procedures.counts();
+    DaemonStatus {
+        server: format!("oetd {}", env!("CARGO_PKG_VERSION")),
+        protocol_version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        socket: services.socket.clone(),
+        started_at: services
+            .started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        procedures_live: live,
+        running,
+    }
+}
+
+/// Publishes `request.*` for a request, with what it asked and who asked.
+fn announce(services: &Services, peer: &Peer, body: &RequestBody) {
+    let mut payload = std::collections::BTreeMap::new();
+    if let Some(uid) = peer.uid {
+        payload.insert("peer_uid".to_string(), Value::from(u64::from(uid)));
+    }
+    if let Some(pid) = peer.pid {
+        payload.insert("peer_pid".to_string(), Value::from(i64::from(pid)));
+    }
+    match body {
+        RequestBody::CreateProcedure { script, init_args } => {
+            payload.insert("script_uri".into(), Value::from(script.uri()));
+            payload.insert(
+                "init_args".into(),
+                Value::from(oet_protocol::view::function_args(init_args)),
+            );
+        }
+        RequestBody::StartProcedure { id, function, args } => {
+            payload.insert("procedure_id".into(), Value::from(*id));
+            payload.insert("function".into(), Value::from(function.as_str()));
+            payload.insert(
+                "args".into(),
+                Value::from(oet_protocol::view::function_args(args)),
+            );
+        }
+        RequestBody::StopProcedure { id, run_abort } => {
+            payload.insert("procedure_id".into(), Value::from(*id));
+            payload.insert("run_abort".into(), Value::Bool(*run_abort));
+        }
+        RequestBody::ProcedureLogs { id } => {
+            payload.insert("procedure_id".into(), Value::from(*id));
+        }
+        RequestBody::ListProcedures { .. } | RequestBody::Subscribe | RequestBody::Status => {}
+    }
+    services
+        .procedures
+        .bus()
+        .publish(body.topic(), DAEMON_SOURCE, Value::Map(payload));
+}

@@ -1,0 +1,151 @@
+//! Events: what scripts publish reaches listeners and other scripts; lifecycle and
+//! request events are on the same bus.
+
+use oet_protocol::{FunctionArgs, ProcedureState, Value};
+use oet_tests::{next_event, wait_for, TestDaemon};
+
+const ANNOUNCER: &str = r#"
+from pubsub import pub
+
+def main(message):
+    pub.sendMessage("user.script.announce", msg_src="announcer", msg=message)
+"#;
+
+#[tokio::test]
+async fn a_script_message_reaches_a_listener_with_its_topic_and_payload() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("announce.py", ANNOUNCER);
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let mut events = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(
+            ready.id,
+            "main",
+            FunctionArgs {
+                args: vec![Value::from("slewing to target")],
+                kwargs: Default::default(),
+            },
+        )
+        .await
+        .expect("start");
+    let event = next_event(&mut events, |e| e.topic == "user.script.announce").await;
+    assert_eq!(event.msg_src, ready.id.to_string());
+    let payload = event.payload.as_map().expect("payload");
+    assert_eq!(payload.get("msg"), Some(&Value::from("slewing to target")));
+    // The lifecycle of the same procedure is on the same bus.
+    let complete = next_event(&mut events, |e| {
+        e.topic == "procedure.lifecycle.complete" && e.procedure_id() == Some(ready.id)
+    })
+    .await;
+    assert_eq!(complete.topic, "procedure.lifecycle.complete");
+}
+
+#[tokio::test]
+async fn an_event_from_one_script_reaches_a_subscriber_in_another() {
+    let daemon = TestDaemon::start();
+    let listener_uri = daemon.script(
+        "listener.py",
+        r#"
+from pubsub import pub
+
+def heard(msg_src, msg):
+    pub.sendMessage("test.heard", msg=f"{msg} (from {msg_src})")
+
+def init():
+    pub.subscribe(heard, "user.script.announce")
+
+def main():
+    pass
+"#,
+    );
+    let listener = daemon
+        .create_ready(&listener_uri, FunctionArgs::default())
+        .await;
+    assert_eq!(listener.state, ProcedureState::Ready);
+
+    let announcer_uri = daemon.script("announce.py", ANNOUNCER);
+    let announcer = daemon
+        .create_ready(&announcer_uri, FunctionArgs::default())
+        .await;
+    let mut events = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(
+            announcer.id,
+            "main",
+            FunctionArgs {
+                args: vec![Value::from("on source")],
+                kwargs: Default::default(),
+            },
+        )
+        .await
+        .expect("start");
+    let heard = next_event(&mut events, |e| e.topic == "test.heard").await;
+    assert_eq!(heard.msg_src, listener.id.to_string());
+    assert_eq!(
+        heard.payload.as_map().and_then(|m| m.get("msg")),
+        Some(&Value::from(format!("on source (from {})", announcer.id)))
+    );
+    let done = wait_for(&mut events, &mut client, announcer.id, |s| {
+        s == ProcedureState::Complete
+    })
+    .await;
+    assert_eq!(done.state, ProcedureState::Complete);
+}
+
+#[tokio::test]
+async fn requests_are_announced_on_the_bus() {
+    let daemon = TestDaemon::start();
+    let mut events = daemon.events().await;
+    let uri = daemon.script("noop.py", "def main():\n    pass\n");
+    daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let request = next_event(&mut events, |e| e.topic == "request.procedure.create").await;
+    assert_eq!(
+        request.payload.as_map().and_then(|m| m.get("script_uri")),
+        Some(&Value::from(uri.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn a_slow_listener_is_told_how_many_events_it_missed() {
+    let daemon = TestDaemon::start_with("[events]\nbuffer = 4");
+    let uri = daemon.script(
+        "chatty.py",
+        r#"
+from pubsub import pub
+
+def main():
+    padding = "x" * 1024
+    for i in range(5000):
+        pub.sendMessage("test.chatter", n=i, padding=padding)
+"#,
+    );
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    // This subscriber does not read while the script runs: once its socket buffer is
+    // full, the bus must drop events for it rather than wait.
+    let mut slow = daemon.events().await;
+    let mut watcher = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(ready.id, "main", FunctionArgs::default())
+        .await
+        .expect("start");
+    let done = wait_for(&mut watcher, &mut client, ready.id, |s| {
+        s == ProcedureState::Complete
+    })
+    .await;
+    assert_eq!(done.state, ProcedureState::Complete);
+    let missed = tokio::time::timeout(oet_tests::DEADLINE, async {
+        loop {
+            match slow.next().await {
+                Some(Ok(oet_protocol::client::StreamItem::Lagged(missed))) => return missed,
+                Some(Ok(_)) => continue,
+                other => panic!("stream ended without a lag notice: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a lag notice");
+    assert!(missed > 0);
+}

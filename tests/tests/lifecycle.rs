@@ -1,0 +1,222 @@
+//! The life of a procedure as an operator sees it: states in order, failures with their
+//! stack traces, and arguments arriving as the right Python types.
+
+use std::collections::BTreeMap;
+
+use oet_protocol::{FunctionArgs, ProcedureState::*, ScriptSpec, Value};
+use oet_tests::{states, wait_for, TestDaemon};
+
+const INIT_AND_MAIN: &str = r#"
+def init(subarray_id):
+    print(f"init for subarray {subarray_id}")
+
+def main():
+    print("main ran")
+"#;
+
+#[tokio::test]
+async fn init_and_main_go_through_every_state_in_order() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("observe.py", INIT_AND_MAIN);
+    let init = FunctionArgs {
+        args: vec![],
+        kwargs: BTreeMap::from([("subarray_id".into(), Value::Int(1))]),
+    };
+    let ready = daemon.create_ready(&uri, init).await;
+    assert_eq!(
+        states(&ready),
+        [Creating, Idle, Loading, Idle, Initialising, Ready]
+    );
+
+    let mut events = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(ready.id, "main", FunctionArgs::default())
+        .await
+        .expect("start");
+    let done = wait_for(&mut events, &mut client, ready.id, |s| s == Complete).await;
+    assert_eq!(
+        states(&done),
+        [
+            Creating,
+            Idle,
+            Loading,
+            Idle,
+            Initialising,
+            Ready,
+            Running,
+            Complete
+        ]
+    );
+    let times: Vec<f64> = done.history.iter().map(|c| c.time).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "state times must not go backwards: {times:?}"
+    );
+    let logs = client.logs(ready.id).await.expect("logs");
+    let lines: Vec<&str> = logs.lines.iter().map(|l| l.line.as_str()).collect();
+    assert!(lines.contains(&"init for subarray 1"), "{lines:?}");
+}
+
+#[tokio::test]
+async fn a_script_without_init_skips_initialising() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("no_init.py", "def main():\n    pass\n");
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    assert_eq!(states(&ready), [Creating, Idle, Loading, Idle, Ready]);
+}
+
+#[tokio::test]
+async fn an_exception_in_main_fails_with_its_stack_trace() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script(
+        "fails.py",
+        "def main():\n    raise Exception(\"Script failed!\")\n",
+    );
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let mut events = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(ready.id, "main", FunctionArgs::default())
+        .await
+        .expect("start");
+    let failed = wait_for(&mut events, &mut client, ready.id, |_| false).await;
+    assert_eq!(failed.state, Failed);
+    let trace = failed.stacktrace.expect("a stack trace");
+    assert!(trace.contains("Script failed!"), "{trace}");
+    assert!(trace.contains("fails.py"), "{trace}");
+}
+
+#[tokio::test]
+async fn a_missing_script_fails_naming_the_file() {
+    let daemon = TestDaemon::start();
+    let failed = daemon
+        .create_ready("file:///does/not/exist.py", FunctionArgs::default())
+        .await;
+    assert_eq!(failed.state, Failed);
+    let trace = failed.stacktrace.expect("a stack trace");
+    assert!(trace.contains("FileNotFoundError"), "{trace}");
+    assert!(trace.contains("/does/not/exist.py"), "{trace}");
+}
+
+#[tokio::test]
+async fn arguments_of_every_kind_arrive_as_python_types_and_come_back_unchanged() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script(
+        "types.py",
+        r#"
+EXPECTED = {"null": type(None), "bool": bool, "int": int, "float": float,
+            "string": str, "list": list, "map": dict}
+
+def check(values):
+    for name, value in values.items():
+        if type(value) is not EXPECTED[name]:
+            raise TypeError(f"{name}: got {type(value).__name__} {value!r}")
+
+def init(*args, **kwargs):
+    assert args == (1, 2.5, "three", None, True, [1, [2]], {"k": "v"}), args
+    check(kwargs)
+
+def main(*args, **kwargs):
+    assert args == (-7,), args
+    check(kwargs)
+    assert kwargs["map"] == {"nested": [1.5, None, {"deep": False}]}, kwargs["map"]
+"#,
+    );
+    let kwargs: BTreeMap<String, Value> = BTreeMap::from([
+        ("null".into(), Value::Null),
+        ("bool".into(), Value::Bool(false)),
+        ("int".into(), Value::Int(42)),
+        ("float".into(), Value::Float(1.0)),
+        ("string".into(), Value::from("héllo")),
+        (
+            "list".into(),
+            Value::List(vec![Value::Int(1), Value::from("x")]),
+        ),
+        (
+            "map".into(),
+            Value::Map(BTreeMap::from([(
+                "nested".into(),
+                Value::List(vec![
+                    Value::Float(1.5),
+                    Value::Null,
+                    Value::Map(BTreeMap::from([("deep".into(), Value::Bool(false))])),
+                ]),
+            )])),
+        ),
+    ]);
+    let init = FunctionArgs {
+        args: vec![
+            Value::Int(1),
+            Value::Float(2.5),
+            Value::from("three"),
+            Value::Null,
+            Value::Bool(true),
+            Value::List(vec![Value::Int(1), Value::List(vec![Value::Int(2)])]),
+            Value::Map(BTreeMap::from([("k".into(), Value::from("v"))])),
+        ],
+        kwargs: kwargs.clone(),
+    };
+    let ready = daemon.create_ready(&uri, init.clone()).await;
+    assert_eq!(ready.state, Ready, "{:?}", ready.stacktrace);
+
+    let main_args = FunctionArgs {
+        args: vec![Value::Int(-7)],
+        kwargs,
+    };
+    let mut events = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(ready.id, "main", main_args.clone())
+        .await
+        .expect("start");
+    let done = wait_for(&mut events, &mut client, ready.id, |s| s == Complete).await;
+    assert_eq!(done.state, Complete, "{:?}", done.stacktrace);
+    let script_args = done.script_args();
+    assert_eq!(script_args.get("init"), Some(&init));
+    assert_eq!(script_args.get("main"), Some(&main_args));
+}
+
+#[tokio::test]
+async fn a_wrong_uri_prefix_is_refused_without_creating_anything() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let err = client
+        .create(
+            ScriptSpec::filesystem("git://x.py"),
+            FunctionArgs::default(),
+        )
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("file://"), "{err}");
+    assert!(client.list(vec![]).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
+    let daemon = TestDaemon::start_with("history_size = 2");
+    let live = daemon
+        .create_ready(
+            &daemon.script("live.py", "def main():\n    pass\n"),
+            FunctionArgs::default(),
+        )
+        .await;
+    let older = daemon
+        .create_ready("file:///missing/one.py", FunctionArgs::default())
+        .await;
+    let newer = daemon
+        .create_ready("file:///missing/two.py", FunctionArgs::default())
+        .await;
+    assert_eq!((older.state, newer.state), (Failed, Failed));
+    let mut client = daemon.client().await;
+    let ids: Vec<u64> = client
+        .list(vec![])
+        .await
+        .expect("list")
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [live.id, newer.id]);
+    let err = client.describe(older.id).await.expect_err("pruned");
+    assert!(err.to_string().starts_with("not found"), "{err}");
+}

@@ -1,0 +1,251 @@
+//! Stopping scripts: politely, then by force; nothing a script started survives, not even
+//! when oetd itself is killed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use oet_protocol::{FunctionArgs, ProcedureState::*, Value};
+use oet_tests::{next_event, wait_for, wait_gone, TestDaemon};
+
+/// A script that announces its own pid and that of a `sleep` child it spawned, then
+/// loops until stopped. With `stubborn`, it swallows the stop exception and goes on. The
+/// announcement is made inside the loop's `try:`, so a stop that follows it at once
+/// always meets the script's handler.
+fn looping_script(stubborn: bool) -> String {
+    let handler = if stubborn {
+        "        except BaseException:\n            print('ignoring the stop')\n"
+    } else {
+        "        except BaseException:\n            print('cleaning up')\n            raise\n"
+    };
+    format!(
+        r#"
+import os, subprocess, time
+from pubsub import pub
+
+def main():
+    child = subprocess.Popen(["sleep", "1000"])
+    announced = False
+    while True:
+        try:
+            if not announced:
+                announced = True
+                pub.sendMessage("test.pids", worker=os.getpid(), child=child.pid)
+            time.sleep(0.05)
+{handler}"#
+    )
+}
+
+async fn run_until_pids(daemon: &TestDaemon, uri: &str) -> (u64, u32, u32) {
+    let ready = daemon.create_ready(uri, FunctionArgs::default()).await;
+    assert_eq!(ready.state, Ready, "{:?}", ready.stacktrace);
+    let mut events = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(ready.id, "main", FunctionArgs::default())
+        .await
+        .expect("start");
+    let event = next_event(&mut events, |e| e.topic == "test.pids").await;
+    let map = event.payload.as_map().expect("payload map");
+    let pid = |key: &str| match map.get(key) {
+        Some(Value::Int(pid)) => *pid as u32,
+        other => panic!("no {key} pid in {other:?}"),
+    };
+    (ready.id, pid("worker"), pid("child"))
+}
+
+#[tokio::test]
+async fn stop_ends_a_looping_script_and_its_children() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("loop.py", &looping_script(false));
+    let (id, worker, child) = run_until_pids(&daemon, &uri).await;
+
+    // While it runs, the daemon answers promptly.
+    let mut client = daemon.client().await;
+    let listed = client.list(vec![]).await.expect("list");
+    assert_eq!(listed[0].state, Running);
+    assert_eq!(client.describe(id).await.expect("describe").state, Running);
+
+    let stopped = client.stop(id, false).await.expect("stop");
+    assert_eq!(stopped[0].state, Stopped);
+    assert!(
+        wait_gone(worker, Duration::from_secs(10)),
+        "worker {worker} survived"
+    );
+    assert!(
+        wait_gone(child, Duration::from_secs(10)),
+        "child {child} survived"
+    );
+    let logs = client.logs(id).await.expect("logs");
+    assert!(
+        logs.lines.iter().any(|l| l.line == "cleaning up"),
+        "the script's finally: block should have run: {:?}",
+        logs.lines
+    );
+}
+
+#[tokio::test]
+async fn a_script_that_ignores_the_stop_is_killed_after_the_grace_period() {
+    let daemon = TestDaemon::start_with("stop_grace_secs = 0.5");
+    let uri = daemon.script("stubborn.py", &looping_script(true));
+    let (id, worker, child) = run_until_pids(&daemon, &uri).await;
+    let mut client = daemon.client().await;
+    let stopped = client.stop(id, false).await.expect("stop");
+    assert_eq!(stopped[0].state, Stopped);
+    assert!(
+        wait_gone(worker, Duration::from_secs(10)),
+        "worker {worker} survived"
+    );
+    assert!(
+        wait_gone(child, Duration::from_secs(10)),
+        "child {child} survived"
+    );
+    let logs = client.logs(id).await.expect("logs");
+    assert!(logs.lines.iter().any(|l| l.line == "ignoring the stop"));
+}
+
+#[tokio::test]
+async fn a_segfault_fails_the_procedure_naming_the_signal() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script(
+        "segv.py",
+        "import os, signal\n\ndef main():\n    os.kill(os.getpid(), signal.SIGSEGV)\n",
+    );
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let mut events = daemon.events().await;
+    let mut client = daemon.client().await;
+    client
+        .start(ready.id, "main", FunctionArgs::default())
+        .await
+        .expect("start");
+    let failed = wait_for(&mut events, &mut client, ready.id, |_| false).await;
+    assert_eq!(failed.state, Failed);
+    let trace = failed.stacktrace.expect("a stack trace");
+    assert!(trace.contains("SIGSEGV"), "{trace}");
+    // The daemon keeps serving.
+    let again = daemon
+        .create_ready(
+            &daemon.script("ok.py", "def main():\n    pass\n"),
+            FunctionArgs::default(),
+        )
+        .await;
+    assert_eq!(again.state, Ready);
+}
+
+#[tokio::test]
+async fn only_one_procedure_runs_at_a_time_and_only_ready_ones_start() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("loop.py", &looping_script(false));
+    let (running, _, _) = run_until_pids(&daemon, &uri).await;
+    let second = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let mut client = daemon.client().await;
+    let err = client
+        .start(second.id, "main", FunctionArgs::default())
+        .await
+        .expect_err("second start refused");
+    let text = err.to_string();
+    assert!(text.contains(&format!("procedure {running}")), "{text}");
+    assert!(text.contains("RUNNING"), "{text}");
+    let err = client
+        .start(running, "main", FunctionArgs::default())
+        .await
+        .expect_err("start of a RUNNING procedure refused");
+    assert!(err.to_string().starts_with("invalid state"), "{err}");
+    let err = client
+        .start(999, "main", FunctionArgs::default())
+        .await
+        .expect_err("unknown procedure");
+    assert!(
+        err.to_string().contains("no procedure with ID 999"),
+        "{err}"
+    );
+    client.stop(running, false).await.expect("stop");
+}
+
+#[tokio::test]
+async fn stop_with_abort_runs_the_abort_script_for_the_same_subarray() {
+    let daemon_dir = tempfile::tempdir().expect("dir");
+    let abort = daemon_dir.path().join("abort.py");
+    std::fs::write(
+        &abort,
+        "def init(subarray_id):\n    global SUB\n    SUB = subarray_id\n\ndef main():\n    print(f'aborting subarray {SUB}')\n",
+    )
+    .expect("abort script");
+    let daemon = TestDaemon::start_with(&format!("abort_script = \"file://{}\"", abort.display()));
+    let uri = daemon.script(
+        "observe.py",
+        "import time\n\ndef init(subarray_id):\n    pass\n\ndef main():\n    while True:\n        time.sleep(0.05)\n",
+    );
+    let init = FunctionArgs {
+        args: vec![],
+        kwargs: BTreeMap::from([("subarray_id".into(), Value::Int(3))]),
+    };
+    let ready = daemon.create_ready(&uri, init).await;
+    let mut client = daemon.client().await;
+    client
+        .start(ready.id, "main", FunctionArgs::default())
+        .await
+        .expect("start");
+    let mut events = daemon.events().await;
+    let summaries = client.stop(ready.id, true).await.expect("stop with abort");
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(summaries[0].state, Stopped);
+    let aborting = &summaries[1];
+    assert_eq!(aborting.script.uri(), format!("file://{}", abort.display()));
+    assert_eq!(
+        aborting.script_args()["init"].kwargs["subarray_id"],
+        Value::Int(3)
+    );
+    let done = wait_for(&mut events, &mut client, aborting.id, |s| s == Complete).await;
+    assert_eq!(done.state, Complete, "{:?}", done.stacktrace);
+    let logs = client.logs(aborting.id).await.expect("logs");
+    assert!(logs.lines.iter().any(|l| l.line == "aborting subarray 3"));
+}
+
+#[tokio::test]
+async fn stop_with_abort_needs_a_subarray_and_changes_nothing_without_one() {
+    let daemon = TestDaemon::start_with("abort_script = \"file:///nonexistent/abort.py\"");
+    let uri = daemon.script("idle.py", "def main():\n    pass\n");
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let mut client = daemon.client().await;
+    let err = client.stop(ready.id, true).await.expect_err("refused");
+    assert!(err.to_string().contains("subarray_id"), "{err}");
+    assert_eq!(
+        client.describe(ready.id).await.expect("describe").state,
+        Ready
+    );
+}
+
+#[tokio::test]
+async fn no_script_process_survives_oetd_being_killed() {
+    let mut daemon = TestDaemon::start();
+    let uri = daemon.script("loop.py", &looping_script(false));
+    let (_, worker, child) = run_until_pids(&daemon, &uri).await;
+    daemon.signal(libc::SIGKILL);
+    daemon.wait();
+    assert!(
+        wait_gone(worker, Duration::from_secs(10)),
+        "worker {worker} survived oetd"
+    );
+    assert!(
+        wait_gone(child, Duration::from_secs(10)),
+        "child {child} survived oetd"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_running_scripts_and_exits_cleanly() {
+    let mut daemon = TestDaemon::start();
+    let uri = daemon.script("loop.py", &looping_script(false));
+    let (id, worker, child) = run_until_pids(&daemon, &uri).await;
+    let mut events = daemon.events().await;
+    daemon.signal(libc::SIGTERM);
+    let stopped = next_event(&mut events, |e| {
+        e.procedure_id() == Some(id) && e.new_state() == Some(Stopped)
+    })
+    .await;
+    assert_eq!(stopped.new_state(), Some(Stopped));
+    let status = daemon.wait();
+    assert!(status.success(), "oetd exited with {status}");
+    assert!(wait_gone(worker, Duration::from_secs(10)));
+    assert!(wait_gone(child, Duration::from_secs(10)));
+}
