@@ -2,6 +2,9 @@
 //! directory, killed when the test ends; helpers to write scripts, talk to the daemon,
 //! run the real `oetctl`, and wait for processes to disappear.
 
+pub mod journal_capture;
+pub mod systemd_sandbox;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

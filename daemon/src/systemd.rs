@@ -1,1 +1,0 @@
-//! Glue to systemd: readiness and watchdog notification, socket activation, journald.

@@ -1,0 +1,125 @@
+//! The Debian package builds from the workspace's binaries and holds what an operator
+//! installs: both binaries, the units, sysusers/tmpfiles snippets, the configuration as a
+//! conffile, man pages, completions, and maintainer scripts that are valid shell.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_debian_package_holds_what_an_operator_installs() {
+    if Command::new("dpkg-deb").arg("--version").output().is_err() {
+        eprintln!("skipped: dpkg-deb is not installed");
+        return;
+    }
+    let bin = oet_tests::bin_dir();
+    let out = tempfile::tempdir().unwrap();
+    // The debug binaries the test run already built; a release build is the script's default.
+    let built = run(Command::new(repo().join("packaging/build-deb.sh"))
+        .arg("--bin-dir")
+        .arg(&bin)
+        .arg("--out")
+        .arg(out.path()));
+    let deb = PathBuf::from(built.trim());
+    assert!(deb.starts_with(out.path()) && deb.exists(), "{built}");
+
+    let listing = run(Command::new("dpkg").arg("-c").arg(&deb));
+    let files: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .collect();
+    let mut expected = vec![
+        "./usr/bin/oetd",
+        "./usr/bin/oetctl",
+        "./lib/systemd/system/oetd.service",
+        "./lib/systemd/system/oetd.socket",
+        "./usr/lib/sysusers.d/oet.conf",
+        "./usr/lib/tmpfiles.d/oet.conf",
+        "./etc/oet/oetd.toml",
+        "./usr/share/man/man1/oetctl.1.gz",
+        "./usr/share/bash-completion/completions/oetctl",
+        "./usr/share/zsh/vendor-completions/_oetctl",
+        "./usr/share/fish/vendor_completions.d/oetctl.fish",
+    ];
+    // oetd(1) comes from oetd's own clap definition once it offers --generate-man.
+    let man_dir = tempfile::tempdir().unwrap();
+    let oetd_has_man = Command::new(bin.join("oetd"))
+        .arg("--generate-man")
+        .arg(man_dir.path())
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && man_dir.path().join("oetd.1").exists();
+    if oetd_has_man {
+        expected.push("./usr/share/man/man1/oetd.1.gz");
+    }
+    for path in expected {
+        assert!(
+            files.contains(&path),
+            "{path} missing from the package:\n{listing}"
+        );
+    }
+
+    let field = |name: &str| run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg(name));
+    assert_eq!(field("Package").trim(), "oet");
+    assert!(field("Depends").contains("python3"));
+
+    let unpacked = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(&deb)
+        .arg(unpacked.path()));
+    let u = unpacked.path();
+    assert_eq!(
+        fs::read_to_string(u.join("DEBIAN/conffiles"))
+            .unwrap()
+            .trim(),
+        "/etc/oet/oetd.toml"
+    );
+    for (shipped, source) in [
+        ("lib/systemd/system/oetd.service", "systemd/oetd.service"),
+        ("lib/systemd/system/oetd.socket", "systemd/oetd.socket"),
+        ("usr/lib/sysusers.d/oet.conf", "systemd/sysusers.d/oet.conf"),
+        ("usr/lib/tmpfiles.d/oet.conf", "systemd/tmpfiles.d/oet.conf"),
+    ] {
+        assert_eq!(
+            fs::read(u.join(shipped)).unwrap(),
+            fs::read(repo().join(source)).unwrap(),
+            "{shipped} differs from {source}"
+        );
+    }
+    for script in ["postinst", "prerm", "postrm"] {
+        run(Command::new("sh")
+            .arg("-n")
+            .arg(u.join("DEBIAN").join(script)));
+    }
+    let postinst = fs::read_to_string(u.join("DEBIAN/postinst")).unwrap();
+    for step in ["systemd-sysusers", "systemd-tmpfiles", "enable oetd.socket"] {
+        assert!(postinst.contains(step), "postinst lacks {step}");
+    }
+    // The shipped configuration is one oetd accepts.
+    run(Command::new(u.join("usr/bin/oetd"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(u.join("etc/oet/oetd.toml")));
+}
