@@ -351,11 +351,21 @@ impl Ctl {
                         continue;
                     }
                     self.print_event(&event)?;
-                    let activity_event = event.activity_id() == Some(id)
-                        && event.topic.starts_with(topics::ACTIVITY_PREFIX);
-                    if activity_event {
+                    if event.activity_id() != Some(id) {
+                        continue;
+                    }
+                    // Decide on the event's own state, not on a summary that may
+                    // already be further along (its events would go unprinted).
+                    let ends = match event.activity_state() {
+                        Some(state) => state.is_final() || state == ActivityState::Prepared,
+                        None => event.topic.starts_with(topics::ACTIVITY_PREFIX),
+                    };
+                    if ends {
                         let summary = client.describe_activity(id).await?;
-                        if done(&summary) {
+                        let stays_prepared = summary.prepare_only || summary.error.is_some();
+                        if event.activity_state().is_some_and(ActivityState::is_final)
+                            || stays_prepared
+                        {
                             return Ok(summary);
                         }
                     }

@@ -131,6 +131,15 @@ impl Default for LogConfig {
     }
 }
 
+/// What a configuration reload found changed.
+#[derive(Debug, Default, PartialEq)]
+pub struct ConfigChanges {
+    /// Keys or sections whose new values take effect at once.
+    pub live: Vec<String>,
+    /// Keys or sections whose new values need a restart of oetd.
+    pub restart: Vec<String>,
+}
+
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -194,6 +203,54 @@ impl Config {
         } else {
             PathBuf::from(&self.server.socket)
         }
+    }
+
+    /// Where cached, re-creatable data goes: systemd's `CACHE_DIRECTORY` when set,
+    /// otherwise the state directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        match std::env::var_os("CACHE_DIRECTORY").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(
+                dir.to_string_lossy()
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            None => self.state_dir(),
+        }
+    }
+
+    /// Compares this configuration with a newly read one: applies nothing, but says which
+    /// changes can take effect at once (`live`) and which need a restart (`restart`), by
+    /// their keys.
+    pub fn changes(&self, new: &Config) -> ConfigChanges {
+        let mut changes = ConfigChanges::default();
+        let mut note = |changed: bool, key: &str, live: bool| {
+            if changed {
+                if live {
+                    changes.live.push(key.to_owned());
+                } else {
+                    changes.restart.push(key.to_owned());
+                }
+            }
+        };
+        note(self.log != new.log, "log.level", true);
+        note(self.procedures != new.procedures, "procedures", true);
+        note(
+            self.git.allowed_repos != new.git.allowed_repos,
+            "git.allowed_repos",
+            true,
+        );
+        let git_rest = |c: &GitConfig| GitConfig {
+            allowed_repos: Vec::new(),
+            ..c.clone()
+        };
+        note(git_rest(&self.git) != git_rest(&new.git), "git", false);
+        note(self.server != new.server, "server", false);
+        note(self.events != new.events, "events", false);
+        note(self.paths != new.paths, "paths", false);
+        note(self.oda != new.oda, "oda", false);
+        changes
     }
 
     /// The state directory, resolving the empty default.

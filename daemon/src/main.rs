@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use oetd::activity::{oda, ActivityService};
 use oetd::config::Config;
 use oetd::events::EventBus;
@@ -13,14 +13,16 @@ use oetd::git::GitServices;
 use oetd::procedure::supervisor::{self, WorkerCommand};
 use oetd::procedure::{ProcedureService, WORKER_HARNESS};
 use oetd::server::{self, Services, Shutdown};
+use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// The Observation Execution Tool daemon: runs observing scripts and supervises them.
 #[derive(Debug, Parser)]
 #[command(name = "oetd", version, about, long_about = None)]
 struct Flags {
-    /// Control socket to create (overrides server.socket in the configuration).
+    /// Control socket to create (overrides server.socket in the configuration). Ignored
+    /// when systemd passes the socket (socket activation).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Configuration file (TOML). Without it, embedded defaults are used.
@@ -32,6 +34,9 @@ struct Flags {
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
+    /// Write the oetd(1) man page into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_man: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -50,13 +55,13 @@ fn main() -> ExitCode {
 }
 
 fn run(flags: Flags) -> anyhow::Result<()> {
-    let mut config = match &flags.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if let Some(socket) = &flags.socket {
-        config.server.socket = socket.display().to_string();
+    if let Some(dir) = &flags.generate_man {
+        std::fs::create_dir_all(dir)?;
+        clap_mangen::generate_to(Flags::command(), dir)
+            .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
+        return Ok(());
     }
+    let config = load_config(&flags)?;
     if flags.check_config {
         println!("configuration is valid");
         return Ok(());
@@ -68,26 +73,56 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    init_logging(&config.log.level)?;
+    // These read and clear variables systemd set for this process alone, so they run
+    // before any thread or child process exists.
+    let notifier = systemd::Notifier::from_env()?;
+    let activated = systemd::listen_fds()?;
+    let log = systemd::init_logging(&config.log.level)?;
+    if let Some(problem) = log.journald_fallback() {
+        warn!("{problem}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(Daemon {
+        config,
+        flags,
+        notifier,
+        activated,
+        log,
+    }))
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .with_context(|| format!("invalid log.level '{level}'"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    Ok(())
+/// Reads the configuration file (or takes the defaults) and applies `--socket`.
+fn load_config(flags: &Flags) -> anyhow::Result<Config> {
+    let mut config = match &flags.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(socket) = &flags.socket {
+        config.server.socket = socket.display().to_string();
+    }
+    Ok(config)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Everything the running daemon starts from.
+struct Daemon {
+    config: Config,
+    flags: Flags,
+    notifier: systemd::Notifier,
+    activated: Option<std::os::unix::net::UnixListener>,
+    log: systemd::LogControl,
+}
+
+async fn serve(daemon: Daemon) -> anyhow::Result<()> {
+    let Daemon {
+        mut config,
+        flags,
+        notifier,
+        activated,
+        log,
+    } = daemon;
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
@@ -95,7 +130,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
 
     let bus = EventBus::new(config.events.buffer);
-    let git = GitServices::open(&config.git, &state_dir)
+    let git = GitServices::open(&config.git, &state_dir, &config.cache_dir())
         .map_err(|err| anyhow::anyhow!("cannot set up git scripts: {err}"))?;
     let procedures = ProcedureService::new(
         config.procedures.clone(),
@@ -103,7 +138,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             harness,
             daemon_exe,
         },
-        git,
+        git.clone(),
         state_dir.clone(),
         bus,
     );
@@ -113,8 +148,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let activities = ActivityService::new(oda, procedures.clone(), state_dir.join("activities"))
         .context("cannot prepare the directory for activities' SBD files")?;
 
-    let socket = config.socket_path();
-    let listener = server::bind(&socket, 0o660)?;
+    // A socket passed by systemd belongs to systemd (it removes it); one we create is ours.
+    let (listener, socket, own_socket) = match activated {
+        Some(listener) => {
+            let path = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_owned))
+                .unwrap_or_else(|| PathBuf::from("(socket passed by systemd)"));
+            info!("using the control socket passed by systemd");
+            (listener, path, false)
+        }
+        None => {
+            let path = config.socket_path();
+            (server::bind(&path, 0o660)?, path, true)
+        }
+    };
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     info!("oetd listening on {}", socket.display());
@@ -133,8 +182,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.server.max_frame_bytes,
         shutdown.clone(),
     ));
+    if let Err(err) = notifier.ready() {
+        warn!("cannot tell systemd that oetd is ready: {err}");
+    }
+    systemd::health::spawn_status_reporter(notifier.clone(), procedures.clone());
+    systemd::health::spawn_watchdog(notifier.clone(), procedures.clone());
 
-    wait_for_stop_signal().await?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received"); break }
+            _ = int.recv() => { info!("SIGINT received"); break }
+            _ = hup.recv() => reload(&flags, &mut config, &log, &procedures, &git),
+        }
+    }
+
+    if let Err(err) = notifier.stopping() {
+        warn!("cannot tell systemd that oetd is stopping: {err}");
+    }
     info!("shutting down: stopping running scripts");
     shutdown.stop_accepting.cancel();
     procedures.shutdown().await;
@@ -142,21 +209,61 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Err(err) = server.await {
         error!("the control server ended abnormally: {err}");
     }
-    if let Err(err) = std::fs::remove_file(&socket) {
-        error!("cannot remove socket {}: {err}", socket.display());
+    if own_socket {
+        if let Err(err) = std::fs::remove_file(&socket) {
+            error!("cannot remove socket {}: {err}", socket.display());
+        }
     }
     info!("oetd stopped");
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// SIGHUP: re-reads the configuration file and applies what can change safely (log
+/// level, procedure limits, allowed repositories); says in the log what changed and
+/// what needs a restart. A file that no longer parses changes nothing.
+fn reload(
+    flags: &Flags,
+    config: &mut Config,
+    log: &systemd::LogControl,
+    procedures: &ProcedureService,
+    git: &GitServices,
+) {
+    info!("SIGHUP received: reloading the configuration");
+    let new = match load_config(flags) {
+        Ok(new) => new,
+        Err(err) => {
+            error!("configuration not reloaded, keeping the running one: {err:#}");
+            return;
+        }
+    };
+    let changes = config.changes(&new);
+    if changes.live.is_empty() && changes.restart.is_empty() {
+        info!("configuration unchanged");
+        return;
     }
-    Ok(())
+    if new.log != config.log {
+        if let Err(err) = log.set_level(&new.log.level) {
+            error!("log.level not changed: {err}");
+        }
+    }
+    procedures.set_config(new.procedures.clone());
+    git.repos.set_allowed_repos(new.git.allowed_repos.clone());
+    if !changes.live.is_empty() {
+        info!(
+            "configuration reloaded; now in effect: {}",
+            changes.live.join(", ")
+        );
+    }
+    if !changes.restart.is_empty() {
+        warn!(
+            "changed but only in effect after a restart of oetd: {}",
+            changes.restart.join(", ")
+        );
+    }
+    // Remember what is in effect, so the next reload compares against it.
+    config.log = new.log;
+    config.procedures = new.procedures;
+    config.git.allowed_repos = new.git.allowed_repos;
 }
 
 /// Writes the worker harness into the state directory (atomically, so a worker never

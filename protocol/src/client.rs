@@ -321,13 +321,12 @@ impl EventStream {
         loop {
             match self.next().await {
                 Some(Ok(StreamItem::Event(event))) => {
-                    if event.activity_id() == Some(id)
-                        && event.topic.starts_with(crate::topics::ACTIVITY_PREFIX)
-                    {
-                        let summary = client.describe_activity(id).await?;
-                        if done(summary.state) {
-                            return Ok(summary);
-                        }
+                    // Decide on the event's own state: the summary may already be
+                    // further along than the event being read.
+                    let reached =
+                        event.activity_id() == Some(id) && event.activity_state().is_some_and(done);
+                    if reached {
+                        return client.describe_activity(id).await;
                     }
                 }
                 Some(Ok(StreamItem::Lagged(_))) => {

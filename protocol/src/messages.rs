@@ -179,6 +179,13 @@ impl Event {
         }
     }
 
+    /// For `activity.lifecycle.<state>` events, the state the activity entered.
+    pub fn activity_state(&self) -> Option<crate::summary::ActivityState> {
+        crate::summary::ActivityState::ALL
+            .into_iter()
+            .find(|state| state.topic() == self.topic)
+    }
+
     /// For `procedure.lifecycle.statechange`, the state entered.
     pub fn new_state(&self) -> Option<ProcedureState> {
         if self.topic != crate::topics::STATECHANGE {

@@ -224,6 +224,15 @@ impl ActivityState {
         }
     }
 
+    pub const ALL: [ActivityState; 6] = [
+        ActivityState::Requested,
+        ActivityState::Prepared,
+        ActivityState::Running,
+        ActivityState::Complete,
+        ActivityState::Failed,
+        ActivityState::Stopped,
+    ];
+
     pub fn is_final(self) -> bool {
         matches!(
             self,

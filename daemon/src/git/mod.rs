@@ -26,10 +26,16 @@ pub struct GitServices {
 }
 
 impl GitServices {
-    /// Opens the cache and environment directories named by `config`.
-    pub fn open(config: &GitConfig, state_dir: &Path) -> Result<GitServices, String> {
+    /// Opens the cache and environment directories named by `config`: checkouts under
+    /// `cache_base` (systemd's `CACHE_DIRECTORY` when set), environments under
+    /// `state_dir`.
+    pub fn open(
+        config: &GitConfig,
+        state_dir: &Path,
+        cache_base: &Path,
+    ) -> Result<GitServices, String> {
         Ok(GitServices {
-            repos: RepoCache::new(config.clone(), state_dir).map_err(|e| e.to_string())?,
+            repos: RepoCache::new(config.clone(), cache_base).map_err(|e| e.to_string())?,
             envs: EnvManager::new(config.clone(), state_dir).map_err(|e| e.to_string())?,
         })
     }

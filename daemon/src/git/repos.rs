@@ -82,6 +82,8 @@ pub struct RepoCache {
 
 struct Inner {
     config: GitConfig,
+    /// `git.allowed_repos`, which a configuration reload may change.
+    allowed: std::sync::RwLock<Vec<String>>,
     checkouts_dir: PathBuf,
     tmp_dir: PathBuf,
     state: Mutex<State>,
@@ -191,6 +193,7 @@ impl RepoCache {
         found.sort();
 
         let inner = Arc::new(Inner {
+            allowed: std::sync::RwLock::new(config.allowed_repos.clone()),
             config,
             checkouts_dir,
             tmp_dir,
@@ -219,6 +222,15 @@ impl RepoCache {
     }
 
     /// Counts of checkouts, for diagnostics and logs.
+    /// Replaces `git.allowed_repos`; checkouts already made stay usable.
+    pub fn set_allowed_repos(&self, patterns: Vec<String>) {
+        *self
+            .inner
+            .allowed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = patterns;
+    }
+
     pub fn stats(&self) -> CacheStats {
         let state = self.inner.lock();
         let complete = || state.slots.values().filter(|s| s.building.is_none());
@@ -244,10 +256,15 @@ impl RepoCache {
             .or(config.default_repo.as_deref())
             .ok_or(GitError::NoRepo)?;
         let repo = normalize_repo(repo).await?;
-        if !config.allowed_repos.is_empty()
-            && !config.allowed_repos.iter().any(|p| glob_match(p, &repo))
         {
-            return Err(GitError::NotAllowed { repo });
+            let allowed = self
+                .inner
+                .allowed
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !allowed.is_empty() && !allowed.iter().any(|p| glob_match(p, &repo)) {
+                return Err(GitError::NotAllowed { repo });
+            }
         }
         if let Some(commit) = commit {
             let valid =

@@ -1,12 +1,14 @@
 //! Glue to systemd: readiness and watchdog notification (`notify`), socket activation
 //! (`activation`) and where log records go (`logging`: journald under systemd, plain text
-//! otherwise, level changeable at run time).
+//! otherwise, level changeable at run time), and what oetd reports while it runs
+//! (`health`: the status line and the watchdog).
 //!
 //! Everything here reads (and then removes) environment variables that systemd sets for
 //! the main process only, so the constructors must run at the top of `main`, before the
 //! tokio runtime or any other thread starts and before any child process is spawned.
 
 mod activation;
+pub mod health;
 mod logging;
 mod notify;
 

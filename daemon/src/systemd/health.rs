@@ -1,0 +1,81 @@
+//! What oetd tells systemd while it runs: a `STATUS=` line kept current with the
+//! procedures, and `WATCHDOG=1` pings that only go out while the procedure service
+//! answers.
+
+use std::time::Duration;
+
+use oet_protocol::topics;
+use tokio::sync::broadcast;
+use tracing::warn;
+
+use super::Notifier;
+use crate::procedure::ProcedureService;
+
+/// The status line, e.g. `2 procedures live, 1 running: #5 file:///scripts/observe.py`.
+pub fn status_line(procedures: &ProcedureService) -> String {
+    let (live, running) = procedures.counts();
+    let noun = if live == 1 { "procedure" } else { "procedures" };
+    if running.is_empty() {
+        return format!("{live} {noun} live, none running");
+    }
+    let names: Vec<String> = procedures
+        .list(&running)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| format!("#{} {}", s.id, s.script.uri()))
+        .collect();
+    format!(
+        "{live} {noun} live, {} running: {}",
+        running.len(),
+        names.join(", ")
+    )
+}
+
+/// Keeps `STATUS=` current: recomputed on every procedure state change.
+pub fn spawn_status_reporter(notifier: Notifier, procedures: ProcedureService) {
+    if !notifier.is_enabled() {
+        return;
+    }
+    let mut events = procedures.bus().subscribe();
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            let line = status_line(&procedures);
+            if line != last {
+                if let Err(err) = notifier.status(&line) {
+                    warn!("cannot send status to systemd: {err}");
+                }
+                last = line;
+            }
+            // Wait for the next state change (a lag also means things changed).
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.topic == topics::STATECHANGE => break,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+}
+
+/// Sends `WATCHDOG=1` at half of systemd's `WatchdogSec`. Each ping first reads the
+/// procedure table, so a daemon whose procedure service is stuck stops pinging and
+/// systemd restarts it.
+pub fn spawn_watchdog(notifier: Notifier, procedures: ProcedureService) {
+    let Some(interval) = notifier.watchdog_interval() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(1)));
+        loop {
+            ticks.tick().await;
+            // Blocks (and so withholds the ping) while the procedure table is stuck.
+            let _ = procedures.counts();
+            if let Err(err) = notifier.watchdog() {
+                warn!("cannot send watchdog ping to systemd: {err}");
+            }
+        }
+    });
+}
