@@ -299,6 +299,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let example = include_str!("../../config/oetd.toml");
+        assert_eq!(Config::parse(example).expect("parses"), Config::default());
+    }
+
+    #[test]
+    fn the_shipped_example_documents_every_key() {
+        let example = include_str!("../../config/oetd.toml");
+        let defaults: toml::Table =
+            toml::from_str(&toml::to_string(&Config::default()).expect("serialises"))
+                .expect("parses");
+        for (section, keys) in &defaults {
+            assert!(example.contains(&format!("[{section}]")), "[{section}]");
+            for key in keys.as_table().expect("a section").keys() {
+                assert!(
+                    example.contains(&format!("\n{key} = ")),
+                    "{section}.{key} is not in config/oetd.toml"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(Config::parse("").expect("parses"), Config::default());
     }
