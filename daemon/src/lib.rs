@@ -11,5 +11,6 @@ pub mod config;
 pub mod events;
 pub mod git;
 pub mod procedure;
+pub mod reaper;
 pub mod server;
 pub mod systemd;

@@ -10,8 +10,9 @@ use oetd::activity::{oda, ActivityService};
 use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::git::GitServices;
-use oetd::procedure::supervisor::{self, WorkerCommand};
+use oetd::procedure::supervisor::WorkerCommand;
 use oetd::procedure::{ProcedureService, WORKER_HARNESS};
+use oetd::reaper;
 use oetd::server::{self, Services, Shutdown};
 use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
@@ -41,8 +42,8 @@ struct Flags {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == supervisor::REAPER_FLAG) {
-        return ExitCode::from(supervisor::run_reaper(&args[2..]) as u8);
+    if args.get(1).is_some_and(|a| a == reaper::REAPER_FLAG) {
+        return ExitCode::from(reaper::run_reaper(&args[2..]) as u8);
     }
     let flags = Flags::parse();
     match run(flags) {
@@ -130,7 +131,7 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
 
     let bus = EventBus::new(config.events.buffer);
-    let git = GitServices::open(&config.git, &state_dir, &config.cache_dir())
+    let git = GitServices::open(&config.git, &state_dir, &config.cache_dir(), &daemon_exe)
         .map_err(|err| anyhow::anyhow!("cannot set up git scripts: {err}"))?;
     let procedures = ProcedureService::new(
         config.procedures.clone(),

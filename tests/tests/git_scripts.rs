@@ -350,3 +350,36 @@ async fn a_stop_during_prep_env_stops_cleanly_and_leaves_no_pip() {
     assert!(left.is_empty(), "pip processes left behind: {left:?}");
     assert_eq!(env_count(&daemon), 0, "a half-built environment was kept");
 }
+
+#[tokio::test]
+async fn no_pip_outlives_oetd_being_killed_during_prep_env() {
+    let repo = TestRepo::new();
+    let gate_dir = tempfile::tempdir().expect("dir");
+    let fifo = make_fifo(gate_dir.path());
+    commit_project(&repo, Some(&fifo));
+    let mut daemon = TestDaemon::start_with(OFFLINE_PIP);
+    let mut client = daemon.client().await;
+    client
+        .create(
+            git_script(&repo, "scripts/observe.py", None, None, true),
+            FunctionArgs::default(),
+        )
+        .await
+        .expect("create");
+    let gate = open_gate(&fifo).await;
+    let envs = daemon.dir.path().join("state/envs");
+    let building: Vec<u32> = processes_mentioning(envs.to_str().expect("utf-8"))
+        .iter()
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert!(!building.is_empty(), "no build process found mid-build");
+    daemon.signal(libc::SIGKILL);
+    daemon.wait();
+    for pid in building {
+        assert!(
+            oet_tests::wait_gone(pid, std::time::Duration::from_secs(10)),
+            "build process {pid} outlived oetd"
+        );
+    }
+    drop(gate);
+}

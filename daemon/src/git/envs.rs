@@ -25,6 +25,8 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::reaper::Reaper;
+
 use super::repos::is_key;
 use super::{Checkout, GitConfig};
 
@@ -86,6 +88,10 @@ pub struct EnvManager {
 struct Inner {
     config: GitConfig,
     env_dir: PathBuf,
+    /// `oetd` itself, run as a reaper guarding each build's process group, so that a
+    /// pip outlives neither a stop nor the daemon. Unset (in library tests), builds are
+    /// still killed on cancellation, but not when the process dies.
+    reaper_exe: std::sync::OnceLock<PathBuf>,
     /// Builds in progress, by checkout key. An entry leaves when its build has ended
     /// and cleaned up, just before its result is published.
     builds: Mutex<HashMap<String, Arc<Build>>>,
@@ -180,9 +186,16 @@ impl EnvManager {
             inner: Arc::new(Inner {
                 config,
                 env_dir,
+                reaper_exe: std::sync::OnceLock::new(),
                 builds: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Guards every build's processes with a reaper run from `exe` (the daemon's own
+    /// executable), so that they die with the daemon.
+    pub fn guard_builds_with(&self, exe: PathBuf) {
+        let _ = self.inner.reaper_exe.set(exe);
     }
 
     /// The interpreter of the environment for `checkout`, building the environment
@@ -325,8 +338,11 @@ async fn build_task(
     sinks: Arc<Sinks>,
     cancel: CancellationToken,
 ) -> Result<PathBuf, EnvError> {
-    let pip_cache = inner.env_dir.join(PIP_CACHE);
-    let result = build_env(&inner.config, &checkout, &dir, &pip_cache, &sinks, &cancel).await;
+    let run = RunContext {
+        pip_cache: inner.env_dir.join(PIP_CACHE),
+        reaper_exe: inner.reaper_exe.get().cloned(),
+    };
+    let result = build_env(&inner.config, &checkout, &dir, &run, &sinks, &cancel).await;
     if result.is_err() {
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != ErrorKind::NotFound {
@@ -346,7 +362,7 @@ async fn build_env(
     config: &GitConfig,
     checkout: &Checkout,
     dir: &Path,
-    pip_cache: &Path,
+    run_context: &RunContext,
     sinks: &Sinks,
     cancel: &CancellationToken,
 ) -> Result<PathBuf, EnvError> {
@@ -378,7 +394,7 @@ async fn build_env(
     match run(
         Path::new(&config.python),
         &venv_args,
-        pip_cache,
+        run_context,
         sinks,
         cancel,
     )
@@ -419,7 +435,7 @@ async fn build_env(
         "installing {} into the environment",
         checkout.dir().display()
     ));
-    match run(&python, &pip_args, pip_cache, sinks, cancel).await {
+    match run(&python, &pip_args, run_context, sinks, cancel).await {
         Ok(()) => {}
         Err(Failure::Cancelled) => return Err(cancelled()),
         Err(Failure::Spawn(e)) => {
@@ -452,12 +468,19 @@ enum Failure {
     Cancelled,
 }
 
+/// What every build process is run with.
+struct RunContext {
+    pip_cache: PathBuf,
+    reaper_exe: Option<PathBuf>,
+}
+
 /// Runs `program` in a process group of its own, handing each output line (stdout and
-/// stderr) to `sinks`. On cancellation the whole group is killed and reaped.
+/// stderr) to `sinks`. On cancellation the whole group is killed and reaped; with a
+/// reaper, also when the daemon dies.
 async fn run(
     program: &Path,
     args: &[OsString],
-    pip_cache: &Path,
+    context: &RunContext,
     sinks: &Sinks,
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
@@ -467,13 +490,24 @@ async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env("PIP_CACHE_DIR", pip_cache)
+        .env("PIP_CACHE_DIR", &context.pip_cache)
         .env("PYTHONUNBUFFERED", "1")
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(Failure::Spawn)?;
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    // Dropped when this function returns, which lets the reaper kill what is left.
+    let _reaper = match (&context.reaper_exe, child.id()) {
+        (Some(exe), Some(pid)) => match Reaper::spawn(exe, pid) {
+            Ok(reaper) => Some(reaper),
+            Err(err) => {
+                tracing::warn!("build of {} runs unguarded: {err}", program.display());
+                None
+            }
+        },
+        _ => None,
+    };
 
     let (lines_tx, mut lines) = mpsc::channel::<String>(64);
     if let Some(stdout) = child.stdout.take() {

@@ -29,14 +29,18 @@ impl GitServices {
     /// Opens the cache and environment directories named by `config`: checkouts under
     /// `cache_base` (systemd's `CACHE_DIRECTORY` when set), environments under
     /// `state_dir`.
+    /// `daemon_exe` guards pip builds (see `crate::reaper`).
     pub fn open(
         config: &GitConfig,
         state_dir: &Path,
         cache_base: &Path,
+        daemon_exe: &Path,
     ) -> Result<GitServices, String> {
+        let envs = EnvManager::new(config.clone(), state_dir).map_err(|e| e.to_string())?;
+        envs.guard_builds_with(daemon_exe.to_owned());
         Ok(GitServices {
             repos: RepoCache::new(config.clone(), cache_base).map_err(|e| e.to_string())?,
-            envs: EnvManager::new(config.clone(), state_dir).map_err(|e| e.to_string())?,
+            envs,
         })
     }
 }

@@ -1,15 +1,13 @@
 //! Script processes: spawning a worker in its own process group, signalling it, and
 //! making sure nothing it started outlives it — or outlives the daemon.
 //!
-//! Each worker gets a companion *reaper*: `oetd` re-executed in a minimal mode that holds
-//! the read end of a pipe whose write end only the daemon has. When the pipe closes —
-//! because the procedure ended or because the daemon died, even by SIGKILL — the reaper
-//! SIGKILLs the worker's whole process group. The worker itself also has a parent-death
-//! signal, which covers the moment before its reaper exists.
+//! Each worker gets a companion reaper (see `crate::reaper`) that SIGKILLs the worker's
+//! whole process group when the procedure ends or the daemon dies, even by SIGKILL. The
+//! worker itself also has a parent-death signal, which covers the moment before its
+//! reaper exists.
 
-use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -18,8 +16,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
-/// The hidden flag that turns `oetd` into a reaper.
-pub const REAPER_FLAG: &str = "--reap-process-group";
+use crate::reaper::Reaper;
 
 /// File descriptor number of the worker's channel inside the worker.
 const WORKER_FD: i32 = 3;
@@ -139,68 +136,6 @@ impl Worker {
 
 fn kill_group(pgid: u32) {
     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-}
-
-/// A reaper process guarding one worker's process group.
-struct Reaper {
-    child: Child,
-    pipe: Option<OwnedFd>,
-}
-
-impl Reaper {
-    fn spawn(daemon_exe: &Path, pgid: u32) -> io::Result<Reaper> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let child = Command::new(daemon_exe)
-            .arg(REAPER_FLAG)
-            .arg(pgid.to_string())
-            .stdin(Stdio::from(read))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            // Its own group, so a terminal's Ctrl-C reaches neither it nor the worker.
-            .process_group(0)
-            .spawn()?;
-        Ok(Reaper {
-            child,
-            pipe: Some(write),
-        })
-    }
-
-    async fn release(&mut self) {
-        self.pipe = None;
-        let _ = self.child.wait().await;
-    }
-}
-
-/// The reaper's whole life: wait for the pipe on stdin to close, then kill the group.
-pub fn run_reaper(args: &[OsString]) -> i32 {
-    let Some(pgid) = args
-        .first()
-        .and_then(|a| a.to_str())
-        .and_then(|a| a.parse::<i32>().ok())
-        .filter(|pgid| *pgid > 1)
-    else {
-        eprintln!("oetd: {REAPER_FLAG} needs a process group id");
-        return 2;
-    };
-    // Signals aimed at a terminal's foreground group must not end the guard early.
-    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-    }
-    let mut buf = [0u8; 64];
-    loop {
-        // SAFETY: reading into a valid buffer of the stated length.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n == 0 {
-            break;
-        }
-        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-    0
 }
 
 /// A human description of how a process ended, for the stack-trace text of a procedure
