@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use oet_protocol::paths::systemd_directory;
 use serde::{Deserialize, Serialize};
 
 use crate::activity::oda::{self, OdaConfig};
@@ -208,16 +209,7 @@ impl Config {
     /// Where cached, re-creatable data goes: systemd's `CACHE_DIRECTORY` when set,
     /// otherwise the state directory.
     pub fn cache_dir(&self) -> PathBuf {
-        match std::env::var_os("CACHE_DIRECTORY").filter(|v| !v.is_empty()) {
-            Some(dir) => PathBuf::from(
-                dir.to_string_lossy()
-                    .split(':')
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
-            ),
-            None => self.state_dir(),
-        }
+        systemd_directory("CACHE_DIRECTORY").unwrap_or_else(|| self.state_dir())
     }
 
     /// Compares this configuration with a newly read one: applies nothing, but says which
@@ -259,14 +251,8 @@ impl Config {
             return PathBuf::from(&self.paths.state_dir);
         }
         let env_dir = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        if let Some(dir) = env_dir("STATE_DIRECTORY") {
-            let first = dir
-                .to_string_lossy()
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_owned();
-            return PathBuf::from(first);
+        if let Some(dir) = systemd_directory("STATE_DIRECTORY") {
+            return dir;
         }
         if nix::unistd::Uid::current().is_root() {
             return PathBuf::from("/var/lib/oet");

@@ -278,31 +278,7 @@ impl EventStream {
         id: u64,
         wanted: impl Fn(ProcedureState) -> bool,
     ) -> Result<ProcedureSummary, ClientError> {
-        let done = |state: ProcedureState| wanted(state) || state.is_final();
-        let summary = client.describe(id).await?;
-        if done(summary.state) {
-            return Ok(summary);
-        }
-        loop {
-            match self.next().await {
-                Some(Ok(StreamItem::Event(event))) => {
-                    let reached =
-                        event.procedure_id() == Some(id) && event.new_state().is_some_and(done);
-                    if reached {
-                        return client.describe(id).await;
-                    }
-                }
-                Some(Ok(StreamItem::Lagged(_))) => {
-                    // Events were dropped; the summary tells the truth instead.
-                    let summary = client.describe(id).await?;
-                    if done(summary.state) {
-                        return Ok(summary);
-                    }
-                }
-                Some(Err(err)) => return Err(err),
-                None => return Err(ClientError::Closed),
-            }
-        }
+        self.wait_until(client, id, wanted).await
     }
 
     /// Waits until activity `id` is in a state for which `wanted` holds, or in a final
@@ -313,9 +289,18 @@ impl EventStream {
         id: u64,
         wanted: impl Fn(ActivityState) -> bool,
     ) -> Result<ActivitySummary, ClientError> {
-        let done = |state: ActivityState| wanted(state) || state.is_final();
-        let summary = client.describe_activity(id).await?;
-        if done(summary.state) {
+        self.wait_until(client, id, wanted).await
+    }
+
+    async fn wait_until<T: Followed>(
+        &mut self,
+        client: &mut Client,
+        id: u64,
+        wanted: impl Fn(T::State) -> bool,
+    ) -> Result<T, ClientError> {
+        let done = |state: T::State| wanted(state) || T::is_final(state);
+        let summary = T::read(client, id).await?;
+        if done(summary.state()) {
             return Ok(summary);
         }
         loop {
@@ -323,15 +308,14 @@ impl EventStream {
                 Some(Ok(StreamItem::Event(event))) => {
                     // Decide on the event's own state: the summary may already be
                     // further along than the event being read.
-                    let reached =
-                        event.activity_id() == Some(id) && event.activity_state().is_some_and(done);
-                    if reached {
-                        return client.describe_activity(id).await;
+                    if T::state_in(&event, id).is_some_and(done) {
+                        return T::read(client, id).await;
                     }
                 }
                 Some(Ok(StreamItem::Lagged(_))) => {
-                    let summary = client.describe_activity(id).await?;
-                    if done(summary.state) {
+                    // Events were dropped; the summary tells the truth instead.
+                    let summary = T::read(client, id).await?;
+                    if done(summary.state()) {
                         return Ok(summary);
                     }
                 }
@@ -339,5 +323,59 @@ impl EventStream {
                 None => return Err(ClientError::Closed),
             }
         }
+    }
+}
+
+/// Something with states that events announce: a procedure or an activity.
+trait Followed: Sized {
+    type State: Copy;
+    fn state(&self) -> Self::State;
+    fn is_final(state: Self::State) -> bool;
+    /// The state `event` says the one with `id` entered, if it says so.
+    fn state_in(event: &Event, id: u64) -> Option<Self::State>;
+    async fn read(client: &mut Client, id: u64) -> Result<Self, ClientError>;
+}
+
+impl Followed for ProcedureSummary {
+    type State = ProcedureState;
+
+    fn state(&self) -> ProcedureState {
+        self.state
+    }
+
+    fn is_final(state: ProcedureState) -> bool {
+        state.is_final()
+    }
+
+    fn state_in(event: &Event, id: u64) -> Option<ProcedureState> {
+        event
+            .new_state()
+            .filter(|_| event.procedure_id() == Some(id))
+    }
+
+    async fn read(client: &mut Client, id: u64) -> Result<Self, ClientError> {
+        client.describe(id).await
+    }
+}
+
+impl Followed for ActivitySummary {
+    type State = ActivityState;
+
+    fn state(&self) -> ActivityState {
+        self.state
+    }
+
+    fn is_final(state: ActivityState) -> bool {
+        state.is_final()
+    }
+
+    fn state_in(event: &Event, id: u64) -> Option<ActivityState> {
+        event
+            .activity_state()
+            .filter(|_| event.activity_id() == Some(id))
+    }
+
+    async fn read(client: &mut Client, id: u64) -> Result<Self, ClientError> {
+        client.describe_activity(id).await
     }
 }

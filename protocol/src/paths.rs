@@ -27,18 +27,20 @@ pub fn user_runtime_dir() -> PathBuf {
     }
 }
 
+/// The first directory systemd names in `variable` (`RUNTIME_DIRECTORY`,
+/// `STATE_DIRECTORY`, `CACHE_DIRECTORY`, ...: colon-separated lists whose first entry
+/// is the unit's own), if set.
+pub fn systemd_directory(variable: &str) -> Option<PathBuf> {
+    let value = env::var_os(variable).filter(|v| !v.is_empty())?;
+    let first = value.to_string_lossy().split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
 /// The socket a daemon creates by default: under systemd's `RUNTIME_DIRECTORY` when set,
 /// `/run/oet` for root, otherwise under [`user_runtime_dir`].
 pub fn daemon_socket() -> PathBuf {
-    if let Some(dir) = env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
-        // systemd may list several directories separated by ':'; the first is ours.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        return PathBuf::from(first).join(SOCKET_NAME);
+    if let Some(dir) = systemd_directory("RUNTIME_DIRECTORY") {
+        return dir.join(SOCKET_NAME);
     }
     if uid() == 0 {
         return PathBuf::from(SYSTEM_SOCKET);

@@ -185,6 +185,16 @@ impl TestDaemon {
     }
 }
 
+impl TestDaemon {
+    /// Starts `main` of a READY procedure with `args` and waits until it has ended.
+    pub async fn run_main(&self, id: u64, args: FunctionArgs) -> ProcedureSummary {
+        let mut events = self.events().await;
+        let mut client = self.client().await;
+        client.start(id, "main", args).await.expect("start");
+        wait_for(&mut events, &mut client, id, |_| false).await
+    }
+}
+
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, ScriptSpec, Value};
-use oet_tests::{states, wait_for, TestDaemon};
+use oet_tests::{states, TestDaemon};
 
 const INIT_AND_MAIN: &str = r#"
 def init(subarray_id):
@@ -28,13 +28,7 @@ async fn init_and_main_go_through_every_state_in_order() {
         [Creating, Idle, Loading, Idle, Initialising, Ready]
     );
 
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start");
-    let done = wait_for(&mut events, &mut client, ready.id, |s| s == Complete).await;
+    let done = daemon.run_main(ready.id, FunctionArgs::default()).await;
     assert_eq!(
         states(&done),
         [
@@ -53,7 +47,7 @@ async fn init_and_main_go_through_every_state_in_order() {
         times.windows(2).all(|w| w[0] <= w[1]),
         "state times must not go backwards: {times:?}"
     );
-    let logs = client.logs(ready.id).await.expect("logs");
+    let logs = daemon.client().await.logs(ready.id).await.expect("logs");
     let lines: Vec<&str> = logs.lines.iter().map(|l| l.line.as_str()).collect();
     assert!(lines.contains(&"init for subarray 1"), "{lines:?}");
 }
@@ -74,13 +68,7 @@ async fn an_exception_in_main_fails_with_its_stack_trace() {
         "def main():\n    raise Exception(\"Script failed!\")\n",
     );
     let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start");
-    let failed = wait_for(&mut events, &mut client, ready.id, |_| false).await;
+    let failed = daemon.run_main(ready.id, FunctionArgs::default()).await;
     assert_eq!(failed.state, Failed);
     let trace = failed.stacktrace.expect("a stack trace");
     assert!(trace.contains("Script failed!"), "{trace}");
@@ -164,13 +152,7 @@ def main(*args, **kwargs):
         args: vec![Value::Int(-7)],
         kwargs,
     };
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", main_args.clone())
-        .await
-        .expect("start");
-    let done = wait_for(&mut events, &mut client, ready.id, |s| s == Complete).await;
+    let done = daemon.run_main(ready.id, main_args.clone()).await;
     assert_eq!(done.state, Complete, "{:?}", done.stacktrace);
     let script_args = done.script_args();
     assert_eq!(script_args.get("init"), Some(&init));

@@ -111,13 +111,7 @@ async fn a_segfault_fails_the_procedure_naming_the_signal() {
         "import os, signal\n\ndef main():\n    os.kill(os.getpid(), signal.SIGSEGV)\n",
     );
     let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start");
-    let failed = wait_for(&mut events, &mut client, ready.id, |_| false).await;
+    let failed = daemon.run_main(ready.id, FunctionArgs::default()).await;
     assert_eq!(failed.state, Failed);
     let trace = failed.stacktrace.expect("a stack trace");
     assert!(trace.contains("SIGSEGV"), "{trace}");
