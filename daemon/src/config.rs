@@ -269,7 +269,7 @@ impl Config {
 
 /// Turns a TOML error into one line naming the line number and what is wrong.
 fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
-    let message = err.message().trim().to_owned();
+    let message = err.message().trim().replace('\n', "; ");
     match err.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;

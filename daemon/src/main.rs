@@ -124,6 +124,10 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         activated,
         log,
     } = daemon;
+    // Handlers first: a signal that arrives once the socket is announced must find them.
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
@@ -189,9 +193,6 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     systemd::health::spawn_status_reporter(notifier.clone(), procedures.clone());
     systemd::health::spawn_watchdog(notifier.clone(), procedures.clone());
 
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM received"); break }

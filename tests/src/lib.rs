@@ -54,6 +54,8 @@ pub struct TestDaemon {
     pub socket: PathBuf,
     pub config_path: PathBuf,
     child: Option<Child>,
+    /// Every line oetd writes to stderr, in order.
+    log: Option<std::sync::Mutex<mpsc::Receiver<String>>>,
 }
 
 impl TestDaemon {
@@ -83,6 +85,7 @@ impl TestDaemon {
             socket,
             config_path,
             child: None,
+            log: None,
         };
         daemon.spawn();
         daemon
@@ -103,23 +106,37 @@ impl TestDaemon {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", oetd_bin().display()));
         let stderr = child.stderr.take().expect("stderr pipe");
-        let (ready_tx, ready_rx) = mpsc::channel();
+        let (lines_tx, lines_rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut ready = Some(ready_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[oetd] {line}");
-                if line.contains("oetd listening on") {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
+                let _ = lines_tx.send(line);
             }
         });
-        if ready_rx.recv_timeout(DEADLINE).is_err() {
+        self.log = Some(std::sync::Mutex::new(lines_rx));
+        if self
+            .log_line(|line| line.contains("oetd listening on"))
+            .is_none()
+        {
             let status = child.try_wait();
             panic!("oetd did not start listening (exit status: {status:?})");
         }
         self.child = Some(child);
+    }
+
+    /// Waits (bounded by [`DEADLINE`]) for the next line oetd logs that matches `pred`;
+    /// `None` if none came in time or oetd ended.
+    pub fn log_line(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let log = self.log.as_ref()?.lock().ok()?;
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            match log.recv_timeout(left) {
+                Ok(line) if pred(&line) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
     }
 
     /// The daemon's process ID.

@@ -1,0 +1,72 @@
+//! SIGHUP (`systemctl reload oetd`): what can change safely changes at once, the log
+//! says what needs a restart, and a broken file changes nothing.
+
+use oet_protocol::{FunctionArgs, ProcedureState};
+use oet_tests::{next_event, TestDaemon};
+
+const LOOP: &str = "import time\n\ndef main():\n    while True:\n        time.sleep(0.05)\n";
+
+fn edit_config(daemon: &TestDaemon, edit: impl Fn(String) -> String) {
+    let text = std::fs::read_to_string(&daemon.config_path).expect("read config");
+    std::fs::write(&daemon.config_path, edit(text)).expect("write config");
+}
+
+#[tokio::test]
+async fn sighup_applies_new_limits_and_names_what_needs_a_restart() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("loop.py", LOOP);
+    let first = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let second = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let mut client = daemon.client().await;
+    client
+        .start(first.id, "main", FunctionArgs::default())
+        .await
+        .expect("start the first");
+    client
+        .start(second.id, "main", FunctionArgs::default())
+        .await
+        .expect_err("only one may run before the reload");
+
+    edit_config(&daemon, |text| {
+        text.replace("[procedures]\n", "[procedures]\nmax_running = 2\n")
+            + "\n[server]\nmax_connections = 8\n"
+    });
+    daemon.signal(libc::SIGHUP);
+    let applied = daemon
+        .log_line(|l| l.contains("now in effect"))
+        .expect("the log says what was applied");
+    assert!(applied.contains("procedures"), "{applied}");
+    let restart = daemon
+        .log_line(|l| l.contains("after a restart"))
+        .expect("the log says what needs a restart");
+    assert!(restart.contains("server"), "{restart}");
+
+    let mut events = daemon.events().await;
+    let started = client
+        .start(second.id, "main", FunctionArgs::default())
+        .await
+        .expect("two may run after the reload");
+    assert_eq!(started.state, ProcedureState::Running);
+    for id in [first.id, second.id] {
+        client.stop(id, false).await.expect("stop");
+    }
+    next_event(&mut events, |e| {
+        e.procedure_id() == Some(second.id) && e.new_state() == Some(ProcedureState::Stopped)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_broken_file_on_sighup_changes_nothing() {
+    let daemon = TestDaemon::start();
+    edit_config(&daemon, |text| {
+        text + "\n[procedures]\nmax_running = \"lots\"\n"
+    });
+    daemon.signal(libc::SIGHUP);
+    let refused = daemon
+        .log_line(|l| l.contains("configuration not reloaded"))
+        .expect("the log says the file was refused");
+    assert!(refused.contains("keeping the running one"), "{refused}");
+    let status = daemon.client().await.status().await.expect("still serving");
+    assert_eq!(status.pid, daemon.pid());
+}
