@@ -6,10 +6,11 @@ pub mod journal_capture;
 pub mod systemd_sandbox;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oet_protocol::client::StreamItem;
 use oet_protocol::{
@@ -48,13 +49,30 @@ pub fn python() -> String {
     std::env::var("OET_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// The variables systemd sets for a service's main process; a plain test daemon gets none.
+pub const SYSTEMD_VARIABLES: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "JOURNAL_STREAM",
+    "OETD_LOG_TARGET",
+    "RUNTIME_DIRECTORY",
+    "STATE_DIRECTORY",
+    "CACHE_DIRECTORY",
+    "LOGS_DIRECTORY",
+];
+
 /// A running `oetd` owned by one test.
 pub struct TestDaemon {
     pub dir: TempDir,
     pub socket: PathBuf,
     pub config_path: PathBuf,
     child: Option<Child>,
-    /// Every line oetd writes to stderr, in order.
+    /// oetd's stderr lines not yet read by [`TestDaemon::log_line`] (for daemons
+    /// started by [`TestDaemon::start_with`]).
     log: Option<std::sync::Mutex<mpsc::Receiver<String>>>,
 }
 
@@ -67,6 +85,27 @@ impl TestDaemon {
     /// Starts oetd with extra TOML appended to `[procedures]` settings; the text may
     /// open further sections.
     pub fn start_with(extra_procedures_toml: &str) -> TestDaemon {
+        let mut daemon = TestDaemon::prepare(extra_procedures_toml);
+        let lines = daemon.launch(daemon.command(None));
+        if wait_for_line(&lines, "oetd listening on").is_none() {
+            let status = daemon.child.as_mut().map(Child::try_wait);
+            panic!("oetd did not start listening (exit status: {status:?})");
+        }
+        daemon.log = Some(std::sync::Mutex::new(lines));
+        daemon
+    }
+
+    /// Waits (bounded by [`DEADLINE`]) for the next line oetd logs that contains
+    /// `needle`; `None` if oetd ended first.
+    pub fn log_line(&self, needle: &str) -> Option<String> {
+        let lines = self.log.as_ref()?.lock().ok()?;
+        wait_for_line(&lines, needle)
+    }
+
+    /// The directory, configuration (the test interpreter, state in the directory, plus
+    /// `extra_procedures_toml` as in [`TestDaemon::start_with`]) and scripts directory of
+    /// a daemon, without starting it: start it with [`TestDaemon::launch`].
+    pub fn prepare(extra_procedures_toml: &str) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix("oetd-test-")
             .tempdir()
@@ -80,63 +119,61 @@ impl TestDaemon {
         );
         std::fs::write(&config_path, config).expect("write config");
         std::fs::create_dir_all(dir.path().join("scripts")).expect("scripts dir");
-        let mut daemon = TestDaemon {
+        TestDaemon {
             dir,
             socket,
             config_path,
             child: None,
             log: None,
-        };
-        daemon.spawn();
-        daemon
+        }
     }
 
-    fn spawn(&mut self) {
-        let mut child = Command::new(oetd_bin())
-            .arg("--socket")
+    /// `oetd --socket <socket> --config <config>` with stdin and stdout null and without
+    /// the variables systemd sets (tests add back the ones they exercise). With
+    /// `shell_prefix`, oetd runs as `sh -c '<prefix> exec oetd ...'`, so the prefix can
+    /// use `$$`, which is then oetd's own PID (as systemd's `LISTEN_PID` must be).
+    pub fn command(&self, shell_prefix: Option<&str>) -> Command {
+        let mut cmd = match shell_prefix {
+            Some(prefix) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(format!("{prefix} exec \"$0\" \"$@\""))
+                    .arg(oetd_bin());
+                cmd
+            }
+            None => Command::new(oetd_bin()),
+        };
+        cmd.arg("--socket")
             .arg(&self.socket)
             .arg("--config")
-            .arg(&self.config_path)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .arg(&self.config_path);
+        for var in SYSTEMD_VARIABLES {
+            cmd.env_remove(var);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        cmd
+    }
+
+    /// Starts `cmd` (normally made by [`TestDaemon::command`], perhaps wrapped) as this
+    /// test's oetd, killed when the test ends, without waiting for it to listen. Its
+    /// stderr is echoed to the test's output and each line is also sent to the returned
+    /// receiver, which disconnects when oetd closes stderr (exits).
+    pub fn launch(&mut self, mut cmd: Command) -> mpsc::Receiver<String> {
+        assert!(self.child.is_none(), "this TestDaemon already runs an oetd");
+        let mut child = cmd
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", oetd_bin().display()));
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stderr = child.stderr.take().expect("stderr pipe");
-        let (lines_tx, lines_rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[oetd] {line}");
-                let _ = lines_tx.send(line);
+                let _ = tx.send(line);
             }
         });
-        self.log = Some(std::sync::Mutex::new(lines_rx));
-        if self
-            .log_line(|line| line.contains("oetd listening on"))
-            .is_none()
-        {
-            let status = child.try_wait();
-            panic!("oetd did not start listening (exit status: {status:?})");
-        }
         self.child = Some(child);
-    }
-
-    /// Waits (bounded by [`DEADLINE`]) for the next line oetd logs that matches `pred`;
-    /// `None` if none came in time or oetd ended.
-    pub fn log_line(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let log = self.log.as_ref()?.lock().ok()?;
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            match log.recv_timeout(left) {
-                Ok(line) if pred(&line) => return Some(line),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
+        rx
     }
 
     /// The daemon's process ID.
@@ -218,6 +255,41 @@ impl Drop for TestDaemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits (bounded by [`DEADLINE`]) for a line containing `needle` among `lines` (from
+/// [`TestDaemon::launch`]); `None` when the stream ends first (oetd exited).
+pub fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> Option<String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return Some(line),
+            Ok(_) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no line containing {needle:?} from oetd within {DEADLINE:?}")
+            }
+        }
+    }
+}
+
+/// Makes `fd` the child's fd 3, inheritable, the way systemd passes an activated socket.
+pub fn pass_as_fd3(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

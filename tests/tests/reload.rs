@@ -33,11 +33,11 @@ async fn sighup_applies_new_limits_and_names_what_needs_a_restart() {
     });
     daemon.signal(libc::SIGHUP);
     let applied = daemon
-        .log_line(|l| l.contains("now in effect"))
+        .log_line("now in effect")
         .expect("the log says what was applied");
     assert!(applied.contains("procedures"), "{applied}");
     let restart = daemon
-        .log_line(|l| l.contains("after a restart"))
+        .log_line("after a restart")
         .expect("the log says what needs a restart");
     assert!(restart.contains("server"), "{restart}");
 
@@ -64,7 +64,7 @@ async fn a_broken_file_on_sighup_changes_nothing() {
     });
     daemon.signal(libc::SIGHUP);
     let refused = daemon
-        .log_line(|l| l.contains("configuration not reloaded"))
+        .log_line("configuration not reloaded")
         .expect("the log says the file was refused");
     assert!(refused.contains("keeping the running one"), "{refused}");
     let status = daemon.client().await.status().await.expect("still serving");

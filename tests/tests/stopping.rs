@@ -2,7 +2,7 @@
 //! when oetd itself is killed.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, Value};
 use oet_tests::{next_event, wait_for, wait_gone, TestDaemon};
@@ -240,6 +240,37 @@ async fn sigterm_stops_running_scripts_and_exits_cleanly() {
     assert_eq!(stopped.new_state(), Some(Stopped));
     let status = daemon.wait();
     assert!(status.success(), "oetd exited with {status}");
+    assert!(wait_gone(worker, Duration::from_secs(10)));
+    assert!(wait_gone(child, Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn sigterm_kills_a_script_that_ignores_the_stop_after_the_grace_and_exits_cleanly() {
+    let grace = Duration::from_millis(500);
+    let mut daemon = TestDaemon::start_with("stop_grace_secs = 0.5");
+    let uri = daemon.script("stubborn.py", &looping_script(true));
+    let (id, worker, child) = run_until_pids(&daemon, &uri).await;
+    let mut events = daemon.events().await;
+    let sent = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let stopped = next_event(&mut events, |e| {
+        e.procedure_id() == Some(id) && e.new_state().is_some_and(|s| s.is_final())
+    })
+    .await;
+    assert_eq!(stopped.new_state(), Some(Stopped));
+    let status = daemon.wait();
+    let took = sent.elapsed();
+    assert!(status.success(), "oetd exited with {status}");
+    // The script had its grace period, then was killed; oetd did not linger (the margin
+    // is generous for a loaded machine, and far below the unit's TimeoutStopSec=30s).
+    assert!(
+        took >= grace,
+        "stopped after {took:?}, before the grace period"
+    );
+    assert!(
+        took < grace + Duration::from_secs(5),
+        "oetd took {took:?} to exit"
+    );
     assert!(wait_gone(worker, Duration::from_secs(10)));
     assert!(wait_gone(child, Duration::from_secs(10)));
 }

@@ -137,6 +137,12 @@ impl LinkReader {
     pub async fn next(&mut self) -> Option<Result<FromWorker, LinkError>> {
         match self.lines.next().await? {
             Ok(line) => Some(parse(&line)),
+            // A worker that exits while bus events we forwarded are still unread closes
+            // with a reset, reported only after everything it sent has been read: for
+            // us that is the end of the channel, like EOF.
+            Err(LinesCodecError::Io(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                None
+            }
             Err(err) => Some(Err(err.into())),
         }
     }
@@ -171,6 +177,30 @@ pub fn split(stream: UnixStream) -> (LinkReader, LinkWriter) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_worker_leaving_our_messages_unread_ends_the_channel_cleanly() {
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        let (mut reader, mut writer) = split(ours);
+        let event = ToWorker::Event {
+            topic: "activity.lifecycle.running".into(),
+            msg_src: "daemon".into(),
+            payload: serde_json::json!({}),
+        };
+        writer.send(&event).await.expect("send to the worker");
+        let theirs = theirs.into_std().expect("std stream");
+        std::io::Write::write_all(&mut &theirs, b"{\"state\": \"COMPLETE\"}\n")
+            .expect("the worker's last words");
+        drop(theirs); // exits without reading the event
+        assert_eq!(
+            reader.next().await.expect("last words").expect("a message"),
+            FromWorker::State {
+                state: ProcedureState::Complete,
+                stacktrace: None
+            }
+        );
+        assert!(reader.next().await.is_none(), "then the end, not an error");
+    }
 
     #[test]
     fn parses_states_events_and_failures() {

@@ -137,6 +137,25 @@ async fn refuse(transport: &mut Transport, peer: &Peer, reason: &str) {
         .await;
 }
 
+/// Sends the events already published when the connection is closed, so that a
+/// subscriber sees everything up to the shutdown (such as the final states of the scripts
+/// it stopped).
+async fn flush_events(
+    transport: &mut Transport,
+    events: &mut broadcast::Receiver<oet_protocol::Event>,
+) {
+    loop {
+        let message = match events.try_recv() {
+            Ok(event) => ServerMessage::Event(event),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => ServerMessage::Lagged { missed },
+            Err(_) => return,
+        };
+        if transport.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Streams bus events to a subscriber. A subscriber that falls behind is told how many
 /// events it missed; the bus never waits for it.
 async fn stream_events(
@@ -146,7 +165,10 @@ async fn stream_events(
 ) {
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                flush_events(transport, &mut events).await;
+                return;
+            }
             // A subscriber only listens; anything it sends (or its leaving) ends the stream.
             _ = transport.next() => return,
             event = events.recv() => match event {

@@ -61,7 +61,14 @@ pub async fn dispatch(
             | RequestBody::ListActivities { .. }
             | RequestBody::Status
     ) {
+        let procedure_id = match &body {
+            RequestBody::StartProcedure { id, .. } | RequestBody::StopProcedure { id, .. } => {
+                Some(*id)
+            }
+            _ => None,
+        };
         info!(
+            procedure_id,
             peer_uid = peer.uid,
             peer_gid = peer.gid,
             peer_pid = peer.pid,
