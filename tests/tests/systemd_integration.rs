@@ -339,6 +339,18 @@ fn print_config_output_reads_back_as_the_same_configuration() {
     );
 }
 
+#[test]
+fn the_shipped_example_configuration_is_valid_and_changes_nothing() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/oetd.toml");
+    let with_example =
+        |flag: &str| oetd(&["--config".as_ref(), example.as_os_str(), flag.as_ref()]);
+    let check = with_example("--check-config");
+    assert!(check.status.success(), "{}", stderr(&check));
+    let printed = with_example("--print-config");
+    assert!(printed.status.success(), "{}", stderr(&printed));
+    assert_eq!(printed.stdout, oetd(&["--print-config".as_ref()]).stdout);
+}
+
 // ---- journald fields ------------------------------------------------------------------
 
 const SAMPLE_SBD: &str = include_str!("../fixtures/sbd/testfile_sample_mid_sb.json");
