@@ -49,22 +49,12 @@ install -Dm644 "$repo/systemd/sysusers.d/oet.conf" "$root/usr/lib/sysusers.d/oet
 install -Dm644 "$repo/systemd/tmpfiles.d/oet.conf" "$root/usr/lib/tmpfiles.d/oet.conf"
 
 # The documented example configuration (equal to the defaults) becomes /etc/oet/oetd.toml.
-if [ -f "$repo/config/oetd.toml" ]; then
-    install -Dm644 "$repo/config/oetd.toml" "$root/etc/oet/oetd.toml"
-else
-    # Until config/oetd.toml exists: the effective defaults, as oetd prints them.
-    mkdir -p "$root/etc/oet"
-    { echo "# oetd configuration: every key is optional; these are the defaults."
-      "$bin_dir/oetd" --print-config; } >"$root/etc/oet/oetd.toml"
-    chmod 644 "$root/etc/oet/oetd.toml"
-fi
+install -Dm644 "$repo/config/oetd.toml" "$root/etc/oet/oetd.toml"
 
 # Man pages and completions, generated from the clap definitions.
 "$bin_dir/oetctl" generate "$gen"
 # oetd(1): written by oetd's hidden `--generate-man DIR` flag (clap_mangen).
-if ! "$bin_dir/oetd" --generate-man "$gen" >/dev/null 2>&1 || [ ! -f "$gen/oetd.1" ]; then
-    echo "build-deb.sh: warning: oetd has no --generate-man yet; the package lacks oetd(1)" >&2
-fi
+"$bin_dir/oetd" --generate-man "$gen"
 mkdir -p "$root/usr/share/man/man1"
 for page in "$gen"/*.1; do
     gzip -9n <"$page" >"$root/usr/share/man/man1/$(basename "$page").gz"
