@@ -20,10 +20,6 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use super::Error;
 
-/// Environment override of the log target: `journald` or `stderr`. Without it, journald is
-/// used exactly when `JOURNAL_STREAM` names stderr's device and inode (systemd's convention).
-pub const LOG_TARGET_ENV: &str = "OETD_LOG_TARGET";
-
 /// Where the records go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogTarget {
@@ -70,18 +66,9 @@ pub fn init_logging(level: &str) -> Result<LogControl, Error> {
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
 
-    let wanted = match std::env::var(LOG_TARGET_ENV) {
-        Ok(value) => match value.as_str() {
-            "journald" => Some(LogTarget::Journald),
-            "stderr" => Some(LogTarget::Stderr),
-            _ => return Err(Error::LogTargetEnv(value)),
-        },
-        Err(_) => None,
-    };
-    let journald = match wanted {
-        Some(LogTarget::Journald) => Some(journald_layer().map_err(Error::Journald)?),
-        Some(LogTarget::Stderr) => None,
-        None if stderr_is_journal() => match journald_layer() {
+    // Only systemd's own convention decides: JOURNAL_STREAM naming our stderr.
+    let journald = if stderr_is_journal() {
+        match journald_layer() {
             Ok(layer) => Some(layer),
             Err(e) => {
                 let fallback = format!("JOURNAL_STREAM is set but journald is unreachable: {e}");
@@ -95,8 +82,9 @@ pub fn init_logging(level: &str) -> Result<LogControl, Error> {
                     fallback: Some(fallback),
                 });
             }
-        },
-        None => None,
+        }
+    } else {
+        None
     };
     let target = match journald {
         Some(layer) => { registry.with(layer).try_init() }.map(|()| LogTarget::Journald),

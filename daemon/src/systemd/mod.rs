@@ -13,7 +13,7 @@ mod logging;
 mod notify;
 
 pub use activation::listen_fds;
-pub use logging::{init_logging, LogControl, LogTarget, LOG_TARGET_ENV};
+pub use logging::{init_logging, LogControl, LogTarget};
 pub use notify::Notifier;
 
 use std::path::PathBuf;
@@ -70,16 +70,6 @@ pub enum Error {
         /// The parser's complaint.
         reason: String,
     },
-    /// journald was asked for explicitly but its socket cannot be reached.
-    #[error(
-        "cannot log to journald (/run/systemd/journal/socket): {0}; \
-         unset {env} to log to stderr",
-        env = LOG_TARGET_ENV
-    )]
-    Journald(#[source] std::io::Error),
-    /// The log target override has a value we do not know.
-    #[error("{env}={0:?} is not a log target; use \"journald\" or \"stderr\"", env = LOG_TARGET_ENV)]
-    LogTargetEnv(String),
     /// A global tracing subscriber was already installed.
     #[error("logging was already initialised in this process")]
     LoggingAlreadySet,
@@ -135,8 +125,7 @@ pub(crate) mod child {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove(super::LOG_TARGET_ENV);
+            .env_remove("JOURNAL_STREAM");
         cmd
     }
 
