@@ -518,39 +518,28 @@ async fn run(
     }
     drop(lines_tx);
 
-    let mut tail = VecDeque::with_capacity(TAIL_LINES);
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                if let Some(pgid) = pgid {
-                    kill_group(pgid).await;
-                }
-                let _ = child.wait().await;
-                return Err(Failure::Cancelled);
+    let work = async {
+        let mut tail = VecDeque::with_capacity(TAIL_LINES);
+        while let Some(line) = lines.recv().await {
+            sinks.emit(&line);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
             }
-            line = lines.recv() => match line {
-                Some(line) => {
-                    sinks.emit(&line);
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-                None => break,
-            },
+            tail.push_back(line);
         }
-    }
-    let status = tokio::select! {
+        (child.wait().await, tail)
+    };
+    let finished = tokio::select! {
         biased;
-        _ = cancel.cancelled() => {
-            if let Some(pgid) = pgid {
-                kill_group(pgid).await;
-            }
-            let _ = child.wait().await;
-            return Err(Failure::Cancelled);
+        _ = cancel.cancelled() => None,
+        finished = work => Some(finished),
+    };
+    let Some((status, tail)) = finished else {
+        if let Some(pgid) = pgid {
+            kill_group(pgid).await;
         }
-        status = child.wait() => status,
+        let _ = child.wait().await;
+        return Err(Failure::Cancelled);
     };
     match status {
         Ok(status) if status.success() => Ok(()),
