@@ -15,11 +15,30 @@ use std::time::{Duration, Instant};
 use oet_protocol::client::StreamItem;
 use oet_protocol::{
     ActivityState, ActivitySummary, Client, Event, EventStream, FunctionArgs, ProcedureState,
-    ProcedureSummary, ScriptSpec,
+    ProcedureSummary, ScriptSpec, Value,
 };
 use tempfile::TempDir;
 
 pub mod git;
+
+/// Function arguments that are keywords only.
+pub fn kwargs(pairs: &[(&str, Value)]) -> FunctionArgs {
+    FunctionArgs {
+        args: vec![],
+        kwargs: pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), value.clone()))
+            .collect(),
+    }
+}
+
+/// Function arguments that are positional only.
+pub fn positional(args: Vec<Value>) -> FunctionArgs {
+    FunctionArgs {
+        args,
+        kwargs: Default::default(),
+    }
+}
 
 /// Upper bound for any single wait in a test: a wait that takes longer is a failure,
 /// never a pause.
@@ -246,12 +265,31 @@ impl TestDaemon {
 }
 
 impl TestDaemon {
+    /// Starts `main` of a READY procedure with `args`, without waiting for it.
+    pub async fn start_main(&self, id: u64, args: FunctionArgs) {
+        self.client()
+            .await
+            .start(id, "main", args)
+            .await
+            .expect("start");
+    }
+
     /// Starts `main` of a READY procedure with `args` and waits until it has ended.
     pub async fn run_main(&self, id: u64, args: FunctionArgs) -> ProcedureSummary {
         let mut events = self.events().await;
         let mut client = self.client().await;
-        client.start(id, "main", args).await.expect("start");
+        self.start_main(id, args).await;
         wait_for(&mut events, &mut client, id, |_| false).await
+    }
+
+    /// Writes a script, creates its procedure with no arguments for init, which must then
+    /// be READY, and runs its main with no arguments to the end.
+    pub async fn run_script(&self, name: &str, body: &str) -> ProcedureSummary {
+        let ready = self
+            .create_ready(&self.script(name, body), FunctionArgs::default())
+            .await;
+        assert_state(&ready, ProcedureState::Ready);
+        self.run_main(ready.id, FunctionArgs::default()).await
     }
 
     /// The lines procedure `id` has printed so far.

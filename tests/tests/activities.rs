@@ -18,7 +18,7 @@ use oet_protocol::{
     FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec, Value,
 };
 use oet_tests::git::TestRepo;
-use oet_tests::{activity_states, next_event, wait_for, wait_for_activity, TestDaemon};
+use oet_tests::{activity_states, kwargs, next_event, wait_for, wait_for_activity, TestDaemon};
 use serde_json::{json, Value as Json};
 
 const SAMPLE_SBD: &str = include_str!("../fixtures/sbd/testfile_sample_mid_sb.json");
@@ -85,16 +85,7 @@ fn read_json(path: &Path) -> Json {
 type ScriptArgs = BTreeMap<String, FunctionArgs>;
 
 fn main_kwargs(pairs: &[(&str, Value)]) -> ScriptArgs {
-    BTreeMap::from([(
-        "main".to_owned(),
-        FunctionArgs {
-            args: vec![],
-            kwargs: pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
-        },
-    )])
+    BTreeMap::from([("main".to_owned(), kwargs(pairs))])
 }
 
 /// The states of an activity that ran its script and ended in `end`.
@@ -680,10 +671,7 @@ async fn an_activity_that_cannot_start_main_stays_prepared_and_says_why() {
     );
     let ready = daemon.create_ready(&busy, FunctionArgs::default()).await;
     let mut op = Operator::connect(&daemon).await;
-    op.client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start the busy one");
+    daemon.start_main(ready.id, FunctionArgs::default()).await;
 
     let requested = op.run("sbd-busy-1", ScriptArgs::new()).await;
     let event = next_event(&mut op.events, |e| {

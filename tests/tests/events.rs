@@ -2,7 +2,7 @@
 //! request events are on the same bus.
 
 use oet_protocol::{FunctionArgs, ProcedureState, Value};
-use oet_tests::{next_event, wait_for, TestDaemon};
+use oet_tests::{next_event, positional, wait_for, TestDaemon};
 
 const ANNOUNCER: &str = r#"
 from pubsub import pub
@@ -17,18 +17,8 @@ async fn a_script_message_reaches_a_listener_with_its_topic_and_payload() {
     let uri = daemon.script("announce.py", ANNOUNCER);
     let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
     let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(
-            ready.id,
-            "main",
-            FunctionArgs {
-                args: vec![Value::from("slewing to target")],
-                kwargs: Default::default(),
-            },
-        )
-        .await
-        .expect("start");
+    let args = positional(vec![Value::from("slewing to target")]);
+    daemon.start_main(ready.id, args).await;
     let event = next_event(&mut events, |e| e.topic == "user.script.announce").await;
     assert_eq!(event.msg_src, ready.id.to_string());
     let payload = event.payload.as_map().expect("payload");
@@ -70,17 +60,8 @@ def main():
         .await;
     let mut events = daemon.events().await;
     let mut client = daemon.client().await;
-    client
-        .start(
-            announcer.id,
-            "main",
-            FunctionArgs {
-                args: vec![Value::from("on source")],
-                kwargs: Default::default(),
-            },
-        )
-        .await
-        .expect("start");
+    let args = positional(vec![Value::from("on source")]);
+    daemon.start_main(announcer.id, args).await;
     let heard = next_event(&mut events, |e| e.topic == "test.heard").await;
     assert_eq!(heard.msg_src, listener.id.to_string());
     assert_eq!(
@@ -127,10 +108,7 @@ def main():
     let mut slow = daemon.events().await;
     let mut watcher = daemon.events().await;
     let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start");
+    daemon.start_main(ready.id, FunctionArgs::default()).await;
     let done = wait_for(&mut watcher, &mut client, ready.id, |s| {
         s == ProcedureState::Complete
     })
