@@ -282,14 +282,28 @@ impl TestDaemon {
         wait_for(&mut events, &mut client, id, |_| false).await
     }
 
+    /// Writes a script and creates its procedure with no arguments for init, waiting
+    /// until it is READY (or final).
+    pub async fn ready_script(&self, name: &str, body: &str) -> ProcedureSummary {
+        self.create_ready(&self.script(name, body), FunctionArgs::default())
+            .await
+    }
+
     /// Writes a script, creates its procedure with no arguments for init, which must then
     /// be READY, and runs its main with no arguments to the end.
     pub async fn run_script(&self, name: &str, body: &str) -> ProcedureSummary {
-        let ready = self
-            .create_ready(&self.script(name, body), FunctionArgs::default())
-            .await;
+        let ready = self.ready_script(name, body).await;
         assert_state(&ready, ProcedureState::Ready);
         self.run_main(ready.id, FunctionArgs::default()).await
+    }
+
+    /// Asserts that procedure `id` has printed `line`.
+    pub async fn assert_printed(&self, id: u64, line: &str) {
+        let output = self.output(id).await;
+        assert!(
+            output.iter().any(|printed| printed == line),
+            "procedure {id} did not print {line:?}: {output:?}"
+        );
     }
 
     /// The lines procedure `id` has printed so far.

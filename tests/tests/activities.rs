@@ -432,8 +432,9 @@ async fn the_sbd_file_goes_when_the_procedure_leaves_the_history() {
     );
 
     // A newer procedure ends; the history keeps only it.
-    let uri = daemon.script("noop.py", "def main():\n    pass\n");
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let ready = daemon
+        .ready_script("noop.py", "def main():\n    pass\n")
+        .await;
     daemon.run_main(ready.id, FunctionArgs::default()).await;
     assert_eq!(
         op.procedures().await.len(),
@@ -665,11 +666,12 @@ async fn oetctl_puts_an_sbd_and_runs_lists_and_describes_activities() {
 async fn an_activity_that_cannot_start_main_stays_prepared_and_says_why() {
     let daemon = TestDaemon::start();
     put_sample(&daemon, "sbd-busy-1").await;
-    let busy = daemon.script(
-        "busy.py",
-        "import time\n\ndef main():\n    time.sleep(3600)\n",
-    );
-    let ready = daemon.create_ready(&busy, FunctionArgs::default()).await;
+    let ready = daemon
+        .ready_script(
+            "busy.py",
+            "import time\n\ndef main():\n    time.sleep(3600)\n",
+        )
+        .await;
     let mut op = Operator::connect(&daemon).await;
     daemon.start_main(ready.id, FunctionArgs::default()).await;
 

@@ -14,8 +14,7 @@ def main(message):
 #[tokio::test]
 async fn a_script_message_reaches_a_listener_with_its_topic_and_payload() {
     let daemon = TestDaemon::start();
-    let uri = daemon.script("announce.py", ANNOUNCER);
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let ready = daemon.ready_script("announce.py", ANNOUNCER).await;
     let mut events = daemon.events().await;
     let args = positional(vec![Value::from("slewing to target")]);
     daemon.start_main(ready.id, args).await;
@@ -34,9 +33,10 @@ async fn a_script_message_reaches_a_listener_with_its_topic_and_payload() {
 #[tokio::test]
 async fn an_event_from_one_script_reaches_a_subscriber_in_another() {
     let daemon = TestDaemon::start();
-    let listener_uri = daemon.script(
-        "listener.py",
-        r#"
+    let listener = daemon
+        .ready_script(
+            "listener.py",
+            r#"
 from pubsub import pub
 
 def heard(msg_src, msg):
@@ -48,16 +48,11 @@ def init():
 def main():
     pass
 "#,
-    );
-    let listener = daemon
-        .create_ready(&listener_uri, FunctionArgs::default())
+        )
         .await;
     assert_eq!(listener.state, ProcedureState::Ready);
 
-    let announcer_uri = daemon.script("announce.py", ANNOUNCER);
-    let announcer = daemon
-        .create_ready(&announcer_uri, FunctionArgs::default())
-        .await;
+    let announcer = daemon.ready_script("announce.py", ANNOUNCER).await;
     let mut events = daemon.events().await;
     let mut client = daemon.client().await;
     let args = positional(vec![Value::from("on source")]);

@@ -44,18 +44,15 @@ async fn init_and_main_go_through_every_state_in_order() {
         times.windows(2).all(|w| w[0] <= w[1]),
         "state times must not go backwards: {times:?}"
     );
-    let lines = daemon.output(ready.id).await;
-    assert!(
-        lines.iter().any(|line| line == "init for subarray 1"),
-        "{lines:?}"
-    );
+    daemon.assert_printed(ready.id, "init for subarray 1").await;
 }
 
 #[tokio::test]
 async fn a_script_without_init_skips_initialising() {
     let daemon = TestDaemon::start();
-    let uri = daemon.script("no_init.py", "def main():\n    pass\n");
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let ready = daemon
+        .ready_script("no_init.py", "def main():\n    pass\n")
+        .await;
     assert_eq!(states(&ready), [Creating, Idle, Loading, Idle, Ready]);
 }
 
@@ -171,10 +168,7 @@ async fn a_wrong_uri_prefix_is_refused_without_creating_anything() {
 async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
     let daemon = TestDaemon::start_with("history_size = 2");
     let live = daemon
-        .create_ready(
-            &daemon.script("live.py", "def main():\n    pass\n"),
-            FunctionArgs::default(),
-        )
+        .ready_script("live.py", "def main():\n    pass\n")
         .await;
     let older = daemon
         .create_ready("file:///missing/one.py", FunctionArgs::default())

@@ -95,11 +95,8 @@ async fn stop_ends_a_looping_script_and_its_children() {
     let stopped = client.stop(id, false).await.expect("stop");
     assert_eq!(stopped[0].state, Stopped);
     looping.assert_gone("the stop");
-    let output = daemon.output(id).await;
-    assert!(
-        output.iter().any(|line| line == "cleaning up"),
-        "the script's finally: block should have run: {output:?}"
-    );
+    // The script's handler ran.
+    daemon.assert_printed(id, "cleaning up").await;
 }
 
 #[tokio::test]
@@ -110,11 +107,7 @@ async fn a_script_that_ignores_the_stop_is_killed_after_the_grace_period() {
     let stopped = client.stop(looping.id, false).await.expect("stop");
     assert_eq!(stopped[0].state, Stopped);
     looping.assert_gone("the stop");
-    let output = daemon.output(looping.id).await;
-    assert!(
-        output.iter().any(|line| line == "ignoring the stop"),
-        "{output:?}"
-    );
+    daemon.assert_printed(looping.id, "ignoring the stop").await;
 }
 
 #[tokio::test]
@@ -129,10 +122,7 @@ async fn a_segfault_fails_the_procedure_naming_the_signal() {
     assert_failed_with(&failed, &["SIGSEGV"]);
     // The daemon keeps serving.
     let again = daemon
-        .create_ready(
-            &daemon.script("ok.py", "def main():\n    pass\n"),
-            FunctionArgs::default(),
-        )
+        .ready_script("ok.py", "def main():\n    pass\n")
         .await;
     assert_eq!(again.state, Ready);
 }
@@ -197,18 +187,17 @@ async fn stop_with_abort_runs_the_abort_script_for_the_same_subarray() {
     );
     let done = wait_for(&mut events, &mut client, aborting.id, |s| s == Complete).await;
     assert_state(&done, Complete);
-    let output = daemon.output(aborting.id).await;
-    assert!(
-        output.iter().any(|line| line == "aborting subarray 3"),
-        "{output:?}"
-    );
+    daemon
+        .assert_printed(aborting.id, "aborting subarray 3")
+        .await;
 }
 
 #[tokio::test]
 async fn stop_with_abort_needs_a_subarray_and_changes_nothing_without_one() {
     let daemon = TestDaemon::start_with("abort_script = \"file:///nonexistent/abort.py\"");
-    let uri = daemon.script("idle.py", "def main():\n    pass\n");
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let ready = daemon
+        .ready_script("idle.py", "def main():\n    pass\n")
+        .await;
     let mut client = daemon.client().await;
     let err = client.stop(ready.id, true).await.expect_err("refused");
     assert!(err.to_string().contains("subarray_id"), "{err}");
