@@ -10,8 +10,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use oet_tests::live_processes_mentioning;
 use oetd::git::{Checkout, EnvError, EnvManager, GitConfig, RepoCache};
-use support::{TestRepo, BACKEND, PYPROJECT};
+use support::{BuildGate, TestRepo, PYPROJECT};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -39,20 +40,26 @@ impl Fixture {
 
     /// Commits the project (its build blocking on `block_on` if given); returns the commit.
     fn commit_project(&self, pyproject: &str, block_on: Option<&Path>) -> String {
-        let block_on = match block_on {
-            Some(path) => format!("{:?}", path.to_str().expect("utf-8 path")),
-            None => "None".to_owned(),
-        };
-        let backend = format!("BLOCK_ON = {block_on}\n{BACKEND}");
-        self.repo.commit(
-            &[
-                ("pyproject.toml", pyproject),
-                ("oetbackend.py", &backend),
-                ("oettestpkg/__init__.py", "VALUE = 42\n"),
-                ("scripts/observe.py", "import oettestpkg\n"),
-            ],
-            "project",
-        )
+        self.repo
+            .commit_project(pyproject, block_on, "import oettestpkg\n")
+    }
+
+    /// Commits the project with its build held at a new gate, and checks it out.
+    async fn gated_checkout(&self) -> (BuildGate, Checkout) {
+        let gate = BuildGate::new();
+        let commit = self.commit_project(PYPROJECT, Some(gate.path()));
+        (gate, self.checkout(&commit).await)
+    }
+
+    /// Asks for the environment of `checkout` in a task of its own, ignoring the build's
+    /// lines, until `cancel` says the requester left.
+    fn spawn_ensure(
+        &self,
+        checkout: &Checkout,
+        cancel: &CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<PathBuf, EnvError>> {
+        let (envs, checkout, cancel) = (self.envs.clone(), checkout.clone(), cancel.clone());
+        tokio::spawn(async move { envs.ensure(&checkout, |_| {}, cancel).await })
     }
 
     async fn checkout(&self, commit: &str) -> Checkout {
@@ -64,6 +71,11 @@ impl Fixture {
 
     fn env_dir(&self) -> PathBuf {
         self.state.path().join("envs")
+    }
+
+    /// Live processes working in the environment directory (pip, the build backend).
+    fn builders(&self) -> Vec<String> {
+        live_processes_mentioning(self.env_dir().to_str().expect("utf-8"))
     }
 
     /// Environments (not pip's cache) in the environment directory.
@@ -106,61 +118,16 @@ fn python_says(python: &Path, code: &str) -> Result<String, String> {
     }
 }
 
-/// Processes still alive (not zombies) whose command line mentions `needle`.
-fn live_processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let Ok(entry) = entry else { continue };
-        if entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_none()
-        {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .unwrap_or("?");
-        if state == "Z" || state == "X" {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(format!(
-                "{}: {cmdline}",
-                entry.file_name().to_string_lossy()
-            ));
-        }
-    }
-    found
+/// Asserts that `python` imports the test project and sees its value.
+fn assert_has_project(python: &Path) {
+    assert_eq!(
+        python_says(python, "import oettestpkg; print(oettestpkg.VALUE)").as_deref(),
+        Ok("42")
+    );
 }
 
-fn make_fifo(dir: &Path) -> PathBuf {
-    let fifo = dir.join("build-gate");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-    fifo
-}
-
-/// Opens the FIFO for writing, which returns once the build backend has opened it for
-/// reading: the build is then provably running.
-async fn wait_for_build_to_block(fifo: &Path) -> std::fs::File {
-    let fifo = fifo.to_owned();
-    let open =
-        tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(fifo));
-    tokio::time::timeout(Duration::from_secs(120), open)
-        .await
-        .expect("the build reached the backend within 120 s")
-        .expect("join")
-        .expect("open fifo")
-}
+/// How long a test waits for the project's build to reach its gate.
+const BUILD_START: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_environment_that_has_the_project() {
@@ -196,10 +163,7 @@ async fn concurrent_requests_share_one_environment_that_has_the_project() {
     );
     assert!(python.starts_with(fx.env_dir()));
 
-    assert_eq!(
-        python_says(&python, "import oettestpkg; print(oettestpkg.VALUE)").as_deref(),
-        Ok("42")
-    );
+    assert_has_project(&python);
     let system = python_says(Path::new("python3"), "import oettestpkg").expect_err("not installed");
     assert!(system.contains("ModuleNotFoundError"), "{system}");
     // The system site packages are visible inside the environment.
@@ -263,36 +227,23 @@ async fn a_failed_install_reports_pip_and_is_not_reused() {
         .ensure(&checkout, Lines::default().sink(), CancellationToken::new())
         .await
         .expect("fixed commit installs");
-    assert_eq!(
-        python_says(&python, "import oettestpkg; print(oettestpkg.VALUE)").as_deref(),
-        Ok("42")
-    );
+    assert_has_project(&python);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_build_kills_pip_and_removes_the_environment() {
     let fx = Fixture::new(GitConfig::default());
-    let gate = TempDir::new().expect("gate dir");
-    let fifo = make_fifo(gate.path());
-    let commit = fx.commit_project(PYPROJECT, Some(&fifo));
-    let checkout = fx.checkout(&commit).await;
+    let (gate, checkout) = fx.gated_checkout().await;
 
     let cancel = CancellationToken::new();
-    let build = tokio::spawn({
-        let (envs, checkout, cancel) = (fx.envs.clone(), checkout.clone(), cancel.clone());
-        async move { envs.ensure(&checkout, |_| {}, cancel).await }
-    });
-    let writer = wait_for_build_to_block(&fifo).await;
-    let env_dir = fx.env_dir().to_str().expect("utf-8").to_owned();
-    assert!(
-        !live_processes_mentioning(&env_dir).is_empty(),
-        "pip is running"
-    );
+    let build = fx.spawn_ensure(&checkout, &cancel);
+    let writer = gate.wait_for_build(BUILD_START).await;
+    assert!(!fx.builders().is_empty(), "pip is running");
 
     cancel.cancel();
     let err = build.await.expect("join").expect_err("cancelled");
     assert!(matches!(err, EnvError::Cancelled { .. }), "{err:?}");
-    assert_eq!(live_processes_mentioning(&env_dir), Vec::<String>::new());
+    assert_eq!(fx.builders(), Vec::<String>::new());
     assert_eq!(fx.envs_on_disk(), 0, "the partial environment is removed");
     drop(writer);
 }
@@ -300,17 +251,11 @@ async fn cancelling_a_build_kills_pip_and_removes_the_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_requester_leaving_does_not_stop_a_shared_build() {
     let fx = Fixture::new(GitConfig::default());
-    let gate = TempDir::new().expect("gate dir");
-    let fifo = make_fifo(gate.path());
-    let commit = fx.commit_project(PYPROJECT, Some(&fifo));
-    let checkout = fx.checkout(&commit).await;
+    let (gate, checkout) = fx.gated_checkout().await;
 
     let leaving = CancellationToken::new();
-    let first = tokio::spawn({
-        let (envs, checkout, cancel) = (fx.envs.clone(), checkout.clone(), leaving.clone());
-        async move { envs.ensure(&checkout, |_| {}, cancel).await }
-    });
-    let writer = wait_for_build_to_block(&fifo).await;
+    let first = fx.spawn_ensure(&checkout, &leaving);
+    let writer = gate.wait_for_build(BUILD_START).await;
     let (lines_tx, mut second_lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     let second = tokio::spawn({
         let (envs, checkout) = (fx.envs.clone(), checkout.clone());
@@ -339,10 +284,7 @@ async fn one_requester_leaving_does_not_stop_a_shared_build() {
         .await
         .expect("join")
         .expect("the build went on for the second");
-    assert_eq!(
-        python_says(&python, "import oettestpkg; print(oettestpkg.VALUE)").as_deref(),
-        Ok("42")
-    );
+    assert_has_project(&python);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,10 +293,7 @@ async fn waiting_is_bounded_by_env_wait_secs() {
         env_wait_secs: 1,
         ..GitConfig::default()
     });
-    let gate = TempDir::new().expect("gate dir");
-    let fifo = make_fifo(gate.path());
-    let commit = fx.commit_project(PYPROJECT, Some(&fifo));
-    let checkout = fx.checkout(&commit).await;
+    let (_gate, checkout) = fx.gated_checkout().await;
 
     let err = fx
         .envs
@@ -364,8 +303,7 @@ async fn waiting_is_bounded_by_env_wait_secs() {
     assert!(matches!(err, EnvError::Timeout { secs: 1, .. }), "{err:?}");
     assert!(err.to_string().contains("git.env_wait_secs"), "{err}");
     // Nobody else wanted it: the build was stopped and removed.
-    let env_dir = fx.env_dir().to_str().expect("utf-8").to_owned();
-    assert_eq!(live_processes_mentioning(&env_dir), Vec::<String>::new());
+    assert_eq!(fx.builders(), Vec::<String>::new());
     assert_eq!(fx.envs_on_disk(), 0);
 }
 

@@ -4,7 +4,7 @@ use oet_tests::git as support;
 
 use std::path::Path;
 
-use oetd::git::{script_path, GitConfig, GitError, RepoCache};
+use oetd::git::{script_path, Checkout, GitConfig, GitError, RepoCache};
 use support::{tree, GitDaemon, TestRepo};
 use tempfile::TempDir;
 
@@ -12,8 +12,32 @@ fn cache(state: &Path, config: GitConfig) -> RepoCache {
     RepoCache::new(config, state).expect("cache opens")
 }
 
+/// Asserts that `result` is an error matching `pattern` and evaluates to that error.
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat) => {
+        match $result {
+            Ok(_) => panic!(
+                "{}: expected {}, got success",
+                stringify!($result),
+                stringify!($pattern)
+            ),
+            Err(err @ $pattern) => err,
+            Err(err) => panic!(
+                "{}: expected {}, got {err:?}",
+                stringify!($result),
+                stringify!($pattern)
+            ),
+        }
+    };
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).expect("script readable")
+}
+
+/// The text of the script `uri` names in `checkout`.
+fn read_script(checkout: &Checkout, uri: &str) -> String {
+    read(&script_path(checkout, uri).expect("script"))
 }
 
 #[tokio::test]
@@ -45,7 +69,7 @@ async fn branches_and_commits_check_out_their_own_version() {
         .expect("feature branch");
     assert_eq!(feature.commit(), v3);
     assert_eq!(
-        read(&script_path(&feature, "git://scripts/hello.py").expect("script")),
+        read_script(&feature, "git://scripts/hello.py"),
         "VERSION = 3\n"
     );
 
@@ -55,10 +79,7 @@ async fn branches_and_commits_check_out_their_own_version() {
         .await
         .expect("older commit");
     assert_eq!(old.commit(), v1);
-    assert_eq!(
-        read(&script_path(&old, "git://scripts/hello.py").expect("script")),
-        "VERSION = 1\n"
-    );
+    assert_eq!(read_script(&old, "git://scripts/hello.py"), "VERSION = 1\n");
 
     // An abbreviated id of a commit that is no branch tip needs a fetch to resolve, and
     // lands on the same checkout as the full id.
@@ -155,49 +176,43 @@ async fn bad_requests_give_clear_errors() {
     let cache = cache(state.path(), GitConfig::default());
     let url = Some(repo.url());
 
-    let err = cache
-        .checkout(url, Some("nope"), None)
-        .await
-        .expect_err("unknown branch");
-    assert!(matches!(err, GitError::UnknownBranch { .. }), "{err:?}");
+    let err = assert_err!(
+        cache.checkout(url, Some("nope"), None).await,
+        GitError::UnknownBranch { .. }
+    );
     assert!(
         err.to_string().contains("branch 'nope' does not exist"),
         "{err}"
     );
 
     let missing = "0123456789abcdef0123456789abcdef01234567";
-    let err = cache
-        .checkout(url, None, Some(missing))
-        .await
-        .expect_err("unknown commit");
-    assert!(matches!(err, GitError::UnknownCommit { .. }), "{err:?}");
+    let err = assert_err!(
+        cache.checkout(url, None, Some(missing)).await,
+        GitError::UnknownCommit { .. }
+    );
     assert!(err.to_string().contains(missing), "{err}");
 
-    let err = cache
-        .checkout(url, None, Some("fedcba98"))
-        .await
-        .expect_err("unknown short commit");
-    assert!(matches!(err, GitError::UnknownCommit { .. }), "{err:?}");
+    assert_err!(
+        cache.checkout(url, None, Some("fedcba98")).await,
+        GitError::UnknownCommit { .. }
+    );
 
-    let err = cache
-        .checkout(url, None, Some("main~1"))
-        .await
-        .expect_err("not hex");
-    assert!(matches!(err, GitError::InvalidCommit { .. }), "{err:?}");
+    assert_err!(
+        cache.checkout(url, None, Some("main~1")).await,
+        GitError::InvalidCommit { .. }
+    );
 
     let gone = repo.path().join("no-such-repo");
-    let err = cache
-        .checkout(gone.to_str(), None, None)
-        .await
-        .expect_err("missing path");
-    assert!(matches!(err, GitError::Unreachable { .. }), "{err:?}");
+    assert_err!(
+        cache.checkout(gone.to_str(), None, None).await,
+        GitError::Unreachable { .. }
+    );
 
     let not_a_repo = TempDir::new().expect("plain dir");
-    let err = cache
-        .checkout(not_a_repo.path().to_str(), None, None)
-        .await
-        .expect_err("not a repository");
-    assert!(matches!(err, GitError::Unreachable { .. }), "{err:?}");
+    assert_err!(
+        cache.checkout(not_a_repo.path().to_str(), None, None).await,
+        GitError::Unreachable { .. }
+    );
 
     // Nothing listens on a port just released.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -205,18 +220,16 @@ async fn bad_requests_give_clear_errors() {
         .expect("free port")
         .port();
     let http = format!("http://127.0.0.1:{port}/scripts.git");
-    let err = cache
-        .checkout(Some(&http), None, None)
-        .await
-        .expect_err("refused");
-    assert!(matches!(err, GitError::Unreachable { .. }), "{err:?}");
+    let err = assert_err!(
+        cache.checkout(Some(&http), None, None).await,
+        GitError::Unreachable { .. }
+    );
     assert!(err.to_string().contains(&http), "{err}");
 
-    let err = cache
-        .checkout(Some("relative/repo"), None, None)
-        .await
-        .expect_err("relative");
-    assert!(matches!(err, GitError::RelativePath { .. }), "{err:?}");
+    assert_err!(
+        cache.checkout(Some("relative/repo"), None, None).await,
+        GitError::RelativePath { .. }
+    );
 
     // Failed requests leave no checkout behind and nothing pinned.
     assert_eq!(cache.stats().checkouts, 0);
@@ -235,11 +248,12 @@ async fn repositories_outside_the_allowed_patterns_are_refused() {
         allowed_repos: vec!["https://gitlab.example.invalid/ska/*".to_owned()],
         ..GitConfig::default()
     };
-    let err = cache(state.path(), config)
-        .checkout(Some(repo.url()), None, None)
-        .await
-        .expect_err("not allowed");
-    assert!(matches!(err, GitError::NotAllowed { .. }), "{err:?}");
+    let err = assert_err!(
+        cache(state.path(), config)
+            .checkout(Some(repo.url()), None, None)
+            .await,
+        GitError::NotAllowed { .. }
+    );
     let text = err.to_string();
     assert!(
         text.contains(repo.url()) && text.contains("git.allowed_repos"),
@@ -283,46 +297,34 @@ async fn script_paths_stay_inside_the_checkout() {
         .await
         .expect("checkout");
 
-    let refused = |uri: &str| script_path(&checkout, uri).expect_err(uri);
-    assert!(matches!(
-        refused("git://../../etc/passwd"),
+    let resolve = |uri: &str| script_path(&checkout, uri);
+    let escapes = assert_err!(
+        resolve("git://../../etc/passwd"),
         GitError::ScriptEscapes { .. }
-    ));
-    assert!(matches!(
-        refused("git://sub/../../x.py"),
+    );
+    assert_err!(
+        resolve("git://sub/../../x.py"),
         GitError::ScriptEscapes { .. }
-    ));
-    assert!(matches!(
-        refused("git:///etc/passwd"),
+    );
+    assert_err!(
+        resolve("git:///etc/passwd"),
         GitError::AbsoluteScriptPath { .. }
-    ));
-    assert!(matches!(
-        refused("git://escape.py"),
+    );
+    assert_err!(resolve("git://escape.py"), GitError::ScriptEscapes { .. });
+    assert_err!(
+        resolve("git://up/etc/passwd"),
         GitError::ScriptEscapes { .. }
-    ));
-    assert!(matches!(
-        refused("git://up/etc/passwd"),
-        GitError::ScriptEscapes { .. }
-    ));
-    assert!(matches!(
-        refused("git://missing.py"),
+    );
+    let missing = assert_err!(resolve("git://missing.py"), GitError::ScriptNotFound { .. });
+    assert_err!(
+        resolve("git://.git/config"),
         GitError::ScriptNotFound { .. }
-    ));
-    assert!(matches!(
-        refused("git://.git/config"),
-        GitError::ScriptNotFound { .. }
-    ));
-    assert!(matches!(
-        refused("git://sub"),
-        GitError::ScriptNotAFile { .. }
-    ));
-    assert!(matches!(
-        refused("file:///etc/passwd"),
-        GitError::NotGitUri { .. }
-    ));
-    let text = refused("git://../../etc/passwd").to_string();
+    );
+    assert_err!(resolve("git://sub"), GitError::ScriptNotAFile { .. });
+    assert_err!(resolve("file:///etc/passwd"), GitError::NotGitUri { .. });
+    let text = escapes.to_string();
     assert!(text.contains("leaves the repository"), "{text}");
-    let text = refused("git://missing.py").to_string();
+    let text = missing.to_string();
     assert!(
         text.contains("missing.py") && text.contains(checkout.commit()),
         "{text}"
@@ -418,15 +420,13 @@ async fn network_repositories_are_fetched_shallow() {
         .checkout(Some(&server.url), None, Some(&v1))
         .await
         .expect("old commit over git://");
-    assert_eq!(
-        read(&script_path(&old, "git://s.py").expect("script")),
-        "V = 1\n"
-    );
+    assert_eq!(read_script(&old, "git://s.py"), "V = 1\n");
     assert!(old.dir().join(".git/shallow").exists(), "one commit deep");
 
-    let err = cache
-        .checkout(Some(&format!("{}-missing", server.url)), None, None)
-        .await
-        .expect_err("not served");
-    assert!(matches!(err, GitError::Unreachable { .. }), "{err:?}");
+    assert_err!(
+        cache
+            .checkout(Some(&format!("{}-missing", server.url)), None, None)
+            .await,
+        GitError::Unreachable { .. }
+    );
 }

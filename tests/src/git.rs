@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -224,19 +225,69 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     return wheel
 "#;
 
-/// The files of the test project (package `oettestpkg` with `VALUE = 42`); with
-/// `block_on`, its build first reads that FIFO.
-pub fn project_files(block_on: Option<&Path>) -> Vec<(String, String)> {
-    let block_on = match block_on {
-        Some(path) => format!("{:?}", path.to_str().expect("utf-8 path")),
-        None => "None".to_owned(),
-    };
-    vec![
-        ("pyproject.toml".into(), PYPROJECT.into()),
-        (
-            "oetbackend.py".into(),
-            format!("BLOCK_ON = {block_on}\n{BACKEND}"),
-        ),
-        ("oettestpkg/__init__.py".into(), "VALUE = 42\n".into()),
-    ]
+/// A FIFO that the test project's build reads before it goes on (pass [`BuildGate::path`]
+/// as `block_on` to [`TestRepo::commit_project`]), so a test decides when, and whether,
+/// the build proceeds.
+pub struct BuildGate {
+    _dir: TempDir,
+    fifo: PathBuf,
+}
+
+impl Default for BuildGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BuildGate {
+    pub fn new() -> Self {
+        let dir = TempDir::new().expect("gate dir");
+        let fifo = dir.path().join("build-gate");
+        let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
+        // SAFETY: a valid NUL-terminated path.
+        let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo failed: {}", std::io::Error::last_os_error());
+        BuildGate { _dir: dir, fifo }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.fifo
+    }
+
+    /// Opens the gate for writing, which returns once the build backend is reading it:
+    /// the build is then provably under way. Fails the test if that takes longer than
+    /// `within`. Dropping the returned file lets the build go on.
+    pub async fn wait_for_build(&self, within: Duration) -> std::fs::File {
+        let fifo = self.fifo.clone();
+        let open =
+            tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(fifo));
+        tokio::time::timeout(within, open)
+            .await
+            .unwrap_or_else(|_| panic!("the build did not reach the backend within {within:?}"))
+            .expect("join")
+            .expect("open fifo")
+    }
+}
+
+impl TestRepo {
+    /// Commits the test project (package `oettestpkg` with `VALUE = 42`, built by its
+    /// in-tree backend) with `pyproject` as its `pyproject.toml` and `script` as
+    /// `scripts/observe.py`; with `block_on`, its build first reads that FIFO (see
+    /// [`BuildGate`]). Returns the commit id.
+    pub fn commit_project(&self, pyproject: &str, block_on: Option<&Path>, script: &str) -> String {
+        let block_on = match block_on {
+            Some(path) => format!("{:?}", path.to_str().expect("utf-8 path")),
+            None => "None".to_owned(),
+        };
+        let backend = format!("BLOCK_ON = {block_on}\n{BACKEND}");
+        self.commit(
+            &[
+                ("pyproject.toml", pyproject),
+                ("oetbackend.py", &backend),
+                ("oettestpkg/__init__.py", "VALUE = 42\n"),
+                ("scripts/observe.py", script),
+            ],
+            "project",
+        )
+    }
 }

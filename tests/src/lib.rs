@@ -15,11 +15,30 @@ use std::time::{Duration, Instant};
 use oet_protocol::client::StreamItem;
 use oet_protocol::{
     ActivityState, ActivitySummary, Client, Event, EventStream, FunctionArgs, ProcedureState,
-    ProcedureSummary, ScriptSpec,
+    ProcedureSummary, ScriptSpec, Value,
 };
 use tempfile::TempDir;
 
 pub mod git;
+
+/// Function arguments that are keywords only.
+pub fn kwargs(pairs: &[(&str, Value)]) -> FunctionArgs {
+    FunctionArgs {
+        args: vec![],
+        kwargs: pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), value.clone()))
+            .collect(),
+    }
+}
+
+/// Function arguments that are positional only.
+pub fn positional(args: Vec<Value>) -> FunctionArgs {
+    FunctionArgs {
+        args,
+        kwargs: Default::default(),
+    }
+}
 
 /// Upper bound for any single wait in a test: a wait that takes longer is a failure,
 /// never a pause.
@@ -225,12 +244,19 @@ impl TestDaemon {
 
     /// Creates a filesystem procedure and waits until it is READY (or final).
     pub async fn create_ready(&self, uri: &str, init: FunctionArgs) -> ProcedureSummary {
+        self.create_script_ready(ScriptSpec::filesystem(uri), init)
+            .await
+    }
+
+    /// Creates a procedure of any script and waits until it is READY (or final).
+    pub async fn create_script_ready(
+        &self,
+        script: ScriptSpec,
+        init: FunctionArgs,
+    ) -> ProcedureSummary {
         let mut events = self.events().await;
         let mut client = self.client().await;
-        let created = client
-            .create(ScriptSpec::filesystem(uri), init)
-            .await
-            .expect("create");
+        let created = client.create(script, init).await.expect("create");
         wait_for(&mut events, &mut client, created.id, |s| {
             s == ProcedureState::Ready
         })
@@ -239,12 +265,51 @@ impl TestDaemon {
 }
 
 impl TestDaemon {
+    /// Starts `main` of a READY procedure with `args`, without waiting for it.
+    pub async fn start_main(&self, id: u64, args: FunctionArgs) {
+        self.client()
+            .await
+            .start(id, "main", args)
+            .await
+            .expect("start");
+    }
+
     /// Starts `main` of a READY procedure with `args` and waits until it has ended.
     pub async fn run_main(&self, id: u64, args: FunctionArgs) -> ProcedureSummary {
         let mut events = self.events().await;
         let mut client = self.client().await;
-        client.start(id, "main", args).await.expect("start");
+        self.start_main(id, args).await;
         wait_for(&mut events, &mut client, id, |_| false).await
+    }
+
+    /// Writes a script and creates its procedure with no arguments for init, waiting
+    /// until it is READY (or final).
+    pub async fn ready_script(&self, name: &str, body: &str) -> ProcedureSummary {
+        self.create_ready(&self.script(name, body), FunctionArgs::default())
+            .await
+    }
+
+    /// Writes a script, creates its procedure with no arguments for init, which must then
+    /// be READY, and runs its main with no arguments to the end.
+    pub async fn run_script(&self, name: &str, body: &str) -> ProcedureSummary {
+        let ready = self.ready_script(name, body).await;
+        assert_state(&ready, ProcedureState::Ready);
+        self.run_main(ready.id, FunctionArgs::default()).await
+    }
+
+    /// Asserts that procedure `id` has printed `line`.
+    pub async fn assert_printed(&self, id: u64, line: &str) {
+        let output = self.output(id).await;
+        assert!(
+            output.iter().any(|printed| printed == line),
+            "procedure {id} did not print {line:?}: {output:?}"
+        );
+    }
+
+    /// The lines procedure `id` has printed so far.
+    pub async fn output(&self, id: u64) -> Vec<String> {
+        let logs = self.client().await.logs(id).await.expect("logs");
+        logs.lines.into_iter().map(|l| l.line).collect()
     }
 }
 
@@ -340,6 +405,24 @@ pub async fn next_event(events: &mut EventStream, pred: impl Fn(&Event) -> bool)
         .expect("awaited event did not come in time")
 }
 
+/// Asserts that a procedure is in `state`, showing its stack trace if it is not.
+pub fn assert_state(summary: &ProcedureSummary, state: ProcedureState) {
+    assert_eq!(
+        summary.state, state,
+        "procedure {}: {:?}",
+        summary.id, summary.stacktrace
+    );
+}
+
+/// Asserts that a procedure FAILED with a stack trace containing each of `needles`.
+pub fn assert_failed_with(summary: &ProcedureSummary, needles: &[&str]) {
+    assert_state(summary, ProcedureState::Failed);
+    let trace = summary.stacktrace.as_deref().expect("a stack trace");
+    for needle in needles {
+        assert!(trace.contains(needle), "{needle:?} not in: {trace}");
+    }
+}
+
 /// The states a procedure went through, in order.
 pub fn states(summary: &ProcedureSummary) -> Vec<ProcedureState> {
     summary.history.iter().map(|c| c.state).collect()
@@ -355,6 +438,25 @@ pub fn alive(pid: u32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
+}
+
+/// Live processes (not zombies) whose command line mentions `needle`, as "pid: cmdline".
+pub fn live_processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && alive(pid) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
 }
 
 /// Waits (bounded) for a process to end, using a pidfd so that the wait is woken by the

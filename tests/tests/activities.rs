@@ -14,10 +14,11 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use oet_protocol::{
-    topics, ActivityState, ClientError, ErrorKind, FunctionArgs, ProcedureState, ScriptSpec, Value,
+    topics, ActivityState, ActivitySummary, Client, ClientError, ErrorKind, EventStream,
+    FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec, Value,
 };
 use oet_tests::git::TestRepo;
-use oet_tests::{activity_states, next_event, wait_for, wait_for_activity, TestDaemon};
+use oet_tests::{activity_states, kwargs, next_event, wait_for, wait_for_activity, TestDaemon};
 use serde_json::{json, Value as Json};
 
 const SAMPLE_SBD: &str = include_str!("../fixtures/sbd/testfile_sample_mid_sb.json");
@@ -80,24 +81,89 @@ fn read_json(path: &Path) -> Json {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-fn main_kwargs(pairs: &[(&str, Value)]) -> BTreeMap<String, FunctionArgs> {
-    BTreeMap::from([(
-        "main".to_owned(),
-        FunctionArgs {
-            args: vec![],
-            kwargs: pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
-        },
-    )])
+/// Script arguments of an activity request, by function name.
+type ScriptArgs = BTreeMap<String, FunctionArgs>;
+
+fn main_kwargs(pairs: &[(&str, Value)]) -> ScriptArgs {
+    BTreeMap::from([("main".to_owned(), kwargs(pairs))])
+}
+
+/// The states of an activity that ran its script and ended in `end`.
+fn ran_to(end: ActivityState) -> [ActivityState; 4] {
+    [
+        ActivityState::Requested,
+        ActivityState::Prepared,
+        ActivityState::Running,
+        end,
+    ]
+}
+
+/// An operator's connection to the daemon: a client to make requests and an event stream,
+/// subscribed before any request, to wait on.
+struct Operator {
+    events: EventStream,
+    client: Client,
+}
+
+impl Operator {
+    async fn connect(daemon: &TestDaemon) -> Operator {
+        Operator {
+            events: daemon.events().await,
+            client: daemon.client().await,
+        }
+    }
+
+    /// Asks for `activity` of `sbd_id` to run, neither prepare-only nor listening.
+    async fn try_run(
+        &mut self,
+        activity: &str,
+        sbd_id: &str,
+        script_args: ScriptArgs,
+    ) -> Result<ActivitySummary, ClientError> {
+        self.client
+            .run_activity(activity, sbd_id, script_args, false, false)
+            .await
+    }
+
+    /// Runs the `allocate` activity of `sbd_id`, which must be accepted.
+    async fn run(&mut self, sbd_id: &str, script_args: ScriptArgs) -> ActivitySummary {
+        self.try_run("allocate", sbd_id, script_args)
+            .await
+            .expect("run")
+    }
+
+    /// Waits until activity `id` is in `state` (or final).
+    async fn wait_until(&mut self, id: u64, state: ActivityState) -> ActivitySummary {
+        wait_for_activity(&mut self.events, &mut self.client, id, |s| s == state).await
+    }
+
+    /// Waits until activity `id` has ended.
+    async fn wait_end(&mut self, id: u64) -> ActivitySummary {
+        wait_for_activity(&mut self.events, &mut self.client, id, |_| false).await
+    }
+
+    /// Every procedure in the daemon's list.
+    async fn procedures(&mut self) -> Vec<ProcedureSummary> {
+        self.client.list(vec![]).await.expect("list")
+    }
+
+    /// Every activity in the daemon's list.
+    async fn activities(&mut self) -> Vec<ActivitySummary> {
+        self.client.list_activities(vec![]).await.expect("list")
+    }
+}
+
+/// The sample SBD with id `sbd_id` for a daemon, its script written into the daemon's
+/// scripts directory; returns the SBD and the file where the script writes its findings.
+fn sample_for(daemon: &TestDaemon, sbd_id: &str) -> (Json, PathBuf) {
+    let uri = daemon.script("allocate.py", ALLOCATE);
+    let out = daemon.dir.path().join(format!("{sbd_id}.out.json"));
+    (sample_sbd(sbd_id, &uri, &out), out)
 }
 
 /// Puts the sample SBD (script written by the test) into the daemon's ODA.
 async fn put_sample(daemon: &TestDaemon, sbd_id: &str) -> PathBuf {
-    let uri = daemon.script("allocate.py", ALLOCATE);
-    let out = daemon.dir.path().join(format!("{sbd_id}.out.json"));
-    let sbd = sample_sbd(sbd_id, &uri, &out);
+    let (sbd, out) = sample_for(daemon, sbd_id);
     let stored = daemon
         .client()
         .await
@@ -112,35 +178,20 @@ async fn put_sample(daemon: &TestDaemon, sbd_id: &str) -> PathBuf {
 async fn an_activity_runs_its_script_with_the_sbd_and_a_recorded_sbi() {
     let daemon = TestDaemon::start();
     let out = put_sample(&daemon, "sbd-mvp01-00001").await;
-    let mut events = daemon.events().await;
+    let mut op = Operator::connect(&daemon).await;
     let mut watch = daemon.events().await;
-    let mut client = daemon.client().await;
 
-    let requested = client
-        .run_activity("allocate", "sbd-mvp01-00001", BTreeMap::new(), false, false)
-        .await
-        .expect("run");
+    let requested = op.run("sbd-mvp01-00001", ScriptArgs::new()).await;
     assert_eq!(requested.state, ActivityState::Requested);
     assert_eq!(requested.sbd_id, "sbd-mvp01-00001");
     let sbi_id = requested.sbi_id.clone().expect("an SBI id");
     let pid = requested.procedure_id.expect("a procedure");
 
-    let done = wait_for_activity(&mut events, &mut client, requested.id, |s| {
-        s == ActivityState::Complete
-    })
-    .await;
-    assert_eq!(
-        activity_states(&done),
-        [
-            ActivityState::Requested,
-            ActivityState::Prepared,
-            ActivityState::Running,
-            ActivityState::Complete
-        ]
-    );
+    let done = op.wait_until(requested.id, ActivityState::Complete).await;
+    assert_eq!(activity_states(&done), ran_to(ActivityState::Complete));
     let times: Vec<f64> = done.history.iter().map(|c| c.time).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
-    let procedure = client.describe(pid).await.expect("procedure");
+    let procedure = op.client.describe(pid).await.expect("procedure");
     assert_eq!(procedure.state, ProcedureState::Complete);
     assert_eq!(
         procedure
@@ -161,11 +212,7 @@ async fn an_activity_runs_its_script_with_the_sbd_and_a_recorded_sbi() {
 
     // The script got the SBD (a private file, the same document) and the SBI's id.
     let seen = read_json(&out);
-    let expected = sample_sbd(
-        "sbd-mvp01-00001",
-        &daemon.script("allocate.py", ALLOCATE),
-        &out,
-    );
+    let (expected, _) = sample_for(&daemon, "sbd-mvp01-00001");
     assert_eq!(seen["sb"], expected);
     assert_eq!(seen["sbi_id"], json!(sbi_id));
     assert_eq!(seen["mode"], json!(0o600));
@@ -189,34 +236,30 @@ async fn an_activity_runs_its_script_with_the_sbd_and_a_recorded_sbi() {
         }
     }
 
-    let listed = client.list_activities(vec![]).await.expect("list");
-    assert_eq!(listed, vec![done]);
+    assert_eq!(op.activities().await, vec![done]);
 }
 
 #[tokio::test]
 async fn prepare_only_waits_for_the_operator_to_start_main() {
     let daemon = TestDaemon::start();
     let out = put_sample(&daemon, "sbd-prep-1").await;
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    let requested = client
-        .run_activity("allocate", "sbd-prep-1", BTreeMap::new(), true, false)
+    let mut op = Operator::connect(&daemon).await;
+    let requested = op
+        .client
+        .run_activity("allocate", "sbd-prep-1", ScriptArgs::new(), true, false)
         .await
         .expect("run");
     assert!(requested.prepare_only);
     let pid = requested.procedure_id.expect("procedure");
-    let prepared = wait_for_activity(&mut events, &mut client, requested.id, |s| {
-        s == ActivityState::Prepared
-    })
-    .await;
+    let prepared = op.wait_until(requested.id, ActivityState::Prepared).await;
     assert_eq!(prepared.state, ActivityState::Prepared);
-    let ready = wait_for(&mut events, &mut client, pid, |s| {
+    let ready = wait_for(&mut op.events, &mut op.client, pid, |s| {
         s == ProcedureState::Ready
     })
     .await;
     assert_eq!(ready.state, ProcedureState::Ready);
     assert_eq!(
-        client
+        op.client
             .describe_activity(requested.id)
             .await
             .expect("describe")
@@ -226,49 +269,27 @@ async fn prepare_only_waits_for_the_operator_to_start_main() {
 
     // A plain procedure start, as an operator would give it.
     let args = main_kwargs(&[("out", Value::from(out.display().to_string()))]);
-    client
+    op.client
         .start(pid, "main", args["main"].clone())
         .await
         .expect("start");
-    let done = wait_for_activity(&mut events, &mut client, requested.id, |s| {
-        s == ActivityState::Complete
-    })
-    .await;
-    assert_eq!(
-        activity_states(&done),
-        [
-            ActivityState::Requested,
-            ActivityState::Prepared,
-            ActivityState::Running,
-            ActivityState::Complete
-        ]
-    );
+    let done = op.wait_until(requested.id, ActivityState::Complete).await;
+    assert_eq!(activity_states(&done), ran_to(ActivityState::Complete));
 }
 
 #[tokio::test]
 async fn a_failing_main_fails_the_activity_with_the_message_in_the_stack_trace() {
     let daemon = TestDaemon::start();
     put_sample(&daemon, "sbd-fail-1").await;
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
+    let mut op = Operator::connect(&daemon).await;
     let script_args = main_kwargs(&[("raise_msg", Value::from("fail"))]);
-    let requested = client
-        .run_activity("allocate", "sbd-fail-1", script_args.clone(), false, false)
-        .await
-        .expect("run");
+    let requested = op.run("sbd-fail-1", script_args.clone()).await;
     assert_eq!(requested.script_args, script_args);
-    let done = wait_for_activity(&mut events, &mut client, requested.id, |_| false).await;
+    let done = op.wait_end(requested.id).await;
     assert_eq!(done.state, ActivityState::Failed);
-    assert_eq!(
-        activity_states(&done),
-        [
-            ActivityState::Requested,
-            ActivityState::Prepared,
-            ActivityState::Running,
-            ActivityState::Failed
-        ]
-    );
-    let procedure = client
+    assert_eq!(activity_states(&done), ran_to(ActivityState::Failed));
+    let procedure = op
+        .client
         .describe(requested.procedure_id.expect("procedure"))
         .await
         .expect("procedure");
@@ -281,29 +302,18 @@ async fn a_failing_main_fails_the_activity_with_the_message_in_the_stack_trace()
 async fn stopping_the_procedure_stops_the_activity() {
     let daemon = TestDaemon::start_with("stop_grace_secs = 5");
     put_sample(&daemon, "sbd-stop-1").await;
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    let requested = client
-        .run_activity(
-            "allocate",
-            "sbd-stop-1",
-            main_kwargs(&[("block", Value::Bool(true))]),
-            false,
-            false,
-        )
-        .await
-        .expect("run");
-    let running = wait_for_activity(&mut events, &mut client, requested.id, |s| {
-        s == ActivityState::Running
-    })
-    .await;
+    let mut op = Operator::connect(&daemon).await;
+    let block = main_kwargs(&[("block", Value::Bool(true))]);
+    let requested = op.run("sbd-stop-1", block).await;
+    let running = op.wait_until(requested.id, ActivityState::Running).await;
     assert_eq!(running.state, ActivityState::Running);
-    let stopped = client
+    let stopped = op
+        .client
         .stop(requested.procedure_id.expect("procedure"), false)
         .await
         .expect("stop");
     assert_eq!(stopped[0].state, ProcedureState::Stopped);
-    let done = wait_for_activity(&mut events, &mut client, requested.id, |_| false).await;
+    let done = op.wait_end(requested.id).await;
     assert_eq!(done.state, ActivityState::Stopped);
 }
 
@@ -326,25 +336,21 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, ClientError>, kind: Erro
 async fn bad_requests_are_refused_clearly_and_create_nothing() {
     let daemon = TestDaemon::start();
     put_sample(&daemon, "sbd-good-1").await;
-    let mut client = daemon.client().await;
-    let none = BTreeMap::new;
+    let mut op = Operator::connect(&daemon).await;
+    let none = ScriptArgs::new;
 
     assert_refused(
-        client
-            .run_activity("allocate", "sbd-nope", none(), false, false)
-            .await,
+        op.try_run("allocate", "sbd-nope", none()).await,
         ErrorKind::NotFound,
         "the ODA has no SBD 'sbd-nope'",
     );
     assert_refused(
-        client
-            .run_activity("observe", "sbd-good-1", none(), false, false)
-            .await,
+        op.try_run("observe", "sbd-good-1", none()).await,
         ErrorKind::NotFound,
         "SBD 'sbd-good-1' has no activity 'observe'; its activities are: allocate",
     );
     assert_refused(
-        client.put_sbd("{\"sbd_id\": \"x\",".to_owned()).await,
+        op.client.put_sbd("{\"sbd_id\": \"x\",".to_owned()).await,
         ErrorKind::InvalidRequest,
         "not valid JSON",
     );
@@ -354,24 +360,20 @@ async fn bad_requests_are_refused_clearly_and_create_nothing() {
     std::fs::create_dir_all(sbds.join("sbd-torn")).expect("mkdir");
     std::fs::write(sbds.join("sbd-torn/1.json"), "{\"sbd_id\": ").expect("write");
     assert_refused(
-        client
-            .run_activity("allocate", "sbd-torn", none(), false, false)
-            .await,
+        op.try_run("allocate", "sbd-torn", none()).await,
         ErrorKind::InvalidRequest,
         "not valid JSON",
     );
     let no_script =
         json!({"sbd_id": "sbd-noscript", "activities": {"allocate": {"kind": "filesystem"}}});
-    client
+    op.client
         .put_sbd(no_script.to_string())
         .await
         .expect_err("refused on the way in");
     std::fs::create_dir_all(sbds.join("sbd-noscript")).expect("mkdir");
     std::fs::write(sbds.join("sbd-noscript/1.json"), no_script.to_string()).expect("write");
     assert_refused(
-        client
-            .run_activity("allocate", "sbd-noscript", none(), false, false)
-            .await,
+        op.try_run("allocate", "sbd-noscript", none()).await,
         ErrorKind::InvalidRequest,
         "activity 'allocate' of the SBD has no `path`",
     );
@@ -382,39 +384,27 @@ async fn bad_requests_are_refused_clearly_and_create_nothing() {
     );
     missing["metadata"]["version"] = json!(2);
     assert_eq!(
-        client.put_sbd(missing.to_string()).await.expect("put"),
+        op.client.put_sbd(missing.to_string()).await.expect("put"),
         ("sbd-missing".to_owned(), 2)
     );
     assert_refused(
-        client
-            .run_activity("allocate", "sbd-missing", none(), false, false)
-            .await,
+        op.try_run("allocate", "sbd-missing", none()).await,
         ErrorKind::InvalidRequest,
         "its script /nonexistent/allocate.py cannot be used on this host",
     );
     assert_refused(
-        client
-            .run_activity(
-                "allocate",
-                "sbd-good-1",
-                main_kwargs(&[("x", Value::Float(f64::INFINITY))]),
-                false,
-                false,
-            )
-            .await,
+        op.try_run(
+            "allocate",
+            "sbd-good-1",
+            main_kwargs(&[("x", Value::Float(f64::INFINITY))]),
+        )
+        .await,
         ErrorKind::InvalidRequest,
         "invalid script argument for main",
     );
 
-    assert!(
-        client.list(vec![]).await.expect("list").is_empty(),
-        "no procedure"
-    );
-    assert!(client
-        .list_activities(vec![])
-        .await
-        .expect("list")
-        .is_empty());
+    assert!(op.procedures().await.is_empty(), "no procedure");
+    assert!(op.activities().await.is_empty());
     assert!(
         sbi_files(&daemon).is_empty(),
         "no SBI: {:?}",
@@ -422,7 +412,7 @@ async fn bad_requests_are_refused_clearly_and_create_nothing() {
     );
     assert!(files_in(&state_dir(&daemon).join("activities")).is_empty());
     assert_refused(
-        client.describe_activity(1).await,
+        op.client.describe_activity(1).await,
         ErrorKind::NotFound,
         "no activity with ID 1",
     );
@@ -432,13 +422,9 @@ async fn bad_requests_are_refused_clearly_and_create_nothing() {
 async fn the_sbd_file_goes_when_the_procedure_leaves_the_history() {
     let daemon = TestDaemon::start_with("history_size = 1");
     let out = put_sample(&daemon, "sbd-hist-1").await;
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    let first = client
-        .run_activity("allocate", "sbd-hist-1", BTreeMap::new(), false, false)
-        .await
-        .expect("run");
-    wait_for_activity(&mut events, &mut client, first.id, |_| false).await;
+    let mut op = Operator::connect(&daemon).await;
+    let first = op.run("sbd-hist-1", ScriptArgs::new()).await;
+    op.wait_end(first.id).await;
     let sb_json = PathBuf::from(read_json(&out)["sb_json"].as_str().expect("path"));
     assert!(
         sb_json.exists(),
@@ -446,23 +432,16 @@ async fn the_sbd_file_goes_when_the_procedure_leaves_the_history() {
     );
 
     // A newer procedure ends; the history keeps only it.
-    let uri = daemon.script("noop.py", "def main():\n    pass\n");
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start");
-    wait_for(&mut events, &mut client, ready.id, |_| false).await;
+    let ready = daemon
+        .ready_script("noop.py", "def main():\n    pass\n")
+        .await;
+    daemon.run_main(ready.id, FunctionArgs::default()).await;
     assert_eq!(
-        client.list(vec![]).await.expect("list").len(),
+        op.procedures().await.len(),
         1,
         "the first procedure was forgotten"
     );
-    assert!(client
-        .list_activities(vec![])
-        .await
-        .expect("list")
-        .is_empty());
+    assert!(op.activities().await.is_empty());
     assert!(!sb_json.exists(), "{} should be removed", sb_json.display());
 }
 
@@ -521,21 +500,15 @@ async fn a_remote_oda_serves_the_sbd_and_records_the_sbi() {
     let remote = Shared::default();
     let url = serve_oda(remote.clone()).await;
     let daemon = TestDaemon::start_with(&format!("\n[oda]\nbackend = \"rest\"\nurl = {url:?}\n"));
-    let uri = daemon.script("allocate.py", ALLOCATE);
-    let out = daemon.dir.path().join("remote.out.json");
-    let sbd = sample_sbd("sbd-remote-1", &uri, &out);
+    let (sbd, out) = sample_for(&daemon, "sbd-remote-1");
     lock(&remote)
         .sbds
         .insert("sbd-remote-1".into(), sbd.clone());
 
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    let requested = client
-        .run_activity("allocate", "sbd-remote-1", BTreeMap::new(), false, false)
-        .await
-        .expect("run");
+    let mut op = Operator::connect(&daemon).await;
+    let requested = op.run("sbd-remote-1", ScriptArgs::new()).await;
     assert_eq!(requested.sbi_id.as_deref(), Some("sbi-remote-1"));
-    let done = wait_for_activity(&mut events, &mut client, requested.id, |_| false).await;
+    let done = op.wait_end(requested.id).await;
     assert_eq!(done.state, ActivityState::Complete);
 
     let sbis = lock(&remote).sbis.clone();
@@ -549,8 +522,7 @@ async fn a_remote_oda_serves_the_sbd_and_records_the_sbi() {
 
     // The remote's refusal reaches the caller with its status and body.
     assert_refused(
-        client
-            .run_activity("allocate", "sbd-absent", BTreeMap::new(), false, false)
+        op.try_run("allocate", "sbd-absent", ScriptArgs::new())
             .await,
         ErrorKind::NotFound,
         "no SBD sbd-absent",
@@ -569,12 +541,17 @@ fn ok(output: std::process::Output) -> String {
     stdout
 }
 
+/// Runs `oetctl activity run allocate <sbd_id>` followed by `args`.
+fn oetctl_run_allocate(daemon: &TestDaemon, sbd_id: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["activity", "run", "allocate", sbd_id];
+    all.extend_from_slice(args);
+    daemon.oetctl(&all)
+}
+
 #[tokio::test]
 async fn oetctl_puts_an_sbd_and_runs_lists_and_describes_activities() {
     let daemon = TestDaemon::start();
-    let uri = daemon.script("allocate.py", ALLOCATE);
-    let out = daemon.dir.path().join("ctl.out.json");
-    let mut sbd = sample_sbd("unused", &uri, &out);
+    let (mut sbd, _) = sample_for(&daemon, "unused");
     // Loaded without an id, as a new SBD is: the ODA gives it one.
     sbd.as_object_mut().expect("object").remove("sbd_id");
     let file = daemon.dir.path().join("new_sbd.json");
@@ -590,15 +567,15 @@ async fn oetctl_puts_an_sbd_and_runs_lists_and_describes_activities() {
         .to_owned();
     assert!(sbd_id.starts_with("sbd-oet-"), "{sbd_id}");
 
-    let listened = ok(daemon.oetctl(&[
-        "activity",
-        "run",
-        "allocate",
+    let listened = ok(oetctl_run_allocate(
+        &daemon,
         &sbd_id,
-        "--listen",
-        "--script-args",
-        r#"{"init": {"kwargs": {"subarray_id": 2}}}"#,
-    ]));
+        &[
+            "--listen",
+            "--script-args",
+            r#"{"init": {"kwargs": {"subarray_id": 2}}}"#,
+        ],
+    ));
     for topic in [
         "activity.lifecycle.requested",
         "procedure.lifecycle.statechange",
@@ -666,24 +643,17 @@ async fn oetctl_puts_an_sbd_and_runs_lists_and_describes_activities() {
     let err = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(err.contains("its activities are: allocate"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    let output = daemon.oetctl(&[
-        "activity",
-        "run",
-        "allocate",
-        &sbd_id,
-        "--script-args",
-        "[1]",
-    ]);
+    let output = oetctl_run_allocate(&daemon, &sbd_id, &["--script-args", "[1]"]);
     assert_eq!(output.status.code(), Some(1));
-    let failed = daemon.oetctl(&[
-        "activity",
-        "run",
-        "allocate",
+    let failed = oetctl_run_allocate(
+        &daemon,
         &sbd_id,
-        "--listen",
-        "--script-args",
-        r#"{"main": {"kwargs": {"raise_msg": "fail"}}}"#,
-    ]);
+        &[
+            "--listen",
+            "--script-args",
+            r#"{"main": {"kwargs": {"raise_msg": "fail"}}}"#,
+        ],
+    );
     assert_eq!(failed.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&failed.stderr).contains("ended FAILED"),
@@ -696,28 +666,23 @@ async fn oetctl_puts_an_sbd_and_runs_lists_and_describes_activities() {
 async fn an_activity_that_cannot_start_main_stays_prepared_and_says_why() {
     let daemon = TestDaemon::start();
     put_sample(&daemon, "sbd-busy-1").await;
-    let busy = daemon.script(
-        "busy.py",
-        "import time\n\ndef main():\n    time.sleep(3600)\n",
-    );
-    let ready = daemon.create_ready(&busy, FunctionArgs::default()).await;
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start the busy one");
+    let ready = daemon
+        .ready_script(
+            "busy.py",
+            "import time\n\ndef main():\n    time.sleep(3600)\n",
+        )
+        .await;
+    let mut op = Operator::connect(&daemon).await;
+    daemon.start_main(ready.id, FunctionArgs::default()).await;
 
-    let requested = client
-        .run_activity("allocate", "sbd-busy-1", BTreeMap::new(), false, false)
-        .await
-        .expect("run");
-    let event = next_event(&mut events, |e| {
+    let requested = op.run("sbd-busy-1", ScriptArgs::new()).await;
+    let event = next_event(&mut op.events, |e| {
         e.topic == "activity.lifecycle.error" && e.activity_id() == Some(requested.id)
     })
     .await;
     assert_eq!(event.msg_src, "oetd");
-    let summary = client
+    let summary = op
+        .client
         .describe_activity(requested.id)
         .await
         .expect("describe");
@@ -727,7 +692,7 @@ async fn an_activity_that_cannot_start_main_stays_prepared_and_says_why() {
         error.contains("could not be started") && error.contains("RUNNING"),
         "{error}"
     );
-    client
+    op.client
         .stop(ready.id, false)
         .await
         .expect("stop the busy one");
@@ -763,14 +728,11 @@ async fn a_git_activity_runs_the_script_of_its_commit() {
             },
         }},
     });
-    let mut client = daemon.client().await;
-    client.put_sbd(sbd.to_string()).await.expect("put");
-    let mut events = daemon.events().await;
-    let requested = client
-        .run_activity("allocate", "sbd-git-1", BTreeMap::new(), false, false)
-        .await
-        .expect("run");
-    let procedure = client
+    let mut op = Operator::connect(&daemon).await;
+    op.client.put_sbd(sbd.to_string()).await.expect("put");
+    let requested = op.run("sbd-git-1", ScriptArgs::new()).await;
+    let procedure = op
+        .client
         .describe(requested.procedure_id.expect("procedure"))
         .await
         .expect("procedure");
@@ -788,8 +750,8 @@ async fn a_git_activity_runs_the_script_of_its_commit() {
         }
         other => panic!("expected a git script, got {other:?}"),
     }
-    let done = wait_for_activity(&mut events, &mut client, requested.id, |_| false).await;
-    let procedure = client.describe(procedure.id).await.expect("procedure");
+    let done = op.wait_end(requested.id).await;
+    let procedure = op.client.describe(procedure.id).await.expect("procedure");
     assert_eq!(
         done.state,
         ActivityState::Complete,

@@ -2,7 +2,7 @@
 //! request events are on the same bus.
 
 use oet_protocol::{FunctionArgs, ProcedureState, Value};
-use oet_tests::{next_event, wait_for, TestDaemon};
+use oet_tests::{next_event, positional, wait_for, TestDaemon};
 
 const ANNOUNCER: &str = r#"
 from pubsub import pub
@@ -14,21 +14,10 @@ def main(message):
 #[tokio::test]
 async fn a_script_message_reaches_a_listener_with_its_topic_and_payload() {
     let daemon = TestDaemon::start();
-    let uri = daemon.script("announce.py", ANNOUNCER);
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let ready = daemon.ready_script("announce.py", ANNOUNCER).await;
     let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(
-            ready.id,
-            "main",
-            FunctionArgs {
-                args: vec![Value::from("slewing to target")],
-                kwargs: Default::default(),
-            },
-        )
-        .await
-        .expect("start");
+    let args = positional(vec![Value::from("slewing to target")]);
+    daemon.start_main(ready.id, args).await;
     let event = next_event(&mut events, |e| e.topic == "user.script.announce").await;
     assert_eq!(event.msg_src, ready.id.to_string());
     let payload = event.payload.as_map().expect("payload");
@@ -44,9 +33,10 @@ async fn a_script_message_reaches_a_listener_with_its_topic_and_payload() {
 #[tokio::test]
 async fn an_event_from_one_script_reaches_a_subscriber_in_another() {
     let daemon = TestDaemon::start();
-    let listener_uri = daemon.script(
-        "listener.py",
-        r#"
+    let listener = daemon
+        .ready_script(
+            "listener.py",
+            r#"
 from pubsub import pub
 
 def heard(msg_src, msg):
@@ -58,29 +48,15 @@ def init():
 def main():
     pass
 "#,
-    );
-    let listener = daemon
-        .create_ready(&listener_uri, FunctionArgs::default())
+        )
         .await;
     assert_eq!(listener.state, ProcedureState::Ready);
 
-    let announcer_uri = daemon.script("announce.py", ANNOUNCER);
-    let announcer = daemon
-        .create_ready(&announcer_uri, FunctionArgs::default())
-        .await;
+    let announcer = daemon.ready_script("announce.py", ANNOUNCER).await;
     let mut events = daemon.events().await;
     let mut client = daemon.client().await;
-    client
-        .start(
-            announcer.id,
-            "main",
-            FunctionArgs {
-                args: vec![Value::from("on source")],
-                kwargs: Default::default(),
-            },
-        )
-        .await
-        .expect("start");
+    let args = positional(vec![Value::from("on source")]);
+    daemon.start_main(announcer.id, args).await;
     let heard = next_event(&mut events, |e| e.topic == "test.heard").await;
     assert_eq!(heard.msg_src, listener.id.to_string());
     assert_eq!(
@@ -127,10 +103,7 @@ def main():
     let mut slow = daemon.events().await;
     let mut watcher = daemon.events().await;
     let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start");
+    daemon.start_main(ready.id, FunctionArgs::default()).await;
     let done = wait_for(&mut watcher, &mut client, ready.id, |s| {
         s == ProcedureState::Complete
     })

@@ -4,9 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use oet_protocol::{FunctionArgs, GitArgs, ProcedureState, ProcedureState::*, ScriptSpec};
-use oet_tests::git::{project_files, TestRepo};
-use oet_tests::{next_event, states, wait_for, TestDaemon, DEADLINE};
+use oet_protocol::{FunctionArgs, GitArgs, ProcedureState::*, ScriptSpec};
+use oet_tests::git::{BuildGate, TestRepo, PYPROJECT};
+use oet_tests::{
+    assert_failed_with, assert_state, live_processes_mentioning, next_event, states, wait_for,
+    TestDaemon, DEADLINE,
+};
 
 /// pip must not look for an index: the test project builds with its own backend.
 const OFFLINE_PIP: &str = "[git]\npip_extra_args = [\"--no-index\", \"--no-build-isolation\"]\n";
@@ -29,28 +32,24 @@ fn git_script(
     }
 }
 
-/// Creates a procedure and waits until it is READY or final.
-async fn create(daemon: &TestDaemon, script: ScriptSpec) -> oet_protocol::ProcedureSummary {
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    let created = client
-        .create(script, FunctionArgs::default())
-        .await
-        .expect("create");
-    wait_for(&mut events, &mut client, created.id, |s| s == Ready).await
+/// The project's script, run in an environment built from the project at `commit` (else
+/// the default branch).
+fn project_script(repo: &TestRepo, commit: Option<&str>) -> ScriptSpec {
+    git_script(repo, "scripts/observe.py", None, commit, true)
 }
 
-/// Runs main of a READY procedure to its end and returns the lines it printed.
-async fn run_main(daemon: &TestDaemon, id: u64) -> (ProcedureState, Vec<String>) {
-    let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(id, "main", FunctionArgs::default())
+/// Creates a procedure and waits until it is READY or final.
+async fn create(daemon: &TestDaemon, script: ScriptSpec) -> oet_protocol::ProcedureSummary {
+    daemon
+        .create_script_ready(script, FunctionArgs::default())
         .await
-        .expect("start");
-    let done = wait_for(&mut events, &mut client, id, |_| false).await;
-    let logs = client.logs(id).await.expect("logs");
-    (done.state, logs.lines.into_iter().map(|l| l.line).collect())
+}
+
+/// Runs main of a READY procedure, which must complete, and returns the lines it printed.
+async fn run_main(daemon: &TestDaemon, id: u64) -> Vec<String> {
+    let done = daemon.run_main(id, FunctionArgs::default()).await;
+    assert_state(&done, Complete);
+    daemon.output(id).await
 }
 
 fn script_printing(text: &str) -> String {
@@ -89,10 +88,9 @@ async fn a_branch_and_an_older_commit_each_run_their_own_version() {
             git_script(&repo, "scripts/observe.py", branch, commit, false),
         )
         .await;
-        assert_eq!(ready.state, Ready, "{:?}", ready.stacktrace);
+        assert_state(&ready, Ready);
         assert_eq!(states(&ready), [Creating, Idle, Loading, Idle, Ready]);
-        let (state, lines) = run_main(&daemon, ready.id).await;
-        assert_eq!(state, Complete);
+        let lines = run_main(&daemon, ready.id).await;
         assert_eq!(lines, [expected], "branch {branch:?} commit {commit:?}");
     }
 }
@@ -101,13 +99,7 @@ const USES_PACKAGE: &str =
     "import oettestpkg\n\ndef main():\n    print(f\"value {oettestpkg.VALUE}\")\n";
 
 fn commit_project(repo: &TestRepo, block_on: Option<&Path>) -> String {
-    let mut files = project_files(block_on);
-    files.push(("scripts/observe.py".into(), USES_PACKAGE.into()));
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    repo.commit(&refs, "project")
+    repo.commit_project(PYPROJECT, block_on, USES_PACKAGE)
 }
 
 #[tokio::test]
@@ -121,54 +113,39 @@ async fn create_env_installs_the_project_the_script_needs() {
         git_script(&repo, "scripts/observe.py", None, None, false),
     )
     .await;
-    assert_eq!(without.state, Failed);
-    let trace = without.stacktrace.expect("stack trace");
-    assert!(trace.contains("ModuleNotFoundError"), "{trace}");
+    assert_failed_with(&without, &["ModuleNotFoundError"]);
 
-    let with = create(
-        &daemon,
-        git_script(&repo, "scripts/observe.py", None, None, true),
-    )
-    .await;
-    assert_eq!(with.state, Ready, "{:?}", with.stacktrace);
+    let with = create(&daemon, project_script(&repo, None)).await;
+    assert_state(&with, Ready);
     assert_eq!(
         states(&with),
         [Creating, Idle, PrepEnv, Idle, Loading, Idle, Ready]
     );
-    let (state, lines) = run_main(&daemon, with.id).await;
-    assert_eq!(state, Complete);
+    let lines = run_main(&daemon, with.id).await;
     assert!(lines.contains(&"value 42".to_string()), "{lines:?}");
 }
 
-fn make_fifo(dir: &Path) -> PathBuf {
-    let fifo = dir.join("build-gate");
-    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
-    // SAFETY: a valid NUL-terminated path.
-    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
-    assert_eq!(rc, 0, "mkfifo failed");
-    fifo
+/// Where the daemon builds Python environments.
+fn env_dir(daemon: &TestDaemon) -> PathBuf {
+    daemon.dir.path().join("state/envs")
 }
 
-/// Opening the gate for writing returns once the build backend is reading it, i.e. once
-/// the build is under way; dropping the file lets the build go on.
-async fn open_gate(fifo: &Path) -> std::fs::File {
-    let fifo = fifo.to_owned();
-    tokio::time::timeout(
-        DEADLINE,
-        tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(fifo)
-                .expect("open fifo")
-        }),
-    )
-    .await
-    .expect("the build reached the backend in time")
-    .expect("join")
+/// Live processes working in the daemon's environment directory (pip, the build backend).
+fn builders(daemon: &TestDaemon) -> Vec<String> {
+    live_processes_mentioning(env_dir(daemon).to_str().expect("utf-8"))
+}
+
+/// A daemon with offline pip, and a repository whose project builds only once the test
+/// opens `gate`.
+fn gated_project() -> (TestDaemon, TestRepo, BuildGate) {
+    let repo = TestRepo::new();
+    let gate = BuildGate::new();
+    commit_project(&repo, Some(gate.path()));
+    (TestDaemon::start_with(OFFLINE_PIP), repo, gate)
 }
 
 fn env_count(daemon: &TestDaemon) -> usize {
-    std::fs::read_dir(daemon.dir.path().join("state/envs"))
+    std::fs::read_dir(env_dir(daemon))
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
@@ -179,14 +156,10 @@ fn env_count(daemon: &TestDaemon) -> usize {
 
 #[tokio::test]
 async fn two_procedures_of_one_commit_share_one_environment() {
-    let repo = TestRepo::new();
-    let gate_dir = tempfile::tempdir().expect("dir");
-    let fifo = make_fifo(gate_dir.path());
-    commit_project(&repo, Some(&fifo));
-    let daemon = TestDaemon::start_with(OFFLINE_PIP);
+    let (daemon, repo, gate) = gated_project();
     let mut events = daemon.events().await;
     let mut client = daemon.client().await;
-    let script = git_script(&repo, "scripts/observe.py", None, None, true);
+    let script = project_script(&repo, None);
     let first = client
         .create(script.clone(), FunctionArgs::default())
         .await
@@ -202,20 +175,20 @@ async fn two_procedures_of_one_commit_share_one_environment() {
     }
     assert_eq!(preparing, [first.id, second.id].into());
     // Both wait in PREP_ENV while the one build is held at the gate.
-    let gate = open_gate(&fifo).await;
-    drop(gate);
+    let writer = gate.wait_for_build(DEADLINE).await;
+    drop(writer);
     for id in [first.id, second.id] {
         let ready = wait_for(&mut events, &mut client, id, |s| s == Ready).await;
-        assert_eq!(ready.state, Ready, "{:?}", ready.stacktrace);
+        assert_state(&ready, Ready);
     }
     assert_eq!(env_count(&daemon), 1);
     let mut waited = false;
     for id in [first.id, second.id] {
-        let logs = client.logs(id).await.expect("logs");
-        waited |= logs
-            .lines
+        waited |= daemon
+            .output(id)
+            .await
             .iter()
-            .any(|l| l.line.contains("waiting for the Python environment"));
+            .any(|line| line.contains("waiting for the Python environment"));
     }
     assert!(
         waited,
@@ -235,15 +208,8 @@ async fn a_failed_install_fails_with_pips_message_and_a_fixed_commit_works() {
         "break",
     );
     let daemon = TestDaemon::start_with(OFFLINE_PIP);
-    let failed = create(
-        &daemon,
-        git_script(&repo, "scripts/observe.py", None, Some(&broken), true),
-    )
-    .await;
-    assert_eq!(failed.state, Failed);
-    let trace = failed.stacktrace.expect("stack trace");
-    assert!(trace.contains("pip install"), "{trace}");
-    assert!(trace.contains("build-system.requires"), "{trace}");
+    let failed = create(&daemon, project_script(&repo, Some(&broken))).await;
+    assert_failed_with(&failed, &["pip install", "build-system.requires"]);
     assert_eq!(
         env_count(&daemon),
         0,
@@ -251,12 +217,8 @@ async fn a_failed_install_fails_with_pips_message_and_a_fixed_commit_works() {
     );
 
     let fixed = commit_project(&repo, None);
-    let ready = create(
-        &daemon,
-        git_script(&repo, "scripts/observe.py", None, Some(&fixed), true),
-    )
-    .await;
-    assert_eq!(ready.state, Ready, "{:?}", ready.stacktrace);
+    let ready = create(&daemon, project_script(&repo, Some(&fixed))).await;
+    assert_state(&ready, Ready);
 }
 
 #[tokio::test]
@@ -271,72 +233,36 @@ async fn escaping_paths_and_unknown_commits_fail_clearly_and_write_nothing_outsi
         git_script(&repo, "../../etc/passwd", None, None, false),
     )
     .await;
-    assert_eq!(escape.state, Failed);
-    let trace = escape.stacktrace.expect("stack trace");
-    assert!(trace.contains("leaves the repository"), "{trace}");
+    assert_failed_with(&escape, &["leaves the repository"]);
 
     let unknown = create(
         &daemon,
         git_script(&repo, "scripts/observe.py", None, Some("deadbeef"), false),
     )
     .await;
-    assert_eq!(unknown.state, Failed);
-    let trace = unknown.stacktrace.expect("stack trace");
-    assert!(
-        trace.contains("deadbeef") && trace.contains("not found"),
-        "{trace}"
-    );
+    assert_failed_with(&unknown, &["deadbeef", "not found"]);
 
     let missing = create(
         &daemon,
         git_script(&repo, "scripts/nope.py", None, None, false),
     )
     .await;
-    assert_eq!(missing.state, Failed);
-    assert!(missing
-        .stacktrace
-        .expect("trace")
-        .contains("does not exist"));
+    assert_failed_with(&missing, &["does not exist"]);
 
     let after = oet_tests::git::tree(daemon.dir.path(), &daemon.dir.path().join("state"));
     assert_eq!(before, after, "files appeared outside the state directory");
 }
 
-/// Processes whose command line mentions `needle`, other than zombies.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && oet_tests::alive(pid) {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn a_stop_during_prep_env_stops_cleanly_and_leaves_no_pip() {
-    let repo = TestRepo::new();
-    let gate_dir = tempfile::tempdir().expect("dir");
-    let fifo = make_fifo(gate_dir.path());
-    commit_project(&repo, Some(&fifo));
-    let daemon = TestDaemon::start_with(OFFLINE_PIP);
+    let (daemon, repo, gate) = gated_project();
     let mut client = daemon.client().await;
     let created = client
-        .create(
-            git_script(&repo, "scripts/observe.py", None, None, true),
-            FunctionArgs::default(),
-        )
+        .create(project_script(&repo, None), FunctionArgs::default())
         .await
         .expect("create");
     // Hold the gate open so that pip is mid-build when the stop comes.
-    let gate = open_gate(&fifo).await;
+    let writer = gate.wait_for_build(DEADLINE).await;
     let summary = client.describe(created.id).await.expect("describe");
     assert_eq!(summary.state, PrepEnv);
     // While pip works, the daemon answers.
@@ -344,31 +270,22 @@ async fn a_stop_during_prep_env_stops_cleanly_and_leaves_no_pip() {
 
     let stopped = client.stop(created.id, false).await.expect("stop");
     assert_eq!(stopped[0].state, Stopped);
-    drop(gate);
-    let envs = daemon.dir.path().join("state/envs");
-    let left = processes_mentioning(envs.to_str().expect("utf-8"));
+    drop(writer);
+    let left = builders(&daemon);
     assert!(left.is_empty(), "pip processes left behind: {left:?}");
     assert_eq!(env_count(&daemon), 0, "a half-built environment was kept");
 }
 
 #[tokio::test]
 async fn no_pip_outlives_oetd_being_killed_during_prep_env() {
-    let repo = TestRepo::new();
-    let gate_dir = tempfile::tempdir().expect("dir");
-    let fifo = make_fifo(gate_dir.path());
-    commit_project(&repo, Some(&fifo));
-    let mut daemon = TestDaemon::start_with(OFFLINE_PIP);
+    let (mut daemon, repo, gate) = gated_project();
     let mut client = daemon.client().await;
     client
-        .create(
-            git_script(&repo, "scripts/observe.py", None, None, true),
-            FunctionArgs::default(),
-        )
+        .create(project_script(&repo, None), FunctionArgs::default())
         .await
         .expect("create");
-    let gate = open_gate(&fifo).await;
-    let envs = daemon.dir.path().join("state/envs");
-    let building: Vec<u32> = processes_mentioning(envs.to_str().expect("utf-8"))
+    let writer = gate.wait_for_build(DEADLINE).await;
+    let building: Vec<u32> = builders(&daemon)
         .iter()
         .filter_map(|p| p.split(':').next()?.parse().ok())
         .collect();
@@ -381,5 +298,5 @@ async fn no_pip_outlives_oetd_being_killed_during_prep_env() {
             "build process {pid} outlived oetd"
         );
     }
-    drop(gate);
+    drop(writer);
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, ScriptSpec, Value};
-use oet_tests::{states, TestDaemon};
+use oet_tests::{assert_failed_with, assert_state, kwargs, states, TestDaemon};
 
 const INIT_AND_MAIN: &str = r#"
 def init(subarray_id):
@@ -18,10 +18,7 @@ def main():
 async fn init_and_main_go_through_every_state_in_order() {
     let daemon = TestDaemon::start();
     let uri = daemon.script("observe.py", INIT_AND_MAIN);
-    let init = FunctionArgs {
-        args: vec![],
-        kwargs: BTreeMap::from([("subarray_id".into(), Value::Int(1))]),
-    };
+    let init = kwargs(&[("subarray_id", Value::Int(1))]);
     let ready = daemon.create_ready(&uri, init).await;
     assert_eq!(
         states(&ready),
@@ -47,32 +44,28 @@ async fn init_and_main_go_through_every_state_in_order() {
         times.windows(2).all(|w| w[0] <= w[1]),
         "state times must not go backwards: {times:?}"
     );
-    let logs = daemon.client().await.logs(ready.id).await.expect("logs");
-    let lines: Vec<&str> = logs.lines.iter().map(|l| l.line.as_str()).collect();
-    assert!(lines.contains(&"init for subarray 1"), "{lines:?}");
+    daemon.assert_printed(ready.id, "init for subarray 1").await;
 }
 
 #[tokio::test]
 async fn a_script_without_init_skips_initialising() {
     let daemon = TestDaemon::start();
-    let uri = daemon.script("no_init.py", "def main():\n    pass\n");
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let ready = daemon
+        .ready_script("no_init.py", "def main():\n    pass\n")
+        .await;
     assert_eq!(states(&ready), [Creating, Idle, Loading, Idle, Ready]);
 }
 
 #[tokio::test]
 async fn an_exception_in_main_fails_with_its_stack_trace() {
     let daemon = TestDaemon::start();
-    let uri = daemon.script(
-        "fails.py",
-        "def main():\n    raise Exception(\"Script failed!\")\n",
-    );
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
-    let failed = daemon.run_main(ready.id, FunctionArgs::default()).await;
-    assert_eq!(failed.state, Failed);
-    let trace = failed.stacktrace.expect("a stack trace");
-    assert!(trace.contains("Script failed!"), "{trace}");
-    assert!(trace.contains("fails.py"), "{trace}");
+    let failed = daemon
+        .run_script(
+            "fails.py",
+            "def main():\n    raise Exception(\"Script failed!\")\n",
+        )
+        .await;
+    assert_failed_with(&failed, &["Script failed!", "fails.py"]);
 }
 
 #[tokio::test]
@@ -81,10 +74,7 @@ async fn a_missing_script_fails_naming_the_file() {
     let failed = daemon
         .create_ready("file:///does/not/exist.py", FunctionArgs::default())
         .await;
-    assert_eq!(failed.state, Failed);
-    let trace = failed.stacktrace.expect("a stack trace");
-    assert!(trace.contains("FileNotFoundError"), "{trace}");
-    assert!(trace.contains("/does/not/exist.py"), "{trace}");
+    assert_failed_with(&failed, &["FileNotFoundError", "/does/not/exist.py"]);
 }
 
 #[tokio::test]
@@ -146,14 +136,14 @@ def main(*args, **kwargs):
         kwargs: kwargs.clone(),
     };
     let ready = daemon.create_ready(&uri, init.clone()).await;
-    assert_eq!(ready.state, Ready, "{:?}", ready.stacktrace);
+    assert_state(&ready, Ready);
 
     let main_args = FunctionArgs {
         args: vec![Value::Int(-7)],
         kwargs,
     };
     let done = daemon.run_main(ready.id, main_args.clone()).await;
-    assert_eq!(done.state, Complete, "{:?}", done.stacktrace);
+    assert_state(&done, Complete);
     let script_args = done.script_args();
     assert_eq!(script_args.get("init"), Some(&init));
     assert_eq!(script_args.get("main"), Some(&main_args));
@@ -178,10 +168,7 @@ async fn a_wrong_uri_prefix_is_refused_without_creating_anything() {
 async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
     let daemon = TestDaemon::start_with("history_size = 2");
     let live = daemon
-        .create_ready(
-            &daemon.script("live.py", "def main():\n    pass\n"),
-            FunctionArgs::default(),
-        )
+        .ready_script("live.py", "def main():\n    pass\n")
         .await;
     let older = daemon
         .create_ready("file:///missing/one.py", FunctionArgs::default())

@@ -1,11 +1,12 @@
 //! Stopping scripts: politely, then by force; nothing a script started survives, not even
 //! when oetd itself is killed.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, Value};
-use oet_tests::{next_event, wait_for, wait_gone, TestDaemon};
+use oet_tests::{
+    assert_failed_with, assert_state, kwargs, next_event, wait_for, wait_gone, TestDaemon,
+};
 
 /// A script that announces its own pid and that of a `sleep` child it spawned, then
 /// loops until stopped. With `stubborn`, it swallows the stop exception and goes on. The
@@ -35,29 +36,55 @@ def main():
     )
 }
 
-async fn run_until_pids(daemon: &TestDaemon, uri: &str) -> (u64, u32, u32) {
-    let ready = daemon.create_ready(uri, FunctionArgs::default()).await;
-    assert_eq!(ready.state, Ready, "{:?}", ready.stacktrace);
+/// A looping script's procedure, running, with the processes it announced.
+struct Looping {
+    id: u64,
+    worker: u32,
+    child: u32,
+}
+
+impl Looping {
+    /// Asserts that the script's worker and its child both end within ten seconds of
+    /// `cause`.
+    fn assert_gone(&self, cause: &str) {
+        let Looping { worker, child, .. } = self;
+        assert!(
+            wait_gone(*worker, Duration::from_secs(10)),
+            "worker {worker} survived {cause}"
+        );
+        assert!(
+            wait_gone(*child, Duration::from_secs(10)),
+            "child {child} survived {cause}"
+        );
+    }
+}
+
+/// Writes a [`looping_script`] as `name`, starts it and waits until it has announced
+/// its processes.
+async fn run_until_pids(daemon: &TestDaemon, name: &str, stubborn: bool) -> Looping {
+    let uri = daemon.script(name, &looping_script(stubborn));
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    assert_state(&ready, Ready);
     let mut events = daemon.events().await;
-    let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start");
+    daemon.start_main(ready.id, FunctionArgs::default()).await;
     let event = next_event(&mut events, |e| e.topic == "test.pids").await;
     let map = event.payload.as_map().expect("payload map");
     let pid = |key: &str| match map.get(key) {
         Some(Value::Int(pid)) => *pid as u32,
         other => panic!("no {key} pid in {other:?}"),
     };
-    (ready.id, pid("worker"), pid("child"))
+    Looping {
+        id: ready.id,
+        worker: pid("worker"),
+        child: pid("child"),
+    }
 }
 
 #[tokio::test]
 async fn stop_ends_a_looping_script_and_its_children() {
     let daemon = TestDaemon::start();
-    let uri = daemon.script("loop.py", &looping_script(false));
-    let (id, worker, child) = run_until_pids(&daemon, &uri).await;
+    let looping = run_until_pids(&daemon, "loop.py", false).await;
+    let id = looping.id;
 
     // While it runs, the daemon answers promptly.
     let mut client = daemon.client().await;
@@ -67,60 +94,35 @@ async fn stop_ends_a_looping_script_and_its_children() {
 
     let stopped = client.stop(id, false).await.expect("stop");
     assert_eq!(stopped[0].state, Stopped);
-    assert!(
-        wait_gone(worker, Duration::from_secs(10)),
-        "worker {worker} survived"
-    );
-    assert!(
-        wait_gone(child, Duration::from_secs(10)),
-        "child {child} survived"
-    );
-    let logs = client.logs(id).await.expect("logs");
-    assert!(
-        logs.lines.iter().any(|l| l.line == "cleaning up"),
-        "the script's finally: block should have run: {:?}",
-        logs.lines
-    );
+    looping.assert_gone("the stop");
+    // The script's handler ran.
+    daemon.assert_printed(id, "cleaning up").await;
 }
 
 #[tokio::test]
 async fn a_script_that_ignores_the_stop_is_killed_after_the_grace_period() {
     let daemon = TestDaemon::start_with("stop_grace_secs = 0.5");
-    let uri = daemon.script("stubborn.py", &looping_script(true));
-    let (id, worker, child) = run_until_pids(&daemon, &uri).await;
+    let looping = run_until_pids(&daemon, "stubborn.py", true).await;
     let mut client = daemon.client().await;
-    let stopped = client.stop(id, false).await.expect("stop");
+    let stopped = client.stop(looping.id, false).await.expect("stop");
     assert_eq!(stopped[0].state, Stopped);
-    assert!(
-        wait_gone(worker, Duration::from_secs(10)),
-        "worker {worker} survived"
-    );
-    assert!(
-        wait_gone(child, Duration::from_secs(10)),
-        "child {child} survived"
-    );
-    let logs = client.logs(id).await.expect("logs");
-    assert!(logs.lines.iter().any(|l| l.line == "ignoring the stop"));
+    looping.assert_gone("the stop");
+    daemon.assert_printed(looping.id, "ignoring the stop").await;
 }
 
 #[tokio::test]
 async fn a_segfault_fails_the_procedure_naming_the_signal() {
     let daemon = TestDaemon::start();
-    let uri = daemon.script(
-        "segv.py",
-        "import os, signal\n\ndef main():\n    os.kill(os.getpid(), signal.SIGSEGV)\n",
-    );
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
-    let failed = daemon.run_main(ready.id, FunctionArgs::default()).await;
-    assert_eq!(failed.state, Failed);
-    let trace = failed.stacktrace.expect("a stack trace");
-    assert!(trace.contains("SIGSEGV"), "{trace}");
+    let failed = daemon
+        .run_script(
+            "segv.py",
+            "import os, signal\n\ndef main():\n    os.kill(os.getpid(), signal.SIGSEGV)\n",
+        )
+        .await;
+    assert_failed_with(&failed, &["SIGSEGV"]);
     // The daemon keeps serving.
     let again = daemon
-        .create_ready(
-            &daemon.script("ok.py", "def main():\n    pass\n"),
-            FunctionArgs::default(),
-        )
+        .ready_script("ok.py", "def main():\n    pass\n")
         .await;
     assert_eq!(again.state, Ready);
 }
@@ -128,8 +130,8 @@ async fn a_segfault_fails_the_procedure_naming_the_signal() {
 #[tokio::test]
 async fn only_one_procedure_runs_at_a_time_and_only_ready_ones_start() {
     let daemon = TestDaemon::start();
+    let running = run_until_pids(&daemon, "loop.py", false).await.id;
     let uri = daemon.script("loop.py", &looping_script(false));
-    let (running, _, _) = run_until_pids(&daemon, &uri).await;
     let second = daemon.create_ready(&uri, FunctionArgs::default()).await;
     let mut client = daemon.client().await;
     let err = client
@@ -169,16 +171,10 @@ async fn stop_with_abort_runs_the_abort_script_for_the_same_subarray() {
         "observe.py",
         "import time\n\ndef init(subarray_id):\n    pass\n\ndef main():\n    while True:\n        time.sleep(0.05)\n",
     );
-    let init = FunctionArgs {
-        args: vec![],
-        kwargs: BTreeMap::from([("subarray_id".into(), Value::Int(3))]),
-    };
+    let init = kwargs(&[("subarray_id", Value::Int(3))]);
     let ready = daemon.create_ready(&uri, init).await;
+    daemon.start_main(ready.id, FunctionArgs::default()).await;
     let mut client = daemon.client().await;
-    client
-        .start(ready.id, "main", FunctionArgs::default())
-        .await
-        .expect("start");
     let mut events = daemon.events().await;
     let summaries = client.stop(ready.id, true).await.expect("stop with abort");
     assert_eq!(summaries.len(), 2);
@@ -190,16 +186,18 @@ async fn stop_with_abort_runs_the_abort_script_for_the_same_subarray() {
         Value::Int(3)
     );
     let done = wait_for(&mut events, &mut client, aborting.id, |s| s == Complete).await;
-    assert_eq!(done.state, Complete, "{:?}", done.stacktrace);
-    let logs = client.logs(aborting.id).await.expect("logs");
-    assert!(logs.lines.iter().any(|l| l.line == "aborting subarray 3"));
+    assert_state(&done, Complete);
+    daemon
+        .assert_printed(aborting.id, "aborting subarray 3")
+        .await;
 }
 
 #[tokio::test]
 async fn stop_with_abort_needs_a_subarray_and_changes_nothing_without_one() {
     let daemon = TestDaemon::start_with("abort_script = \"file:///nonexistent/abort.py\"");
-    let uri = daemon.script("idle.py", "def main():\n    pass\n");
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let ready = daemon
+        .ready_script("idle.py", "def main():\n    pass\n")
+        .await;
     let mut client = daemon.client().await;
     let err = client.stop(ready.id, true).await.expect_err("refused");
     assert!(err.to_string().contains("subarray_id"), "{err}");
@@ -212,49 +210,38 @@ async fn stop_with_abort_needs_a_subarray_and_changes_nothing_without_one() {
 #[tokio::test]
 async fn no_script_process_survives_oetd_being_killed() {
     let mut daemon = TestDaemon::start();
-    let uri = daemon.script("loop.py", &looping_script(false));
-    let (_, worker, child) = run_until_pids(&daemon, &uri).await;
+    let looping = run_until_pids(&daemon, "loop.py", false).await;
     daemon.signal(libc::SIGKILL);
     daemon.wait();
-    assert!(
-        wait_gone(worker, Duration::from_secs(10)),
-        "worker {worker} survived oetd"
-    );
-    assert!(
-        wait_gone(child, Duration::from_secs(10)),
-        "child {child} survived oetd"
-    );
+    looping.assert_gone("oetd");
 }
 
 #[tokio::test]
 async fn sigterm_stops_running_scripts_and_exits_cleanly() {
     let mut daemon = TestDaemon::start();
-    let uri = daemon.script("loop.py", &looping_script(false));
-    let (id, worker, child) = run_until_pids(&daemon, &uri).await;
+    let looping = run_until_pids(&daemon, "loop.py", false).await;
     let mut events = daemon.events().await;
     daemon.signal(libc::SIGTERM);
     let stopped = next_event(&mut events, |e| {
-        e.procedure_id() == Some(id) && e.new_state() == Some(Stopped)
+        e.procedure_id() == Some(looping.id) && e.new_state() == Some(Stopped)
     })
     .await;
     assert_eq!(stopped.new_state(), Some(Stopped));
     let status = daemon.wait();
     assert!(status.success(), "oetd exited with {status}");
-    assert!(wait_gone(worker, Duration::from_secs(10)));
-    assert!(wait_gone(child, Duration::from_secs(10)));
+    looping.assert_gone("SIGTERM");
 }
 
 #[tokio::test]
 async fn sigterm_kills_a_script_that_ignores_the_stop_after_the_grace_and_exits_cleanly() {
     let grace = Duration::from_millis(500);
     let mut daemon = TestDaemon::start_with("stop_grace_secs = 0.5");
-    let uri = daemon.script("stubborn.py", &looping_script(true));
-    let (id, worker, child) = run_until_pids(&daemon, &uri).await;
+    let looping = run_until_pids(&daemon, "stubborn.py", true).await;
     let mut events = daemon.events().await;
     let sent = Instant::now();
     daemon.signal(libc::SIGTERM);
     let stopped = next_event(&mut events, |e| {
-        e.procedure_id() == Some(id) && e.new_state().is_some_and(|s| s.is_final())
+        e.procedure_id() == Some(looping.id) && e.new_state().is_some_and(|s| s.is_final())
     })
     .await;
     assert_eq!(stopped.new_state(), Some(Stopped));
@@ -271,6 +258,5 @@ async fn sigterm_kills_a_script_that_ignores_the_stop_after_the_grace_and_exits_
         took < grace + Duration::from_secs(5),
         "oetd took {took:?} to exit"
     );
-    assert!(wait_gone(worker, Duration::from_secs(10)));
-    assert!(wait_gone(child, Duration::from_secs(10)));
+    looping.assert_gone("SIGTERM");
 }
