@@ -11,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod git;
 pub mod procedure;
+pub mod process;
 pub mod reaper;
 pub mod server;
 pub mod systemd;

@@ -189,3 +189,24 @@ async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
     let err = client.describe(older.id).await.expect_err("pruned");
     assert!(err.to_string().starts_with("not found"), "{err}");
 }
+
+#[tokio::test]
+async fn an_overlong_output_line_is_noted_and_the_script_goes_on_printing() {
+    let daemon = TestDaemon::start_with("log_lines = 10000");
+    // Far more than a pipe holds follows the long line: were the output no longer read
+    // after it, the script would block for ever on its next print.
+    let done = daemon
+        .run_script(
+            "chatty.py",
+            "def main():\n    print('x' * 100000)\n    for i in range(3000):\n        print(f'line {i:040d}')\n    print('all printed')\n",
+        )
+        .await;
+    assert_eq!(done.state, Complete, "{:?}", done.stacktrace);
+    let output = daemon.output(done.id).await;
+    assert!(
+        output.iter().any(|l| l.contains("was dropped")),
+        "{:?}",
+        output.first()
+    );
+    daemon.assert_printed(done.id, "all printed").await;
+}

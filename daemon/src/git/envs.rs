@@ -15,16 +15,18 @@ use std::fs;
 use std::io::ErrorKind;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use futures::StreamExt;
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::process;
 use crate::reaper::Reaper;
 
 use super::repos::is_key;
@@ -544,7 +546,7 @@ async fn run(
     match status {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(Failure::Exit {
-            status: describe(status),
+            status: process::exit_summary(status),
             tail: Vec::from(tail).join("\n"),
         }),
         Err(e) => Err(Failure::Exit {
@@ -554,29 +556,12 @@ async fn run(
     }
 }
 
-fn describe(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        (None, None) => status.to_string(),
-    }
-}
-
-async fn forward_lines(stream: impl AsyncRead + Unpin, lines: mpsc::Sender<String>) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end_matches(['\n', '\r']).to_owned();
-                if lines.send(line).await.is_err() {
-                    return;
-                }
-            }
+/// Hands every line of `pipe` to `lines`, until the pipe or the receiver closes.
+async fn forward_lines(pipe: impl AsyncRead + Unpin + Send, lines: mpsc::Sender<String>) {
+    let mut pipe_lines = std::pin::pin!(process::lines(pipe));
+    while let Some(line) = pipe_lines.next().await {
+        if lines.send(line).await.is_err() {
+            return;
         }
     }
 }

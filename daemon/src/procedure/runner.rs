@@ -10,7 +10,6 @@ use oet_protocol::{FunctionArgs, GitArgs, ProcedureState, Stream};
 use tokio::io::AsyncRead;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -20,9 +19,7 @@ use super::supervisor::{describe_exit, Worker};
 use super::worker_link::{self, FromWorker, JsonArgs, LinkReader, LinkWriter, ToWorker};
 use crate::config::ProcedureConfig;
 use crate::git::{script_path, Checkout};
-
-/// Longest script output line kept whole; longer lines are replaced by a note.
-const MAX_OUTPUT_LINE: usize = 64 * 1024;
+use crate::process;
 
 /// Bus events waiting to be handed to a worker; beyond this the worker misses events
 /// rather than slowing anyone down.
@@ -361,22 +358,9 @@ fn capture_output(
 ) -> JoinHandle<()> {
     let service = service.clone();
     tokio::spawn(async move {
-        let codec =
-            AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_OUTPUT_LINE);
-        let mut lines = FramedRead::new(pipe, codec);
-        while let Some(chunk) = lines.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    let line = String::from_utf8_lossy(&bytes);
-                    service.append_log(id, stream, line.trim_end_matches('\r').to_owned());
-                }
-                Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => service.append_log(
-                    id,
-                    stream,
-                    format!("[a line longer than {MAX_OUTPUT_LINE} bytes was dropped]"),
-                ),
-                Err(_) => break,
-            }
+        let mut lines = std::pin::pin!(process::lines(pipe));
+        while let Some(line) = lines.next().await {
+            service.append_log(id, stream, line);
         }
     })
 }

@@ -9,6 +9,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
@@ -141,21 +142,15 @@ fn kill_group(pgid: u32) {
 /// A human description of how a process ended, for the stack-trace text of a procedure
 /// whose process died without saying why.
 pub fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(signal) = status.signal() {
-        let name = Signal::try_from(signal)
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_else(|_| format!("signal {signal}"));
-        let core = if status.core_dumped() {
-            " (core dumped)"
-        } else {
-            ""
-        };
-        format!("script process was killed by signal {name} ({signal}){core}")
+    if status.signal().is_some() {
+        format!(
+            "script process was killed by {}",
+            crate::process::exit_summary(status)
+        )
     } else {
-        match status.code() {
-            Some(code) => format!("script process exited unexpectedly with status {code}"),
-            None => format!("script process ended unexpectedly: {status}"),
-        }
+        format!(
+            "script process exited unexpectedly with {}",
+            crate::process::exit_summary(status)
+        )
     }
 }
