@@ -156,6 +156,15 @@ impl FunctionArgs {
     pub fn is_empty(&self) -> bool {
         self.args.is_empty() && self.kwargs.is_empty()
     }
+
+    /// Checks that every float among the arguments is finite, so that they can travel to
+    /// a worker as JSON.
+    pub fn check_finite(&self) -> Result<(), crate::value::NonFiniteFloat> {
+        self.args
+            .iter()
+            .chain(self.kwargs.values())
+            .try_for_each(Value::check_finite)
+    }
 }
 
 /// One call of a script function, as recorded in a procedure's history.

@@ -637,14 +637,10 @@ fn check_args(args: &BTreeMap<String, FunctionArgs>) -> Result<(), ActivityError
                 reason: "the function name is empty".to_owned(),
             });
         }
-        fa.args
-            .iter()
-            .chain(fa.kwargs.values())
-            .try_for_each(Value::check_finite)
-            .map_err(|err| ActivityError::Argument {
-                function: function.clone(),
-                reason: err.to_string(),
-            })?;
+        fa.check_finite().map_err(|err| ActivityError::Argument {
+            function: function.clone(),
+            reason: err.to_string(),
+        })?;
     }
     Ok(())
 }

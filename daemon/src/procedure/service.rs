@@ -91,11 +91,19 @@ impl ProcedureService {
 
     /// The current procedure settings.
     pub fn config(&self) -> ProcedureConfig {
-        self.inner
-            .config
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.setting(ProcedureConfig::clone)
+    }
+
+    /// One value of the current settings, read without copying the rest (this is on the
+    /// path of every line a script prints).
+    fn setting<T>(&self, read: impl FnOnce(&ProcedureConfig) -> T) -> T {
+        read(
+            &self
+                .inner
+                .config
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     /// Replaces the procedure settings; running procedures keep the grace they started with
@@ -194,7 +202,7 @@ impl ProcedureService {
         if function.is_empty() {
             return Err(ProtocolError::invalid_request("no function named to start"));
         }
-        let max_running = self.config().max_running;
+        let max_running = self.setting(|c| c.max_running);
         let mut table = self.table();
         let entry = table.entries.get(&id).ok_or_else(|| not_found(id))?;
         if entry.summary.state != ProcedureState::Ready {
@@ -486,7 +494,7 @@ impl ProcedureService {
             "[{id} {}] {line}",
             stream.as_str()
         );
-        let limit = self.config().log_lines;
+        let limit = self.setting(|c| c.log_lines);
         let mut table = self.table();
         if let Some(entry) = table.entries.get_mut(&id) {
             let logs = &mut entry.logs;
@@ -586,7 +594,7 @@ impl ProcedureService {
     /// Forgets the oldest final procedures beyond the history size. Procedures that are
     /// not final are never forgotten.
     fn prune(&self, table: &mut Table) {
-        let keep = self.config().history_size;
+        let keep = self.setting(|c| c.history_size);
         while table.entries.len() > keep {
             let oldest_final = table
                 .entries
@@ -608,10 +616,7 @@ fn not_found(id: u64) -> ProtocolError {
 }
 
 fn check_args(args: &FunctionArgs) -> Result<(), ProtocolError> {
-    args.args
-        .iter()
-        .chain(args.kwargs.values())
-        .try_for_each(Value::check_finite)
+    args.check_finite()
         .map_err(|e| ProtocolError::invalid_request(format!("invalid argument: {e}")))
 }
 
