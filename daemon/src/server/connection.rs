@@ -137,27 +137,10 @@ async fn refuse(transport: &mut Transport, peer: &Peer, reason: &str) {
         .await;
 }
 
-/// Sends the events already published when the connection is closed, so that a
-/// subscriber sees everything up to the shutdown (such as the final states of the scripts
-/// it stopped).
-async fn flush_events(
-    transport: &mut Transport,
-    events: &mut broadcast::Receiver<oet_protocol::Event>,
-) {
-    loop {
-        let message = match events.try_recv() {
-            Ok(event) => ServerMessage::Event(event),
-            Err(broadcast::error::TryRecvError::Lagged(missed)) => ServerMessage::Lagged { missed },
-            Err(_) => return,
-        };
-        if transport.send(message).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Streams bus events to a subscriber. A subscriber that falls behind is told how many
-/// events it missed; the bus never waits for it.
+/// events it missed; the bus never waits for it. Events already published are sent
+/// before a shutdown closes the stream, so listeners see the final states of the
+/// scripts stopped on the way down.
 async fn stream_events(
     transport: &mut Transport,
     mut events: broadcast::Receiver<oet_protocol::Event>,
@@ -165,17 +148,15 @@ async fn stream_events(
 ) {
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => {
-                flush_events(transport, &mut events).await;
-                return;
-            }
-            // A subscriber only listens; anything it sends (or its leaving) ends the stream.
-            _ = transport.next() => return,
+            biased;
             event = events.recv() => match event {
                 Ok(event) => ServerMessage::Event(event),
                 Err(broadcast::error::RecvError::Lagged(missed)) => ServerMessage::Lagged { missed },
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+            // A subscriber only listens; anything it sends (or its leaving) ends the stream.
+            _ = transport.next() => return,
+            _ = shutdown.cancelled() => return,
         };
         if let Err(err) = transport.send(message).await {
             if !matches!(err, CodecError::Io(_)) {
