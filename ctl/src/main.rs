@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::error::ErrorKind as ClapErrorKind;
 use clap_complete::Shell;
-use oet_protocol::client::StreamItem;
+use oet_protocol::client::{Progress, StreamItem};
 use oet_protocol::summary::now;
 use oet_protocol::{
-    paths, topics, ActivityState, ActivitySummary, Client, EventStream, ProcedureState,
+    paths, topics, ActivityState, ActivitySummary, Client, Event, EventStream, ProcedureState,
     ProcedureSummary,
 };
 use oetctl::cli::{
@@ -191,34 +191,29 @@ impl Ctl {
         // Done at a final state, or when the procedure is READY again after running
         // (a function other than main leaves the process loaded).
         let mut seen_running = false;
-        loop {
-            match events.next().await {
-                Some(Ok(StreamItem::Event(event))) => {
-                    let about_it = event.procedure_id() == Some(id);
-                    if about_it || event.msg_src == id.to_string() {
-                        self.print_event(&event)?;
+        let source = id.to_string();
+        events
+            .follow(
+                &mut client,
+                id,
+                |item| {
+                    self.print_item(item, |event| {
+                        event.msg_src == source || event.procedure_id() == Some(id)
+                    })
+                },
+                |progress: Progress<'_, ProcedureSummary>| match progress {
+                    Progress::Entered(state) => {
+                        seen_running |= state == ProcedureState::Running;
+                        state.is_final() || (seen_running && state == ProcedureState::Ready)
                     }
-                    let Some(state) = event.new_state().filter(|_| about_it) else {
-                        continue;
-                    };
-                    seen_running |= state == ProcedureState::Running;
-                    if state.is_final() || (seen_running && state == ProcedureState::Ready) {
-                        break;
+                    Progress::Summary(summary) => {
+                        let ran = runs(summary) > runs_before;
+                        summary.state.is_final() || (ran && summary.state == ProcedureState::Ready)
                     }
-                }
-                Some(Ok(StreamItem::Lagged(missed))) => {
-                    self.print_lagged(missed)?;
-                    // The dropped events may have held the end; the summary knows.
-                    let summary = client.describe(id).await?;
-                    let ran = runs(&summary) > runs_before;
-                    if summary.state.is_final() || (ran && summary.state == ProcedureState::Ready) {
-                        break;
-                    }
-                }
-                Some(Err(err)) => return Err(err.into()),
-                None => bail!("oetd closed the event stream before procedure {id} ended"),
-            }
-        }
+                    Progress::Other(_) => false,
+                },
+            )
+            .await?;
         let summary = client.describe(id).await?;
         if self.json {
             print_line(&render::procedure_json(&summary).to_string())?;
@@ -336,51 +331,33 @@ impl Ctl {
     ) -> anyhow::Result<ActivitySummary> {
         let id = started.id;
         let pid = started.procedure_id;
-        let done = |summary: &ActivitySummary| {
-            summary.state.is_final()
-                || (summary.state == ActivityState::Prepared
-                    && (summary.prepare_only || summary.error.is_some()))
+        let source = pid.map(|pid| pid.to_string());
+        let about_it = |event: &Event| {
+            event.activity_id() == Some(id)
+                || (pid.is_some() && event.procedure_id() == pid)
+                || source.as_deref() == Some(event.msg_src.as_str())
         };
-        loop {
-            match events.next().await {
-                Some(Ok(StreamItem::Event(event))) => {
-                    let about_it = event.activity_id() == Some(id)
-                        || (pid.is_some() && event.procedure_id() == pid)
-                        || pid.is_some_and(|pid| event.msg_src == pid.to_string());
-                    if !about_it {
-                        continue;
+        events
+            .follow(
+                client,
+                id,
+                |item| self.print_item(item, about_it),
+                |progress: Progress<'_, ActivitySummary>| match progress {
+                    Progress::Entered(state) => {
+                        state.is_final()
+                            || (state == ActivityState::Prepared && started.prepare_only)
                     }
-                    self.print_event(&event)?;
-                    if event.activity_id() != Some(id) {
-                        continue;
+                    // `activity.lifecycle.error`: main could not be started, so it stays
+                    // PREPARED.
+                    Progress::Other(event) => event.topic.starts_with(topics::ACTIVITY_PREFIX),
+                    Progress::Summary(summary) => {
+                        summary.state.is_final()
+                            || (summary.state == ActivityState::Prepared
+                                && (summary.prepare_only || summary.error.is_some()))
                     }
-                    // Decide on the event's own state, not on a summary that may
-                    // already be further along (its events would go unprinted).
-                    let ends = match event.activity_state() {
-                        Some(state) => state.is_final() || state == ActivityState::Prepared,
-                        None => event.topic.starts_with(topics::ACTIVITY_PREFIX),
-                    };
-                    if ends {
-                        let summary = client.describe_activity(id).await?;
-                        let stays_prepared = summary.prepare_only || summary.error.is_some();
-                        if event.activity_state().is_some_and(ActivityState::is_final)
-                            || stays_prepared
-                        {
-                            return Ok(summary);
-                        }
-                    }
-                }
-                Some(Ok(StreamItem::Lagged(missed))) => {
-                    self.print_lagged(missed)?;
-                    let summary = client.describe_activity(id).await?;
-                    if done(&summary) {
-                        return Ok(summary);
-                    }
-                }
-                Some(Err(err)) => return Err(err.into()),
-                None => bail!("oetd closed the event stream before activity {id} ended"),
-            }
-        }
+                },
+            )
+            .await
     }
 
     async fn list_activities(&self, ids: Vec<u64>) -> anyhow::Result<()> {
@@ -460,6 +437,15 @@ impl Ctl {
             print_json(&render::procedures_json(summaries))
         } else {
             print_text(&render::procedure_table(summaries))
+        }
+    }
+
+    /// Prints a stream item: an event when `wanted` says so, and every lag notice.
+    fn print_item(&self, item: &StreamItem, wanted: impl Fn(&Event) -> bool) -> anyhow::Result<()> {
+        match item {
+            StreamItem::Event(event) if wanted(event) => self.print_event(event),
+            StreamItem::Event(_) => Ok(()),
+            StreamItem::Lagged(missed) => self.print_lagged(*missed),
         }
     }
 

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oet_protocol::summary::Timestamp;
 use oet_protocol::{
-    view, ActivitySummary, DaemonStatus, Event, ProcedureLogs, ProcedureSummary, ScriptSpec,
+    view, ActivitySummary, DaemonStatus, Event, FunctionArgs, ProcedureLogs, ProcedureSummary,
+    ScriptSpec, Value,
 };
 use serde_json::{json, Value as Json};
 
@@ -134,12 +135,12 @@ pub fn describe(summary: &ProcedureSummary) -> String {
     } else {
         let mut calls = Table::new(&["Time", "Function", "Args", "Kwargs"]);
         for call in &summary.calls {
-            let args = view::function_args(&call.args);
+            let (args, kwargs) = args_and_kwargs(&call.args);
             calls.row(vec![
                 time_millis(call.time),
                 call.function.clone(),
-                args["args"].to_string(),
-                args["kwargs"].to_string(),
+                args,
+                kwargs,
             ]);
         }
         out.push_str(&indent(&calls.render()));
@@ -272,12 +273,8 @@ pub fn describe_activity(summary: &ActivitySummary) -> String {
     } else {
         let mut args = Table::new(&["Function", "Args", "Kwargs"]);
         for (function, fa) in &summary.script_args {
-            let json = view::function_args(fa);
-            args.row(vec![
-                function.clone(),
-                json["args"].to_string(),
-                json["kwargs"].to_string(),
-            ]);
+            let (positional, keywords) = args_and_kwargs(fa);
+            args.row(vec![function.clone(), positional, keywords]);
         }
         out.push_str(&indent(&args.render()));
     }
@@ -293,24 +290,32 @@ pub fn describe_activity(summary: &ActivitySummary) -> String {
     out
 }
 
+/// A call's positional and keyword arguments, each as JSON text.
+fn args_and_kwargs(args: &FunctionArgs) -> (String, String) {
+    (
+        Value::List(args.args.clone()).to_string(),
+        Value::Map(args.kwargs.clone()).to_string(),
+    )
+}
+
 /// Activity summaries as a JSON array.
 pub fn activities_json(summaries: &[ActivitySummary]) -> Json {
-    Json::Array(summaries.iter().map(view::activity).collect())
+    Json::Array(summaries.iter().map(activity_json).collect())
 }
 
 /// One activity summary as JSON.
 pub fn activity_json(summary: &ActivitySummary) -> Json {
-    view::activity(summary)
+    view::activity(summary).to_json_lossy()
 }
 
 /// Procedure summaries as a JSON array.
 pub fn procedures_json(summaries: &[ProcedureSummary]) -> Json {
-    Json::Array(summaries.iter().map(view::procedure).collect())
+    Json::Array(summaries.iter().map(procedure_json).collect())
 }
 
 /// One procedure summary as JSON.
 pub fn procedure_json(summary: &ProcedureSummary) -> Json {
-    view::procedure(summary)
+    view::procedure(summary).to_json_lossy()
 }
 
 /// Captured output as JSON: `{id, dropped, lines: [{time, stream, line}]}`.
@@ -385,10 +390,12 @@ mod tests {
                 StateChange {
                     state: ProcedureState::Creating,
                     time: T0,
+                    function: None,
                 },
                 StateChange {
                     state,
                     time: T0 + 1.25,
+                    function: None,
                 },
             ],
             stacktrace: None,

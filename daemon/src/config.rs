@@ -1,14 +1,20 @@
 //! The daemon's configuration: one TOML file, every key optional, embedded defaults for
 //! everything. Unknown keys and wrong types are errors that name the key and the line.
+//!
+//! Each section belongs to the module it configures (`server`, `procedure`, `events`,
+//! `activity::oda`, `git`); this module puts them together, checks them without opening
+//! anything, and resolves the paths whose defaults depend on the environment.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use oet_protocol::paths::systemd_directory;
 use serde::{Deserialize, Serialize};
 
-use crate::activity::oda::{self, OdaConfig};
+use crate::activity::oda::OdaConfig;
+use crate::events::EventConfig;
 use crate::git::GitConfig;
+use crate::procedure::ProcedureConfig;
+use crate::server::ServerConfig;
 
 /// Everything `oetd` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -21,89 +27,6 @@ pub struct Config {
     pub log: LogConfig,
     pub oda: OdaConfig,
     pub git: GitConfig,
-}
-
-/// The control socket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Path of the control socket. Empty: `$RUNTIME_DIRECTORY/oetd.sock`, `/run/oet/oetd.sock`
-    /// for root, else `$XDG_RUNTIME_DIR/oet/oetd.sock` or `/tmp/oetd-<uid>/oetd.sock`.
-    pub socket: String,
-    /// Connections served at once; further clients wait to be accepted.
-    pub max_connections: usize,
-    /// Largest frame accepted from a client, in bytes.
-    pub max_frame_bytes: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            socket: String::new(),
-            max_connections: 64,
-            max_frame_bytes: oet_protocol::codec::DEFAULT_MAX_FRAME,
-        }
-    }
-}
-
-/// How script processes are run and supervised.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProcedureConfig {
-    /// Interpreter for scripts: a name looked up on PATH, or an absolute path.
-    pub python: String,
-    /// Seconds a stopped script gets to finish its `finally:` blocks before its process
-    /// group is killed.
-    pub stop_grace_secs: f64,
-    /// Seconds to wait for a killed process to disappear before calling it UNKNOWN.
-    pub kill_wait_secs: f64,
-    /// Procedures kept in the live history; older final ones are pruned.
-    pub history_size: usize,
-    /// Procedures allowed to be RUNNING at the same time.
-    pub max_running: usize,
-    /// Lines of script output kept per procedure.
-    pub log_lines: usize,
-    /// Script run by `stop --run-abort`, given the stopped procedure's `subarray_id`.
-    /// Empty: aborting is refused with a message saying so.
-    pub abort_script: String,
-}
-
-impl Default for ProcedureConfig {
-    fn default() -> Self {
-        ProcedureConfig {
-            python: "python3".into(),
-            stop_grace_secs: 5.0,
-            kill_wait_secs: 5.0,
-            history_size: 10,
-            max_running: 1,
-            log_lines: 1000,
-            abort_script: String::new(),
-        }
-    }
-}
-
-impl ProcedureConfig {
-    pub fn stop_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.stop_grace_secs.max(0.0))
-    }
-
-    pub fn kill_wait(&self) -> Duration {
-        Duration::from_secs_f64(self.kill_wait_secs.max(0.0))
-    }
-}
-
-/// The event bus.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EventConfig {
-    /// Events buffered per subscriber before it is told it lagged.
-    pub buffer: usize,
-}
-
-impl Default for EventConfig {
-    fn default() -> Self {
-        EventConfig { buffer: 4096 }
-    }
 }
 
 /// Where the daemon keeps its files.
@@ -141,7 +64,7 @@ pub struct ConfigChanges {
     pub restart: Vec<String>,
 }
 
-/// A configuration file that could not be used.
+/// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {}: {source}", path.display())]
@@ -149,8 +72,25 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid configuration file {}: {message}", path.display())]
-    Invalid { path: PathBuf, message: String },
+    #[error("invalid configuration file {}: {problem}", path.display())]
+    File { path: PathBuf, problem: Problem },
+}
+
+/// What is wrong with a configuration's text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Problem {
+    /// Not TOML, an unknown key, or a wrong type.
+    #[error("line {line} (`{snippet}`): {message}")]
+    Syntax {
+        line: usize,
+        snippet: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Unplaced(String),
+    /// A value out of its range; the text names the key.
+    #[error("{0}")]
+    Value(String),
 }
 
 impl Config {
@@ -160,40 +100,25 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+        Config::parse(&text).map_err(|problem| ConfigError::File {
             path: path.to_owned(),
-            message,
+            problem,
         })
     }
 
-    /// Parses configuration text; the error names the offending key and line.
-    pub fn parse(text: &str) -> Result<Config, String> {
+    /// Parses and checks configuration text; the error names the offending key and line.
+    pub fn parse(text: &str) -> Result<Config, Problem> {
         let config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
-        config.validate()?;
+        config.validate().map_err(Problem::Value)?;
         Ok(config)
     }
 
+    /// Checks every section, opening nothing.
     fn validate(&self) -> Result<(), String> {
-        let p = &self.procedures;
-        if p.max_running == 0 {
-            return Err("procedures.max_running must be at least 1".into());
-        }
-        if !p.stop_grace_secs.is_finite() || p.stop_grace_secs < 0.0 {
-            return Err("procedures.stop_grace_secs must be a non-negative number".into());
-        }
-        if !p.kill_wait_secs.is_finite() || p.kill_wait_secs < 0.0 {
-            return Err("procedures.kill_wait_secs must be a non-negative number".into());
-        }
-        if self.server.max_connections == 0 {
-            return Err("server.max_connections must be at least 1".into());
-        }
-        if self.server.max_frame_bytes < 1024 {
-            return Err("server.max_frame_bytes must be at least 1024".into());
-        }
-        if self.events.buffer == 0 {
-            return Err("events.buffer must be at least 1".into());
-        }
-        oda::open(&self.oda, &self.state_dir()).map_err(|err| err.to_string())?;
+        self.procedures.validate()?;
+        self.server.validate()?;
+        self.events.validate()?;
+        self.oda.validate()?;
         Ok(())
     }
 
@@ -268,15 +193,19 @@ impl Config {
 }
 
 /// Turns a TOML error into one line naming the line number and what is wrong.
-fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> Problem {
     let message = err.message().trim().replace('\n', "; ");
     match err.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
-            format!("line {line} (`{snippet}`): {message}")
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim().to_owned();
+            Problem::Syntax {
+                line,
+                snippet,
+                message,
+            }
         }
-        None => message,
+        None => Problem::Unplaced(message),
     }
 }
 
@@ -314,21 +243,27 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = Config::parse("[procedures]\nhistory_size = 3\nhistroy = 4\n").unwrap_err();
+        let err = Config::parse("[procedures]\nhistory_size = 3\nhistroy = 4\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("histroy"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]
     fn wrong_type_is_named() {
-        let err = Config::parse("[procedures]\nmax_running = \"two\"\n").unwrap_err();
+        let err = Config::parse("[procedures]\nmax_running = \"two\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("max_running"), "{err}");
     }
 
     #[test]
     fn zero_running_is_refused() {
-        let err = Config::parse("[procedures]\nmax_running = 0\n").unwrap_err();
+        let err = Config::parse("[procedures]\nmax_running = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("procedures.max_running"), "{err}");
     }
 
@@ -337,7 +272,9 @@ mod tests {
         let config =
             Config::parse("[oda]\nbackend = \"rest\"\nurl = \"http://oda/api\"\n").expect("parses");
         assert_eq!(config.oda.url.as_deref(), Some("http://oda/api"));
-        let err = Config::parse("[oda]\nbackend = \"rest\"\n").unwrap_err();
+        let err = Config::parse("[oda]\nbackend = \"rest\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("needs `url`"), "{err}");
     }
 }

@@ -15,3 +15,4 @@ pub mod process;
 pub mod reaper;
 pub mod server;
 pub mod systemd;
+pub mod table;

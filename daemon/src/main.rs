@@ -10,8 +10,8 @@ use oetd::activity::{oda, ActivityService};
 use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::git::GitServices;
-use oetd::procedure::supervisor::WorkerCommand;
-use oetd::procedure::{ProcedureService, WORKER_HARNESS};
+use oetd::procedure::worker::WorkerCommand;
+use oetd::procedure::{Launcher, ProcedureService, WORKER_HARNESS};
 use oetd::reaper;
 use oetd::server::{self, Services, Shutdown};
 use oetd::systemd;
@@ -134,19 +134,18 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let harness = write_harness(&state_dir)?;
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
 
-    let bus = EventBus::new(config.events.buffer);
+    let bus = EventBus::new(config.events.clone());
     let git = GitServices::open(&config.git, &state_dir, &config.cache_dir(), &daemon_exe)
         .map_err(|err| anyhow::anyhow!("cannot set up git scripts: {err}"))?;
-    let procedures = ProcedureService::new(
-        config.procedures.clone(),
-        WorkerCommand {
+    let launcher = Launcher {
+        workers: WorkerCommand {
             harness,
             daemon_exe,
         },
-        git.clone(),
-        state_dir.clone(),
-        bus,
-    );
+        git: git.clone(),
+        work_dir: state_dir.clone(),
+    };
+    let procedures = ProcedureService::new(config.procedures.clone(), launcher, bus);
 
     let oda = oda::open(&config.oda, &state_dir).context("cannot open the ODA")?;
     info!("ODA: {} ({:?} backend)", oda.location(), config.oda.backend);

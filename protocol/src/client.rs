@@ -1,4 +1,8 @@
 //! An async client of `oetd`, used by `oetctl`, the HTTP shim and the tests.
+//!
+//! [`Client::call`] sends any request and returns its own response type (see
+//! [`crate::requests`]); the named methods are shorthands for it. [`EventStream::follow`]
+//! is the one loop that waits for a procedure or an activity to reach a state.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use tokio_util::codec::Framed;
 use crate::codec::{CodecError, FrameCodec, DEFAULT_MAX_FRAME};
 use crate::error::ProtocolError;
 use crate::messages::*;
+use crate::requests::*;
 use crate::summary::{
     ActivityState, ActivitySummary, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec,
 };
@@ -69,6 +74,7 @@ impl Client {
             Some(Ok(ServerMessage::Welcome(Welcome::Refused(err)))) => {
                 Err(ClientError::Refused(err.message))
             }
+            Some(Ok(ServerMessage::Malformed(err))) => Err(ClientError::Refused(err.message)),
             Some(Ok(other)) => Err(ClientError::Unexpected(format!("{other:?}"))),
             Some(Err(err)) => Err(err.into()),
             None => Err(ClientError::Closed),
@@ -81,15 +87,20 @@ impl Client {
     }
 
     /// Sends one request and waits for its answer.
-    pub async fn request(&mut self, body: RequestBody) -> Result<ResponseBody, ClientError> {
+    pub async fn call<R: Call>(&mut self, request: R) -> Result<R::Response, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         self.transport
-            .send(ClientMessage::Request(Request { id, body }))
+            .send(ClientMessage::Request(Request {
+                id,
+                body: request.into_body(),
+            }))
             .await?;
         match self.transport.next().await {
             Some(Ok(ServerMessage::Response { id: got, result })) if got == id => {
-                result.map_err(ClientError::Daemon)
+                R::from_response(result?).map_err(|other| {
+                    ClientError::Unexpected(format!("{other:?} in answer to {}", R::TOPIC))
+                })
             }
             Some(Ok(ServerMessage::Malformed(err))) => Err(ClientError::Daemon(err)),
             Some(Ok(ServerMessage::Response { id: got, .. })) => Err(ClientError::Unexpected(
@@ -106,10 +117,7 @@ impl Client {
         script: ScriptSpec,
         init_args: FunctionArgs,
     ) -> Result<ProcedureSummary, ClientError> {
-        expect_procedure(
-            self.request(RequestBody::CreateProcedure { script, init_args })
-                .await?,
-        )
+        self.call(CreateProcedure { script, init_args }).await
     }
 
     pub async fn start(
@@ -118,14 +126,8 @@ impl Client {
         function: &str,
         args: FunctionArgs,
     ) -> Result<ProcedureSummary, ClientError> {
-        expect_procedure(
-            self.request(RequestBody::StartProcedure {
-                id,
-                function: function.to_owned(),
-                args,
-            })
-            .await?,
-        )
+        let function = function.to_owned();
+        self.call(StartProcedure { id, function, args }).await
     }
 
     pub async fn stop(
@@ -133,44 +135,25 @@ impl Client {
         id: u64,
         run_abort: bool,
     ) -> Result<Vec<ProcedureSummary>, ClientError> {
-        match self
-            .request(RequestBody::StopProcedure { id, run_abort })
-            .await?
-        {
-            ResponseBody::Stopped(summaries) => Ok(summaries),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        self.call(StopProcedure { id, run_abort }).await
     }
 
     /// Summaries of the given procedures, or of every live one when `ids` is empty.
     pub async fn list(&mut self, ids: Vec<u64>) -> Result<Vec<ProcedureSummary>, ClientError> {
-        match self.request(RequestBody::ListProcedures { ids }).await? {
-            ResponseBody::Procedures(summaries) => Ok(summaries),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        self.call(ListProcedures { ids }).await
     }
 
     /// One procedure's summary.
     pub async fn describe(&mut self, id: u64) -> Result<ProcedureSummary, ClientError> {
-        self.list(vec![id])
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::Unexpected(format!("no summary for procedure {id}")))
+        only(self.list(vec![id]).await?, "procedure", id)
     }
 
     pub async fn logs(&mut self, id: u64) -> Result<ProcedureLogs, ClientError> {
-        match self.request(RequestBody::ProcedureLogs { id }).await? {
-            ResponseBody::Logs(logs) => Ok(logs),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        self.call(GetLogs { id }).await
     }
 
     pub async fn status(&mut self) -> Result<DaemonStatus, ClientError> {
-        match self.request(RequestBody::Status).await? {
-            ResponseBody::Status(status) => Ok(status),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        self.call(GetStatus {}).await
     }
 
     /// Runs an activity of an SBD; answers once the activity is REQUESTED and its
@@ -183,19 +166,14 @@ impl Client {
         prepare_only: bool,
         create_env: bool,
     ) -> Result<ActivitySummary, ClientError> {
-        match self
-            .request(RequestBody::RunActivity {
-                activity_name: activity_name.to_owned(),
-                sbd_id: sbd_id.to_owned(),
-                script_args,
-                prepare_only,
-                create_env,
-            })
-            .await?
-        {
-            ResponseBody::Activity(summary) => Ok(summary),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        self.call(RunActivity {
+            activity_name: activity_name.to_owned(),
+            sbd_id: sbd_id.to_owned(),
+            script_args,
+            prepare_only,
+            create_env,
+        })
+        .await
     }
 
     /// Summaries of the given activities, or of every live one when `ids` is empty.
@@ -203,45 +181,41 @@ impl Client {
         &mut self,
         ids: Vec<u64>,
     ) -> Result<Vec<ActivitySummary>, ClientError> {
-        match self.request(RequestBody::ListActivities { ids }).await? {
-            ResponseBody::Activities(summaries) => Ok(summaries),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        self.call(ListActivities { ids }).await
     }
 
     /// One activity's summary.
     pub async fn describe_activity(&mut self, id: u64) -> Result<ActivitySummary, ClientError> {
-        self.list_activities(vec![id])
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::Unexpected(format!("no summary for activity {id}")))
+        only(self.list_activities(vec![id]).await?, "activity", id)
     }
 
     /// Stores an SBD (JSON text) in the daemon's ODA; returns its id and version as stored.
     pub async fn put_sbd(&mut self, json: String) -> Result<(String, u64), ClientError> {
-        match self.request(RequestBody::PutSbd { json }).await? {
-            ResponseBody::SbdStored { sbd_id, version } => Ok((sbd_id, version)),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        let stored = self.call(PutSbd { json }).await?;
+        Ok((stored.sbd_id, stored.version))
     }
 
     /// Turns this connection into a stream of every event from now on.
-    pub async fn subscribe(mut self) -> Result<EventStream, ClientError> {
-        match self.request(RequestBody::Subscribe).await? {
-            ResponseBody::Subscribed => Ok(EventStream {
-                transport: self.transport,
-            }),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+    pub async fn subscribe(self) -> Result<EventStream, ClientError> {
+        self.subscribe_to(Vec::new()).await
+    }
+
+    /// Turns this connection into a stream of the events whose topics start with one of
+    /// `topics` (all events when empty).
+    pub async fn subscribe_to(mut self, topics: Vec<String>) -> Result<EventStream, ClientError> {
+        self.call(Subscribe { topics }).await?;
+        Ok(EventStream {
+            transport: self.transport,
+        })
     }
 }
 
-fn expect_procedure(body: ResponseBody) -> Result<ProcedureSummary, ClientError> {
-    match body {
-        ResponseBody::Procedure(summary) => Ok(summary),
-        other => Err(ClientError::Unexpected(format!("{other:?}"))),
-    }
+/// The one summary a list of one ID answers.
+fn only<T>(summaries: Vec<T>, what: &str, id: u64) -> Result<T, ClientError> {
+    summaries
+        .into_iter()
+        .next()
+        .ok_or_else(|| ClientError::Unexpected(format!("no summary for {what} {id}")))
 }
 
 /// What a subscription delivers.
@@ -250,6 +224,17 @@ pub enum StreamItem {
     Event(Event),
     /// This many events were dropped because the subscriber fell behind.
     Lagged(u64),
+}
+
+/// What a follower learns about the procedure or activity it follows, in order.
+#[derive(Debug)]
+pub enum Progress<'a, T: Followed> {
+    /// An event of oetd's said it entered this state.
+    Entered(T::State),
+    /// Another event of oetd's about it (e.g. `activity.lifecycle.error`).
+    Other(&'a Event),
+    /// Its summary as read after events were lost.
+    Summary(&'a T),
 }
 
 /// A subscribed connection.
@@ -303,36 +288,70 @@ impl EventStream {
         if done(summary.state()) {
             return Ok(summary);
         }
+        self.follow(
+            client,
+            id,
+            |_| Ok::<_, ClientError>(()),
+            |progress: Progress<'_, T>| match progress {
+                Progress::Entered(state) => done(state),
+                Progress::Summary(summary) => done(summary.state()),
+                Progress::Other(_) => false,
+            },
+        )
+        .await
+    }
+
+    /// Follows procedure or activity `id` until `done` says so, and returns its summary
+    /// then (read through `client`, a second connection). Every item of the stream is
+    /// first handed to `seen`. `done` is asked about each of oetd's events about `id`
+    /// (deciding on the event's own state, never on a summary that may already be further
+    /// along, so that no event of the way is skipped), and about the summary whenever
+    /// events were lost. Events from scripts never count, whatever they claim. Subscribe
+    /// before causing what you follow, so that its events must come.
+    pub async fn follow<T: Followed, E: From<ClientError>>(
+        &mut self,
+        client: &mut Client,
+        id: u64,
+        mut seen: impl FnMut(&StreamItem) -> Result<(), E>,
+        mut done: impl FnMut(Progress<'_, T>) -> bool,
+    ) -> Result<T, E> {
         loop {
-            match self.next().await {
-                Some(Ok(StreamItem::Event(event))) => {
-                    // Decide on the event's own state: the summary may already be
-                    // further along than the event being read.
-                    if T::state_in(&event, id).is_some_and(done) {
-                        return T::read(client, id).await;
-                    }
-                }
-                Some(Ok(StreamItem::Lagged(_))) => {
-                    // Events were dropped; the summary tells the truth instead.
+            let item = match self.next().await {
+                Some(item) => item?,
+                None => return Err(ClientError::Closed.into()),
+            };
+            seen(&item)?;
+            let finished = match &item {
+                StreamItem::Event(event) if T::is_about(event, id) => match T::state_in(event) {
+                    Some(state) => done(Progress::Entered(state)),
+                    None => done(Progress::Other(event)),
+                },
+                StreamItem::Event(_) => false,
+                StreamItem::Lagged(_) => {
                     let summary = T::read(client, id).await?;
-                    if done(summary.state()) {
+                    if done(Progress::Summary(&summary)) {
                         return Ok(summary);
                     }
+                    false
                 }
-                Some(Err(err)) => return Err(err),
-                None => return Err(ClientError::Closed),
+            };
+            if finished {
+                return Ok(T::read(client, id).await?);
             }
         }
     }
 }
 
 /// Something with states that events announce: a procedure or an activity.
-trait Followed: Sized {
-    type State: Copy;
+pub trait Followed: Sized {
+    type State: Copy + std::fmt::Debug;
     fn state(&self) -> Self::State;
     fn is_final(state: Self::State) -> bool;
-    /// The state `event` says the one with `id` entered, if it says so.
-    fn state_in(event: &Event, id: u64) -> Option<Self::State>;
+    /// Whether `event` is one of oetd's events about the one with `id`.
+    fn is_about(event: &Event, id: u64) -> bool;
+    /// The state `event` says was entered, if it says so.
+    fn state_in(event: &Event) -> Option<Self::State>;
+    #[allow(async_fn_in_trait)]
     async fn read(client: &mut Client, id: u64) -> Result<Self, ClientError>;
 }
 
@@ -347,10 +366,12 @@ impl Followed for ProcedureSummary {
         state.is_final()
     }
 
-    fn state_in(event: &Event, id: u64) -> Option<ProcedureState> {
-        event
-            .new_state()
-            .filter(|_| event.procedure_id() == Some(id))
+    fn is_about(event: &Event, id: u64) -> bool {
+        event.procedure_id() == Some(id)
+    }
+
+    fn state_in(event: &Event) -> Option<ProcedureState> {
+        event.new_state()
     }
 
     async fn read(client: &mut Client, id: u64) -> Result<Self, ClientError> {
@@ -369,10 +390,12 @@ impl Followed for ActivitySummary {
         state.is_final()
     }
 
-    fn state_in(event: &Event, id: u64) -> Option<ActivityState> {
-        event
-            .activity_state()
-            .filter(|_| event.activity_id() == Some(id))
+    fn is_about(event: &Event, id: u64) -> bool {
+        event.activity_id() == Some(id)
+    }
+
+    fn state_in(event: &Event) -> Option<ActivityState> {
+        event.activity_state()
     }
 
     async fn read(client: &mut Client, id: u64) -> Result<Self, ClientError> {

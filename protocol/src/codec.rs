@@ -118,6 +118,7 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
 mod tests {
     use super::*;
     use crate::messages::*;
+    use crate::requests::*;
     use crate::summary::*;
     use crate::value::Value;
     use std::collections::BTreeMap;
@@ -154,23 +155,24 @@ mod tests {
         };
         round_trip(Request {
             id: 7,
-            body: RequestBody::CreateProcedure {
+            body: RequestBody::CreateProcedure(crate::requests::CreateProcedure {
                 script: script.clone(),
                 init_args: FunctionArgs {
                     args: vec![Value::Int(1)],
                     kwargs: BTreeMap::from([("subarray_id".to_string(), Value::Int(1))]),
                 },
-            },
+            }),
         });
         round_trip(ServerMessage::Response {
             id: 7,
-            result: Ok(ResponseBody::Procedure(ProcedureSummary {
+            result: Ok(ResponseBody::CreateProcedure(ProcedureSummary {
                 id: 1,
                 script,
                 calls: vec![],
                 history: vec![StateChange {
                     state: ProcedureState::Creating,
                     time: 1.5,
+                    function: None,
                 }],
                 stacktrace: Some("Traceback".into()),
                 state: ProcedureState::Creating,

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod error;
 pub mod messages;
 pub mod paths;
+pub mod requests;
 pub mod summary;
 pub mod value;
 pub mod view;
@@ -18,9 +19,10 @@ pub mod view;
 pub use client::{Client, ClientError, EventStream};
 pub use error::{ErrorKind, ProtocolError};
 pub use messages::*;
+pub use requests::*;
 pub use summary::*;
 pub use value::Value;
 
 /// Version of the control protocol. A client and a server with different versions refuse
 /// to talk to each other, with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -2,18 +2,16 @@
 //!
 //! A connection starts with [`Hello`] from the client and [`Welcome`] from the server.
 //! Then the client sends [`Request`]s and the server answers each with a
-//! [`ServerMessage::Response`] carrying the same id. A [`RequestBody::Subscribe`] turns
+//! [`ServerMessage::Response`] carrying the same id. A [`crate::Subscribe`] request turns
 //! the connection into an event stream: after its response, only
-//! [`ServerMessage::Event`] and [`ServerMessage::Lagged`] follow.
+//! [`ServerMessage::Event`] and [`ServerMessage::Lagged`] follow. What each request is and
+//! what it is answered with is declared in [`crate::requests`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
-use std::collections::BTreeMap;
-
-use crate::summary::{
-    ActivitySummary, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec, Timestamp,
-};
+use crate::requests::{RequestBody, ResponseBody};
+use crate::summary::{ProcedureState, Timestamp};
 use crate::value::Value;
 
 /// First frame from a client.
@@ -50,86 +48,6 @@ pub struct Request {
     pub body: RequestBody,
 }
 
-/// What a client can ask.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum RequestBody {
-    /// Load a script into a new process and call its `init`.
-    CreateProcedure {
-        script: ScriptSpec,
-        init_args: FunctionArgs,
-    },
-    /// Call a function (normally `main`) of a READY procedure.
-    StartProcedure {
-        id: u64,
-        function: String,
-        args: FunctionArgs,
-    },
-    /// Stop a procedure; with `run_abort`, then run the abort script.
-    StopProcedure { id: u64, run_abort: bool },
-    /// Summaries of the given procedures, or of all live ones when empty.
-    ListProcedures { ids: Vec<u64> },
-    /// The captured stdout/stderr lines of a procedure.
-    ProcedureLogs { id: u64 },
-    /// Stream every event from now on.
-    Subscribe,
-    /// The daemon's own state.
-    Status,
-    /// Run an activity of a Scheduling Block Definition from the ODA.
-    RunActivity {
-        activity_name: String,
-        sbd_id: String,
-        /// Arguments per function, laid over the SBD's own.
-        script_args: BTreeMap<String, FunctionArgs>,
-        /// Prepare the procedure but leave starting `main` to the operator.
-        prepare_only: bool,
-        /// For git scripts: run in a virtual environment built for the commit.
-        create_env: bool,
-    },
-    /// Summaries of the given activities, or of all live ones when empty.
-    ListActivities { ids: Vec<u64> },
-    /// Store an SBD (JSON text) in the ODA.
-    PutSbd { json: String },
-}
-
-impl RequestBody {
-    /// The event topic that announces this request on the bus, e.g.
-    /// `request.procedure.create`.
-    pub fn topic(&self) -> &'static str {
-        match self {
-            RequestBody::CreateProcedure { .. } => "request.procedure.create",
-            RequestBody::StartProcedure { .. } => "request.procedure.start",
-            RequestBody::StopProcedure { .. } => "request.procedure.stop",
-            RequestBody::ListProcedures { .. } => "request.procedure.list",
-            RequestBody::ProcedureLogs { .. } => "request.procedure.logs",
-            RequestBody::Subscribe => "request.subscribe",
-            RequestBody::Status => "request.status",
-            RequestBody::RunActivity { .. } => "request.activity.run",
-            RequestBody::ListActivities { .. } => "request.activity.list",
-            RequestBody::PutSbd { .. } => "request.oda.put_sbd",
-        }
-    }
-}
-
-/// A successful answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ResponseBody {
-    Procedure(ProcedureSummary),
-    Procedures(Vec<ProcedureSummary>),
-    /// Stop answers with the summaries it produced: the stopped procedure, and the
-    /// abort procedure when one was run.
-    Stopped(Vec<ProcedureSummary>),
-    Logs(ProcedureLogs),
-    Subscribed,
-    Status(DaemonStatus),
-    Activity(ActivitySummary),
-    Activities(Vec<ActivitySummary>),
-    /// The SBD as the ODA stored it.
-    SbdStored {
-        sbd_id: String,
-        version: u64,
-    },
-}
-
 /// Every frame a server sends. `Welcome` stays the first variant, for the same reason
 /// as [`ClientMessage::Hello`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,9 +77,22 @@ pub struct Event {
     pub payload: Value,
 }
 
+/// The `msg_src` of events oetd itself publishes. Script events carry their procedure's
+/// ID instead, stamped by oetd, so a script cannot pass its events off as oetd's.
+pub const DAEMON_SOURCE: &str = "oetd";
+
 impl Event {
-    /// For `procedure.lifecycle.*` events, the procedure they are about.
+    /// Whether oetd itself published this event. Only such events say anything about
+    /// procedures and activities: the helpers below answer `None` for all others.
+    pub fn from_daemon(&self) -> bool {
+        self.msg_src == DAEMON_SOURCE
+    }
+
+    /// For oetd's `procedure.lifecycle.*` events, the procedure they are about.
     pub fn procedure_id(&self) -> Option<u64> {
+        if !self.from_daemon() {
+            return None;
+        }
         let map = self.payload.as_map()?;
         match map.get("procedure_id")? {
             Value::Int(id) => u64::try_from(*id).ok(),
@@ -169,9 +100,12 @@ impl Event {
         }
     }
 
-    /// For `activity.lifecycle.*` and `sb.lifecycle.started` events, the activity they
-    /// are about.
+    /// For oetd's `activity.lifecycle.*` and `sb.lifecycle.started` events, the activity
+    /// they are about.
     pub fn activity_id(&self) -> Option<u64> {
+        if !self.from_daemon() {
+            return None;
+        }
         let map = self.payload.as_map()?;
         match map.get("activity_id")? {
             Value::Int(id) => u64::try_from(*id).ok(),
@@ -179,16 +113,19 @@ impl Event {
         }
     }
 
-    /// For `activity.lifecycle.<state>` events, the state the activity entered.
+    /// For oetd's `activity.lifecycle.<state>` events, the state the activity entered.
     pub fn activity_state(&self) -> Option<crate::summary::ActivityState> {
+        if !self.from_daemon() {
+            return None;
+        }
         crate::summary::ActivityState::ALL
             .into_iter()
             .find(|state| state.topic() == self.topic)
     }
 
-    /// For `procedure.lifecycle.statechange`, the state entered.
+    /// For oetd's `procedure.lifecycle.statechange`, the state entered.
     pub fn new_state(&self) -> Option<ProcedureState> {
-        if self.topic != crate::topics::STATECHANGE {
+        if self.topic != crate::topics::STATECHANGE || !self.from_daemon() {
             return None;
         }
         self.payload
@@ -234,7 +171,7 @@ pub struct ProcedureLogs {
 }
 
 /// The daemon's own state, for `oetctl status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct DaemonStatus {
     pub server: String,
     pub protocol_version: u32,

@@ -157,6 +157,16 @@ impl FunctionArgs {
         self.args.is_empty() && self.kwargs.is_empty()
     }
 
+    /// About how many bytes the arguments hold in memory.
+    pub fn approx_bytes(&self) -> usize {
+        self.args
+            .iter()
+            .chain(self.kwargs.values())
+            .map(Value::approx_bytes)
+            .sum::<usize>()
+            + self.kwargs.keys().map(String::len).sum::<usize>()
+    }
+
     /// Checks that every float among the arguments is finite, so that they can travel to
     /// a worker as JSON.
     pub fn check_finite(&self) -> Result<(), crate::value::NonFiniteFloat> {
@@ -176,10 +186,23 @@ pub struct CallRecord {
 }
 
 /// A state a procedure entered, and when.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateChange {
     pub state: ProcedureState,
     pub time: Timestamp,
+    /// For RUNNING: the function whose call started the run (`main`, ...).
+    pub function: Option<String>,
+}
+
+impl StateChange {
+    /// A state entered now, not caused by a call.
+    pub fn now(state: ProcedureState) -> StateChange {
+        StateChange {
+            state,
+            time: now(),
+            function: None,
+        }
+    }
 }
 
 /// Everything known about one procedure.

@@ -72,6 +72,17 @@ impl Value {
         }
     }
 
+    /// About how many bytes this value holds in memory, for budgets that bound memory.
+    pub fn approx_bytes(&self) -> usize {
+        const SLOT: usize = std::mem::size_of::<Value>();
+        SLOT + match self {
+            Value::String(s) => s.len(),
+            Value::List(items) => items.iter().map(Value::approx_bytes).sum(),
+            Value::Map(map) => map.iter().map(|(k, v)| k.len() + v.approx_bytes()).sum(),
+            _ => 0,
+        }
+    }
+
     /// The map inside, if this is a map.
     pub fn as_map(&self) -> Option<&BTreeMap<String, Value>> {
         match self {

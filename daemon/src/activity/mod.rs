@@ -5,4 +5,4 @@ pub mod oda;
 pub mod sbd;
 pub mod service;
 
-pub use service::{ActivityError, ActivityService, RunActivity};
+pub use service::{ActivityError, ActivityService};

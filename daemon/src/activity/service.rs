@@ -9,51 +9,37 @@
 //! the procedure fails after it, the SBI stays and the error names it.
 //!
 //! Each activity has a follower task that walks its procedure's state history (woken by
-//! the bus, re-reading the summary so that lost events lose nothing) and mirrors it:
-//! READY → PREPARED, RUNNING → RUNNING, COMPLETE/FAILED/STOPPED → the same. The follower
-//! starts `main` once the procedure is READY, unless the activity is prepare-only.
+//! each of the procedure's state changes, reading the history so that nothing is skipped)
+//! and mirrors it: READY → PREPARED, RUNNING → RUNNING, COMPLETE/FAILED/STOPPED → the
+//! same. A RUNNING entry names the function that was called, so the follower knows when
+//! `main` started. The follower starts `main` once the procedure is READY, unless the
+//! activity is prepare-only.
 //!
 //! The SBD handed to the script lives in a file of the activity directory (mode 0600 in a
 //! 0700 directory) for as long as the procedure is in the procedure history: the procedure
 //! service forgets a procedure only when some procedure becomes final, so the service
-//! sweeps after every final state change it sees on the bus, dropping the activities
-//! whose procedures are gone and removing their files.
+//! sweeps after procedure state changes, dropping the activities whose procedures are
+//! gone and removing their files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use oet_protocol::{
-    now, topics, view, ActivityState, ActivityStateChange, ActivitySummary, ErrorKind, Event,
-    FunctionArgs, ProcedureState, ProcedureSummary, ProtocolError, Timestamp, Value,
+    now, ActivityState, ActivityStateChange, ActivitySummary, FunctionArgs, ProcedureState,
+    ProcedureSummary, RunActivity, Timestamp, Value,
 };
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::oda::{ActivityCall, NewSbi, Oda, OdaError};
 use super::sbd::{Sbd, UnknownActivity};
-use crate::events::DAEMON_SOURCE;
-use crate::procedure::{script, ProcedureService};
-
-/// Topic of the event telling that an activity could not go on as asked although its
-/// procedure did not end (e.g. `main` could not be started); the activity's `error` says
-/// why.
-pub const ACTIVITY_ERROR_TOPIC: &str = "activity.lifecycle.error";
-
-/// What a caller asks for when running an activity.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RunActivity {
-    pub activity_name: String,
-    pub sbd_id: String,
-    /// Arguments per function, laid over the SBD's own (`ActivityDef::merged_args`).
-    pub script_args: BTreeMap<String, FunctionArgs>,
-    pub prepare_only: bool,
-    /// Only meaningful for git scripts; ignored for filesystem ones, as upstream does.
-    pub create_env: bool,
-}
+use crate::events::{ActivityNews, BusEvent};
+use crate::procedure::{script, ProcedureError, ProcedureService};
+use crate::table::IdTable;
 
 /// Why an activity could not be run or found.
 #[derive(Debug, thiserror::Error)]
@@ -76,37 +62,15 @@ pub enum ActivityError {
         path: PathBuf,
         cause: io::Error,
     },
-    #[error("SBI '{sbi_id}' was recorded in the ODA for this attempt, but the procedure could not be created: {}", cause.message)]
+    #[error("SBI '{sbi_id}' was recorded in the ODA for this attempt, but the procedure could not be created: {cause}")]
     ProcedureRefused {
         sbi_id: String,
-        cause: ProtocolError,
+        cause: ProcedureError,
     },
     #[error("no activity with ID {0}")]
     NotFound(u64),
     #[error("running the activity failed inside oetd: {0}")]
     Internal(String),
-}
-
-impl From<ActivityError> for ProtocolError {
-    fn from(err: ActivityError) -> Self {
-        let kind = match &err {
-            ActivityError::Oda(oda) => match oda {
-                OdaError::NotFound { .. } => ErrorKind::NotFound,
-                OdaError::InvalidId { .. } | OdaError::Malformed(_) => ErrorKind::InvalidRequest,
-                OdaError::Unreachable { .. }
-                | OdaError::Remote { .. }
-                | OdaError::Io { .. }
-                | OdaError::Config(_) => ErrorKind::Internal,
-            },
-            ActivityError::UnknownActivity(_) | ActivityError::NotFound(_) => ErrorKind::NotFound,
-            ActivityError::Script { .. } | ActivityError::Argument { .. } => {
-                ErrorKind::InvalidRequest
-            }
-            ActivityError::SbFile { .. } | ActivityError::Internal(_) => ErrorKind::Internal,
-            ActivityError::ProcedureRefused { cause, .. } => cause.kind,
-        };
-        ProtocolError::new(kind, err.to_string())
-    }
 }
 
 /// A cheap handle to the activity service; clone it freely.
@@ -119,13 +83,7 @@ struct Inner {
     oda: Arc<dyn Oda>,
     procedures: ProcedureService,
     sb_dir: PathBuf,
-    table: Mutex<Table>,
-}
-
-#[derive(Default)]
-struct Table {
-    last_id: u64,
-    entries: BTreeMap<u64, Entry>,
+    table: IdTable<Entry>,
 }
 
 struct Entry {
@@ -150,20 +108,12 @@ impl ActivityService {
                 oda,
                 procedures,
                 sb_dir,
-                table: Mutex::new(Table::default()),
+                table: IdTable::default(),
             }),
         };
-        let events = service.inner.procedures.bus().subscribe();
-        tokio::spawn(service.clone().forget_with_procedures(events));
+        let changes = service.inner.procedures.all_changes();
+        tokio::spawn(service.clone().forget_with_procedures(changes));
         Ok(service)
-    }
-
-    fn table(&self) -> MutexGuard<'_, Table> {
-        // As for the procedure table: carry on with what is there after a panic.
-        self.inner
-            .table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores an SBD (JSON text) in the ODA.
@@ -213,7 +163,7 @@ impl ActivityService {
             sbd_id: sbd.sbd_id.clone(),
             reason,
         };
-        let script = script::parse(&spec).map_err(|err| script_error(err.message))?;
+        let script = script::parse(&spec).map_err(|err| script_error(err.to_string()))?;
         if let script::Script::File(path) = &script {
             match tokio::fs::metadata(path).await {
                 Ok(meta) if meta.is_file() => {}
@@ -260,8 +210,8 @@ impl ActivityService {
             .kwargs
             .insert("sbi_id".to_owned(), Value::from(sbi_id.as_str()));
 
-        // 4. Prepare the procedure, listening before it exists so no state is missed.
-        let events = self.inner.procedures.bus().subscribe();
+        // 4. Prepare the procedure; its follower reads its whole history, so no state can
+        // be missed.
         let procedure = match self.inner.procedures.create(spec, init_args) {
             Ok(procedure) => procedure,
             Err(cause) => {
@@ -271,10 +221,9 @@ impl ActivityService {
         };
 
         let summary = {
-            let mut table = self.table();
-            table.last_id += 1;
-            let summary = ActivitySummary {
-                id: table.last_id,
+            let mut table = self.inner.table.lock();
+            let mut summary = ActivitySummary {
+                id: 0,
                 activity_name,
                 sbd_id: sbd.sbd_id.clone(),
                 sbi_id: Some(sbi_id),
@@ -288,14 +237,14 @@ impl ActivityService {
                 state: ActivityState::Requested,
                 error: None,
             };
-            table.entries.insert(
-                summary.id,
+            table.insert_next(|id| {
+                summary.id = id;
                 Entry {
                     summary: summary.clone(),
                     sb_file,
-                },
-            );
-            self.announce(&summary, ActivityState::Requested.topic());
+                }
+            });
+            self.announce(&summary, ActivityNews::Entered);
             summary
         };
         let follower = Follower {
@@ -305,7 +254,7 @@ impl ActivityService {
             main_args: (!prepare_only).then_some(main_args),
             seen: 0,
         };
-        tokio::spawn(follower.run(events));
+        tokio::spawn(follower.run());
         Ok(summary)
     }
 
@@ -314,7 +263,7 @@ impl ActivityService {
         // Forgetting is also done here, so that a list never shows an activity whose
         // procedure the procedure history no longer has.
         self.sweep();
-        let table = self.table();
+        let table = self.inner.table.lock();
         if ids.is_empty() {
             return Ok(table.entries.values().map(|e| e.summary.clone()).collect());
         }
@@ -331,7 +280,9 @@ impl ActivityService {
 
     /// One activity's summary.
     pub fn summary(&self, id: u64) -> Result<ActivitySummary, ActivityError> {
-        self.table()
+        self.inner
+            .table
+            .lock()
             .entries
             .get(&id)
             .map(|e| e.summary.clone())
@@ -366,7 +317,7 @@ impl ActivityService {
     /// Moves activity `id` to `to` at `time`, unless it is already final; the one place
     /// an activity's state changes. Returns whether it changed.
     fn advance(&self, id: u64, to: ActivityState, time: Timestamp, error: Option<String>) -> bool {
-        let mut table = self.table();
+        let mut table = self.inner.table.lock();
         let Some(entry) = table.entries.get_mut(&id) else {
             return false;
         };
@@ -382,26 +333,26 @@ impl ActivityService {
             summary.error = error;
         }
         let summary = summary.clone();
-        self.announce(&summary, to.topic());
+        self.announce(&summary, ActivityNews::Entered);
         true
     }
 
     /// Records why an activity did not go on as asked, and tells listeners.
     fn record_error(&self, id: u64, error: String) {
-        let mut table = self.table();
+        let mut table = self.inner.table.lock();
         if let Some(entry) = table.entries.get_mut(&id) {
             entry.summary.error = Some(error);
             let summary = entry.summary.clone();
-            self.announce(&summary, ACTIVITY_ERROR_TOPIC);
+            self.announce(&summary, ActivityNews::Error);
         }
     }
 
-    /// Logs and publishes an activity's state (or error) under `topic`.
-    fn announce(&self, summary: &ActivitySummary, topic: &str) {
+    /// Logs and publishes an activity's state, or its error.
+    fn announce(&self, summary: &ActivitySummary, news: ActivityNews) {
         let sbi_id = summary.sbi_id.as_deref().unwrap_or("");
         let procedure_id = summary.procedure_id.unwrap_or(0);
         match &summary.error {
-            Some(error) if topic == ACTIVITY_ERROR_TOPIC || summary.state.is_final() => warn!(
+            Some(error) if news == ActivityNews::Error || summary.state.is_final() => warn!(
                 activity_id = summary.id,
                 sbd_id = %summary.sbd_id,
                 sbi_id,
@@ -426,15 +377,10 @@ impl ActivityService {
                 summary.state
             ),
         }
-        self.inner.procedures.bus().publish(
-            topic,
-            DAEMON_SOURCE,
-            map([
-                ("activity_id", Value::from(summary.id)),
-                ("state", Value::from(summary.state.as_str())),
-                ("summary", Value::from(view::activity(summary))),
-            ]),
-        );
+        self.inner.procedures.bus().publish(BusEvent::Activity {
+            news,
+            summary: Arc::new(summary.clone()),
+        });
     }
 
     /// Publishes `sb.lifecycle.started`: the activity's `main` has started.
@@ -452,16 +398,12 @@ impl ActivityService {
             "scheduling block {} started as {sbi_id}",
             summary.sbd_id
         );
-        self.inner.procedures.bus().publish(
-            topics::SB_STARTED,
-            DAEMON_SOURCE,
-            map([
-                ("activity_id", Value::from(id)),
-                ("sbd_id", Value::from(summary.sbd_id.as_str())),
-                ("sbi_id", Value::from(sbi_id)),
-                ("procedure_id", Value::from(procedure_id)),
-            ]),
-        );
+        self.inner.procedures.bus().publish(BusEvent::SbStarted {
+            activity_id: id,
+            procedure_id,
+            sbd_id: summary.sbd_id,
+            sbi_id,
+        });
     }
 
     /// Forgets final activities whose procedures the procedure history no longer has,
@@ -471,7 +413,7 @@ impl ActivityService {
             return;
         };
         let live: BTreeSet<u64> = live.iter().map(|p| p.id).collect();
-        let mut table = self.table();
+        let mut table = self.inner.table.lock();
         let gone: Vec<u64> = table
             .entries
             .values()
@@ -491,18 +433,11 @@ impl ActivityService {
         }
     }
 
-    /// Sweeps whenever a procedure becomes final (the only moment the procedure service
-    /// forgets one) or events were lost.
-    async fn forget_with_procedures(self, mut events: broadcast::Receiver<Event>) {
-        loop {
-            match events.recv().await {
-                Ok(event) if event.new_state().is_some_and(ProcedureState::is_final) => {
-                    self.sweep()
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => self.sweep(),
-                Err(RecvError::Closed) => return,
-            }
+    /// Sweeps after procedure state changes: a procedure becoming final is the only
+    /// moment the procedure service forgets one.
+    async fn forget_with_procedures(self, mut changes: watch::Receiver<u64>) {
+        while changes.changed().await.is_ok() {
+            self.sweep();
         }
     }
 }
@@ -519,9 +454,11 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self, mut events: broadcast::Receiver<Event>) {
+    async fn run(mut self) {
+        let procedures = self.service.inner.procedures.clone();
+        let mut changes = procedures.changes(self.procedure_id).ok();
         loop {
-            let summary = match self.service.inner.procedures.summary(self.procedure_id) {
+            let summary = match procedures.summary(self.procedure_id) {
                 Ok(summary) => summary,
                 Err(_) => {
                     // Forgotten before its end was seen (a history of size 0).
@@ -549,8 +486,13 @@ impl Follower {
                     continue;
                 }
             }
-            if !next_change(&mut events, self.procedure_id).await {
+            // Woken by the procedure's next state change. Once it has left the table,
+            // one more look says what became of it.
+            let Some(receiver) = changes.as_mut() else {
                 break;
+            };
+            if receiver.changed().await.is_err() {
+                changes = None;
             }
         }
         self.service.sweep();
@@ -578,7 +520,8 @@ impl Follower {
             let changed = self
                 .service
                 .advance(self.activity_id, to, change.time, error);
-            if changed && to == ActivityState::Running && started_main(summary, change.time) {
+            if changed && to == ActivityState::Running && change.function.as_deref() == Some("main")
+            {
                 self.service.announce_sb_started(self.activity_id);
             }
         }
@@ -596,35 +539,9 @@ impl Follower {
                 self.activity_id,
                 format!(
                     "main of procedure {} could not be started: {}; start it with `oetctl procedure start --pid {}` when possible",
-                    self.procedure_id, err.message, self.procedure_id
+                    self.procedure_id, err, self.procedure_id
                 ),
             );
-        }
-    }
-}
-
-/// Whether the call that put the procedure into RUNNING at `time` was `main`: calls are
-/// recorded just before the RUNNING they cause, under the same lock.
-fn started_main(summary: &ProcedureSummary, time: Timestamp) -> bool {
-    summary
-        .calls
-        .iter()
-        .rev()
-        .find(|call| call.time <= time)
-        .is_some_and(|call| call.function == "main")
-}
-
-/// Waits for the next state change of procedure `id`, or for lost events. False when the
-/// bus has closed.
-async fn next_change(events: &mut broadcast::Receiver<Event>, id: u64) -> bool {
-    loop {
-        match events.recv().await {
-            Ok(event) if event.topic == topics::STATECHANGE && event.procedure_id() == Some(id) => {
-                return true
-            }
-            Ok(_) => continue,
-            Err(RecvError::Lagged(_)) => return true,
-            Err(RecvError::Closed) => return false,
         }
     }
 }
@@ -684,14 +601,9 @@ fn file_safe(id: &str) -> String {
         .collect()
 }
 
-fn map<const N: usize>(items: [(&str, Value); N]) -> Value {
-    Value::Map(items.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oet_protocol::{CallRecord, ScriptSpec, StateChange};
 
     #[test]
     fn ids_become_safe_file_names() {
@@ -700,29 +612,6 @@ mod tests {
             "sbi-oet-20240501-00001"
         );
         assert_eq!(file_safe("../a b/c"), "___a_b_c");
-    }
-
-    #[test]
-    fn the_call_before_running_tells_whether_main_started() {
-        let call = |function: &str, time| CallRecord {
-            function: function.into(),
-            args: FunctionArgs::default(),
-            time,
-        };
-        let summary = ProcedureSummary {
-            id: 1,
-            script: ScriptSpec::filesystem("file:///a.py"),
-            calls: vec![call("init", 1.0), call("other", 5.0), call("main", 7.0)],
-            history: vec![StateChange {
-                state: ProcedureState::Creating,
-                time: 1.0,
-            }],
-            stacktrace: None,
-            state: ProcedureState::Running,
-        };
-        assert!(!started_main(&summary, 5.5));
-        assert!(started_main(&summary, 7.0));
-        assert!(started_main(&summary, 8.0));
     }
 
     #[test]
@@ -738,8 +627,6 @@ mod tests {
         assert!(err.to_string().contains("for main"), "{err}");
         let unnamed = BTreeMap::from([(String::new(), FunctionArgs::default())]);
         assert!(check_args(&unnamed).is_err());
-        let protocol = ProtocolError::from(err);
-        assert_eq!(protocol.kind, ErrorKind::InvalidRequest);
     }
 
     #[test]

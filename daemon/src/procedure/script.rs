@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use oet_protocol::{GitArgs, ProtocolError, ScriptSpec};
+use oet_protocol::{GitArgs, ScriptSpec};
 
 /// A script the daemon knows how to find.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,19 +17,28 @@ pub enum Script {
     },
 }
 
+/// A script URI that does not fit its kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptError {
+    #[error("filesystem script URI '{0}' must start with file://")]
+    NotFileUri(String),
+    #[error("filesystem script URI '{0}' must name an absolute path (file:///path/to/script.py)")]
+    RelativeFile(String),
+    #[error("git script URI '{0}' must start with git://")]
+    NotGitUri(String),
+    #[error("git script URI '{0}' names no file")]
+    EmptyGitPath(String),
+}
+
 /// Checks a script spec's URI against its kind.
-pub fn parse(spec: &ScriptSpec) -> Result<Script, ProtocolError> {
+pub fn parse(spec: &ScriptSpec) -> Result<Script, ScriptError> {
     match spec {
         ScriptSpec::Filesystem { script_uri } => {
-            let path = script_uri.strip_prefix("file://").ok_or_else(|| {
-                ProtocolError::invalid_request(format!(
-                    "filesystem script URI '{script_uri}' must start with file://"
-                ))
-            })?;
+            let path = script_uri
+                .strip_prefix("file://")
+                .ok_or_else(|| ScriptError::NotFileUri(script_uri.clone()))?;
             if !path.starts_with('/') {
-                return Err(ProtocolError::invalid_request(format!(
-                    "filesystem script URI '{script_uri}' must name an absolute path (file:///path/to/script.py)"
-                )));
+                return Err(ScriptError::RelativeFile(script_uri.clone()));
             }
             Ok(Script::File(PathBuf::from(path)))
         }
@@ -38,15 +47,11 @@ pub fn parse(spec: &ScriptSpec) -> Result<Script, ProtocolError> {
             git_args,
             create_env,
         } => {
-            let path = script_uri.strip_prefix("git://").ok_or_else(|| {
-                ProtocolError::invalid_request(format!(
-                    "git script URI '{script_uri}' must start with git://"
-                ))
-            })?;
+            let path = script_uri
+                .strip_prefix("git://")
+                .ok_or_else(|| ScriptError::NotGitUri(script_uri.clone()))?;
             if path.is_empty() {
-                return Err(ProtocolError::invalid_request(format!(
-                    "git script URI '{script_uri}' names no file"
-                )));
+                return Err(ScriptError::EmptyGitPath(script_uri.clone()));
             }
             Ok(Script::Git {
                 uri: script_uri.clone(),

@@ -1,37 +1,34 @@
-//! The procedure service: the table of procedures, the rules of DESIGN 3.3, and the one
-//! place where a procedure's state changes (`transition`). Every change is checked against
-//! the state machine, recorded with its time, logged and published there — so making
-//! history durable later is one insertion in that function.
+//! The procedure service: the rules of DESIGN 3.3 over the records — creating a
+//! procedure and handing it to its supervisor, starting a function of a READY one while
+//! keeping to the running limit, stopping (and aborting), waiting for a state, and
+//! stopping everything at shutdown.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 
 use oet_protocol::{
-    now, topics, view, CallRecord, FunctionArgs, LogLine, ProcedureLogs, ProcedureState,
-    ProcedureSummary, ProtocolError, ScriptSpec, StateChange, Stream, Value,
+    FunctionArgs, ProcedureLogs, ProcedureState, ProcedureSummary, ScriptSpec, Value,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::{info, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
 
-use super::runner;
-use super::script;
-use super::state;
-use super::supervisor::WorkerCommand;
-use crate::config::ProcedureConfig;
-use crate::events::{EventBus, DAEMON_SOURCE};
+use super::error::ProcedureError;
+use super::handle::ProcedureHandle;
+use super::records::Records;
+use super::supervisor::{self, Control};
+use super::worker::WorkerCommand;
+use super::{script, state, ProcedureConfig, Settings};
+use crate::events::EventBus;
 use crate::git::GitServices;
 
-/// What the service asks of a procedure's runner.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Call a function; the service has already recorded the call and entered RUNNING.
-    Call {
-        function: String,
-        args: FunctionArgs,
-    },
-    /// Stop the process; `done` is answered once the state is final.
-    Stop { done: oneshot::Sender<()> },
+/// What supervisors start workers with.
+#[derive(Clone)]
+pub struct Launcher {
+    pub workers: WorkerCommand,
+    pub git: GitServices,
+    /// The working directory of filesystem scripts.
+    pub work_dir: PathBuf,
 }
 
 /// A cheap handle to the procedure service; clone it freely.
@@ -41,214 +38,78 @@ pub struct ProcedureService {
 }
 
 struct Inner {
-    config: RwLock<ProcedureConfig>,
-    workers: WorkerCommand,
-    git: GitServices,
-    work_dir: PathBuf,
-    bus: EventBus,
-    table: Mutex<Table>,
-}
-
-#[derive(Default)]
-struct Table {
-    last_id: u64,
-    entries: BTreeMap<u64, Entry>,
-}
-
-struct Entry {
-    summary: ProcedureSummary,
-    logs: LogBuffer,
-    /// The runner's inbox, while the procedure has a runner.
-    control: Option<mpsc::UnboundedSender<Control>>,
-}
-
-/// The newest lines a script printed, bounded.
-#[derive(Default)]
-struct LogBuffer {
-    lines: VecDeque<LogLine>,
-    dropped: u64,
+    records: Arc<Records>,
+    settings: Settings,
+    launcher: Launcher,
 }
 
 impl ProcedureService {
-    pub fn new(
-        config: ProcedureConfig,
-        workers: WorkerCommand,
-        git: GitServices,
-        work_dir: PathBuf,
-        bus: EventBus,
-    ) -> Self {
+    pub fn new(config: ProcedureConfig, launcher: Launcher, bus: EventBus) -> Self {
+        let settings = Settings::new(config);
         ProcedureService {
             inner: Arc::new(Inner {
-                config: RwLock::new(config),
-                workers,
-                git,
-                work_dir,
-                bus,
-                table: Mutex::new(Table::default()),
+                records: Arc::new(Records::new(settings.clone(), bus)),
+                settings,
+                launcher,
             }),
         }
     }
 
-    /// The current procedure settings.
-    pub fn config(&self) -> ProcedureConfig {
-        self.setting(ProcedureConfig::clone)
-    }
-
-    /// One value of the current settings, read without copying the rest (this is on the
-    /// path of every line a script prints).
-    fn setting<T>(&self, read: impl FnOnce(&ProcedureConfig) -> T) -> T {
-        read(
-            &self
-                .inner
-                .config
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
-    }
-
-    /// Replaces the procedure settings; running procedures keep the grace they started with
-    /// only if they already began stopping.
+    /// Replaces the procedure settings. A stop already under way keeps the grace period
+    /// it began with.
     pub fn set_config(&self, config: ProcedureConfig) {
-        *self
-            .inner
-            .config
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+        self.inner.settings.set(config);
     }
 
     pub fn bus(&self) -> &EventBus {
-        &self.inner.bus
+        self.inner.records.bus()
     }
 
-    pub(crate) fn workers(&self) -> &WorkerCommand {
-        &self.inner.workers
-    }
-
-    pub(crate) fn git(&self) -> &GitServices {
-        &self.inner.git
-    }
-
-    pub(crate) fn work_dir(&self) -> &std::path::Path {
-        &self.inner.work_dir
-    }
-
-    fn table(&self) -> MutexGuard<'_, Table> {
-        // A panic while holding the lock cannot leave the table half-updated in a way
-        // that matters more than losing the daemon, so carry on with what is there.
-        self.inner
-            .table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Creates a procedure: validates the request, records it in CREATING and starts its
-    /// runner. Returns at once; the procedure then moves on by itself towards READY.
+    /// Creates a procedure: validates the request, records it in CREATING and hands it to
+    /// its supervisor. Returns at once; the procedure then moves on by itself towards
+    /// READY.
     pub fn create(
         &self,
         spec: ScriptSpec,
         init_args: FunctionArgs,
-    ) -> Result<ProcedureSummary, ProtocolError> {
+    ) -> Result<ProcedureSummary, ProcedureError> {
         let script = script::parse(&spec)?;
-        check_args(&init_args)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let summary = {
-            let mut table = self.table();
-            table.last_id += 1;
-            let id = table.last_id;
-            let time = now();
-            let mut calls = Vec::new();
-            if !init_args.is_empty() {
-                calls.push(CallRecord {
-                    function: "init".into(),
-                    args: init_args.clone(),
-                    time,
-                });
-            }
-            let summary = ProcedureSummary {
-                id,
-                script: spec,
-                calls,
-                history: vec![StateChange {
-                    state: ProcedureState::Creating,
-                    time,
-                }],
-                stacktrace: None,
-                state: ProcedureState::Creating,
-            };
-            table.entries.insert(
-                id,
-                Entry {
-                    summary: summary.clone(),
-                    logs: LogBuffer::default(),
-                    control: Some(tx),
-                },
-            );
-            self.announce_state(&summary, None);
-            summary
+        init_args.check_finite()?;
+        let (control, inbox) = mpsc::unbounded_channel();
+        let summary = self.inner.records.insert(spec, &init_args, control);
+        let handle = ProcedureHandle::new(summary.id, self.inner.records.clone());
+        let context = supervisor::Context {
+            launcher: self.inner.launcher.clone(),
+            settings: self.inner.settings.clone(),
+            bus: self.bus().clone(),
         };
-        tokio::spawn(runner::run(self.clone(), summary.id, script, init_args, rx));
+        tokio::spawn(supervisor::run(handle, context, script, init_args, inbox));
         Ok(summary)
     }
 
-    /// Calls `function` of a READY procedure. Entering RUNNING and checking the limit of
-    /// running procedures happen under one lock, so two starts cannot both win.
+    /// Calls `function` of a READY procedure, within the limit of running procedures.
     pub fn start(
         &self,
         id: u64,
         function: &str,
         args: FunctionArgs,
-    ) -> Result<ProcedureSummary, ProtocolError> {
-        check_args(&args)?;
+    ) -> Result<ProcedureSummary, ProcedureError> {
+        args.check_finite()?;
         if function.is_empty() {
-            return Err(ProtocolError::invalid_request("no function named to start"));
+            return Err(ProcedureError::NoFunction);
         }
-        let max_running = self.setting(|c| c.max_running);
-        let mut table = self.table();
-        let entry = table.entries.get(&id).ok_or_else(|| not_found(id))?;
-        if entry.summary.state != ProcedureState::Ready {
-            return Err(ProtocolError::invalid_state(format!(
-                "procedure {id} is {}; only a READY procedure can be started",
-                entry.summary.state
-            )));
-        }
-        let running: Vec<&ProcedureSummary> = table
-            .entries
-            .values()
-            .map(|e| &e.summary)
-            .filter(|s| s.state == ProcedureState::Running)
-            .collect();
-        if running.len() >= max_running {
-            let names: Vec<String> = running
-                .iter()
-                .map(|s| format!("procedure {} ({})", s.id, s.script.uri()))
-                .collect();
-            return Err(ProtocolError::invalid_state(format!(
-                "cannot start procedure {id}: {} {} RUNNING and at most {max_running} may run at a time",
-                names.join(", "),
-                if names.len() == 1 { "is" } else { "are" },
-            )));
-        }
-        let control = entry
-            .control
-            .clone()
-            .ok_or_else(|| ProtocolError::internal(format!("procedure {id} has no process")))?;
-        let entry = table.entries.get_mut(&id).ok_or_else(|| not_found(id))?;
-        entry.summary.calls.push(CallRecord {
+        let max_running = self.inner.settings.get(|c| c.max_running);
+        let (summary, control) = self
+            .inner
+            .records
+            .begin_call(id, function, &args, max_running)?;
+        let call = Control::Call {
             function: function.to_owned(),
-            args: args.clone(),
-            time: now(),
-        });
-        let summary = self.transition_locked(&mut table, id, ProcedureState::Running)?;
-        drop(table);
-        if control
-            .send(Control::Call {
-                function: function.to_owned(),
-                args,
-            })
-            .is_err()
-        {
-            // The runner is gone: the process ended between the check and now, and the
-            // runner has already recorded how.
+            args,
+        };
+        if control.send(call).is_err() {
+            // The supervisor is gone: the process ended between the check and now, and
+            // the supervisor has already recorded how.
             return self.summary(id);
         }
         Ok(summary)
@@ -261,30 +122,21 @@ impl ProcedureService {
         &self,
         id: u64,
         run_abort: bool,
-    ) -> Result<Vec<ProcedureSummary>, ProtocolError> {
+    ) -> Result<Vec<ProcedureSummary>, ProcedureError> {
         let abort = if run_abort {
             Some(self.abort_plan(id)?)
         } else {
             None
         };
-        let control = {
-            let table = self.table();
-            let entry = table.entries.get(&id).ok_or_else(|| not_found(id))?;
-            if !state::stoppable(entry.summary.state) {
-                return Err(ProtocolError::invalid_state(format!(
-                    "procedure {id} is already {}; there is nothing to stop",
-                    entry.summary.state
-                )));
-            }
-            entry.control.clone()
-        };
-        if let Some(control) = control {
-            let (done, stopped) = oneshot::channel();
-            if control.send(Control::Stop { done }).is_ok() {
-                // An error means the runner ended on its own first; the state is final
-                // either way.
-                let _ = stopped.await;
-            }
+        let (state, control) = self.inner.records.control(id)?;
+        if !state::stoppable(state) {
+            return Err(ProcedureError::AlreadyFinal { id, state });
+        }
+        let (done, stopped) = oneshot::channel();
+        if control.send(Control::Stop { done }).is_ok() {
+            // An error means the supervisor ended on its own first; the state is final
+            // either way.
+            let _ = stopped.await;
         }
         let mut summaries = vec![self.summary(id)?];
         if let Some((uri, subarray_id)) = abort {
@@ -295,17 +147,14 @@ impl ProcedureService {
 
     /// Works out, before anything is stopped, which abort script to run with which
     /// subarray, so that a request that cannot be honoured changes nothing.
-    fn abort_plan(&self, id: u64) -> Result<(String, Value), ProtocolError> {
-        let uri = self.config().abort_script;
+    fn abort_plan(&self, id: u64) -> Result<(String, Value), ProcedureError> {
+        let uri = self.inner.settings.get(|c| c.abort_script.clone());
         if uri.is_empty() {
-            return Err(ProtocolError::invalid_request(
-                "no abort script is configured (procedures.abort_script); stop without --run-abort, or configure one",
-            ));
+            return Err(ProcedureError::NoAbortScript);
         }
-        let table = self.table();
-        let entry = table.entries.get(&id).ok_or_else(|| not_found(id))?;
+        let summary = self.summary(id)?;
         let mut found: Vec<&Value> = Vec::new();
-        for call in &entry.summary.calls {
+        for call in &summary.calls {
             if let Some(value) = call.args.kwargs.get("subarray_id") {
                 if !found.contains(&value) {
                     found.push(value);
@@ -314,13 +163,15 @@ impl ProcedureService {
         }
         match found.as_slice() {
             [one] => Ok((uri, (*one).clone())),
-            [] => Err(ProtocolError::invalid_request(format!(
-                "procedure {id} was given no subarray_id, so the abort script cannot be run for it"
-            ))),
-            many => Err(ProtocolError::invalid_request(format!(
-                "procedure {id} was given more than one subarray_id ({}), so the abort script cannot tell which to abort",
-                many.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
-            ))),
+            [] => Err(ProcedureError::NoSubarray(id)),
+            many => Err(ProcedureError::ManySubarrays {
+                id,
+                values: many
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
         }
     }
 
@@ -328,15 +179,14 @@ impl ProcedureService {
         &self,
         uri: String,
         subarray_id: Value,
-    ) -> Result<ProcedureSummary, ProtocolError> {
+    ) -> Result<ProcedureSummary, ProcedureError> {
         let init = FunctionArgs {
             args: Vec::new(),
             kwargs: BTreeMap::from([("subarray_id".to_string(), subarray_id)]),
         };
-        let mut events = self.bus().subscribe();
         let created = self.create(ScriptSpec::filesystem(uri), init)?;
         let ready = self
-            .wait_for(&mut events, created.id, |s| s == ProcedureState::Ready)
+            .wait_for(created.id, |s| s == ProcedureState::Ready)
             .await?;
         if ready.state != ProcedureState::Ready {
             return Ok(ready);
@@ -344,98 +194,61 @@ impl ProcedureService {
         self.start(created.id, "main", FunctionArgs::default())
     }
 
-    /// Waits until procedure `id` is in a state for which `wanted` holds, or final.
-    /// `events` must have been subscribed before the change being waited for was caused.
+    /// Waits until procedure `id` is in a state for which `wanted` holds, or final, and
+    /// returns its summary then.
     pub async fn wait_for(
         &self,
-        events: &mut broadcast::Receiver<oet_protocol::Event>,
         id: u64,
         wanted: impl Fn(ProcedureState) -> bool,
-    ) -> Result<ProcedureSummary, ProtocolError> {
-        let done = |state: ProcedureState| wanted(state) || state.is_final();
+    ) -> Result<ProcedureSummary, ProcedureError> {
+        let mut changes = self.inner.records.changes(id)?;
         loop {
+            // Read after subscribing: a change from now on wakes the wait below.
             let summary = self.summary(id)?;
-            if done(summary.state) {
+            if wanted(summary.state) || summary.state.is_final() {
                 return Ok(summary);
             }
-            // Wait for any change of this procedure (or for lost events), then look again.
-            loop {
-                match events.recv().await {
-                    Ok(event)
-                        if event.topic == topics::STATECHANGE
-                            && event.procedure_id() == Some(id) =>
-                    {
-                        break
-                    }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(ProtocolError::internal("the event bus closed"))
-                    }
-                }
+            if changes.changed().await.is_err() {
+                // It left the table; whatever is known of it now is the answer.
+                return self.summary(id);
             }
         }
+    }
+
+    /// A receiver woken by each state change of procedure `id`, and closed when the
+    /// procedure leaves the table. Read its summary after subscribing.
+    pub fn changes(&self, id: u64) -> Result<watch::Receiver<()>, ProcedureError> {
+        self.inner.records.changes(id)
+    }
+
+    /// A receiver woken by every state change of any procedure.
+    pub fn all_changes(&self) -> watch::Receiver<u64> {
+        self.inner.records.all_changes()
     }
 
     /// Summaries of the given procedures, or of all live ones when `ids` is empty.
-    pub fn list(&self, ids: &[u64]) -> Result<Vec<ProcedureSummary>, ProtocolError> {
-        let table = self.table();
-        if ids.is_empty() {
-            return Ok(table.entries.values().map(|e| e.summary.clone()).collect());
-        }
-        ids.iter()
-            .map(|id| {
-                table
-                    .entries
-                    .get(id)
-                    .map(|e| e.summary.clone())
-                    .ok_or_else(|| not_found(*id))
-            })
-            .collect()
+    pub fn list(&self, ids: &[u64]) -> Result<Vec<ProcedureSummary>, ProcedureError> {
+        self.inner.records.list(ids)
     }
 
     /// One procedure's summary.
-    pub fn summary(&self, id: u64) -> Result<ProcedureSummary, ProtocolError> {
-        self.table()
-            .entries
-            .get(&id)
-            .map(|e| e.summary.clone())
-            .ok_or_else(|| not_found(id))
+    pub fn summary(&self, id: u64) -> Result<ProcedureSummary, ProcedureError> {
+        self.inner.records.summary(id)
     }
 
     /// The kept output lines of a procedure.
-    pub fn logs(&self, id: u64) -> Result<ProcedureLogs, ProtocolError> {
-        let table = self.table();
-        let entry = table.entries.get(&id).ok_or_else(|| not_found(id))?;
-        Ok(ProcedureLogs {
-            id,
-            dropped: entry.logs.dropped,
-            lines: entry.logs.lines.iter().cloned().collect(),
-        })
+    pub fn logs(&self, id: u64) -> Result<ProcedureLogs, ProcedureError> {
+        self.inner.records.logs(id)
     }
 
-    /// Live procedure count and the IDs of those RUNNING.
+    /// Procedures in the table, and the IDs of those RUNNING.
     pub fn counts(&self) -> (u64, Vec<u64>) {
-        let table = self.table();
-        let running = table
-            .entries
-            .values()
-            .filter(|e| e.summary.state == ProcedureState::Running)
-            .map(|e| e.summary.id)
-            .collect();
-        (table.entries.len() as u64, running)
+        self.inner.records.counts()
     }
 
     /// Stops every procedure that is not final, all at once, and waits for them.
     pub async fn shutdown(&self) {
-        let live: Vec<u64> = self
-            .table()
-            .entries
-            .values()
-            .filter(|e| !e.summary.state.is_final())
-            .map(|e| e.summary.id)
-            .collect();
-        let stops = live.into_iter().map(|id| async move {
+        let stops = self.inner.records.live().into_iter().map(|id| async move {
             if let Err(err) = self.stop(id, false).await {
                 warn!(
                     procedure_id = id,
@@ -445,181 +258,4 @@ impl ProcedureService {
         });
         futures::future::join_all(stops).await;
     }
-
-    // ---- used by the runner -------------------------------------------------------
-
-    /// Moves a procedure to `to`, if the state machine allows it.
-    pub(crate) fn transition(
-        &self,
-        id: u64,
-        to: ProcedureState,
-    ) -> Result<ProcedureSummary, ProtocolError> {
-        let mut table = self.table();
-        self.transition_locked(&mut table, id, to)
-    }
-
-    /// Records a stack trace and moves the procedure to FAILED.
-    pub(crate) fn fail(&self, id: u64, stacktrace: String) {
-        let mut table = self.table();
-        let Some(entry) = table.entries.get_mut(&id) else {
-            return;
-        };
-        if entry.summary.state.is_final() {
-            return;
-        }
-        entry.summary.stacktrace = Some(stacktrace.clone());
-        warn!(
-            procedure_id = id,
-            script_uri = entry.summary.script.uri(),
-            "procedure {id} failed:\n{stacktrace}"
-        );
-        self.inner.bus.publish(
-            topics::STACKTRACE,
-            DAEMON_SOURCE,
-            map([
-                ("procedure_id", Value::from(id)),
-                ("stacktrace", Value::from(stacktrace)),
-            ]),
-        );
-        if let Err(err) = self.transition_locked(&mut table, id, ProcedureState::Failed) {
-            warn!(procedure_id = id, "{err}");
-        }
-    }
-
-    /// Keeps and logs one line a script printed.
-    pub(crate) fn append_log(&self, id: u64, stream: Stream, line: String) {
-        info!(
-            procedure_id = id,
-            script_stream = stream.as_str(),
-            "[{id} {}] {line}",
-            stream.as_str()
-        );
-        let limit = self.setting(|c| c.log_lines);
-        let mut table = self.table();
-        if let Some(entry) = table.entries.get_mut(&id) {
-            let logs = &mut entry.logs;
-            logs.lines.push_back(LogLine {
-                time: now(),
-                stream,
-                line,
-            });
-            while logs.lines.len() > limit {
-                logs.lines.pop_front();
-                logs.dropped += 1;
-            }
-        }
-    }
-
-    /// Publishes a message the script sent with pypubsub.
-    pub(crate) fn publish_script_event(&self, id: u64, topic: String, payload: Value) {
-        self.inner.bus.publish(&topic, &id.to_string(), payload);
-    }
-
-    /// The runner has finished: the procedure has no process any more.
-    pub(crate) fn detach(&self, id: u64) {
-        if let Some(entry) = self.table().entries.get_mut(&id) {
-            entry.control = None;
-        }
-    }
-
-    fn transition_locked(
-        &self,
-        table: &mut Table,
-        id: u64,
-        to: ProcedureState,
-    ) -> Result<ProcedureSummary, ProtocolError> {
-        let entry = table.entries.get_mut(&id).ok_or_else(|| not_found(id))?;
-        let from = entry.summary.state;
-        if !state::allowed(from, to) {
-            return Err(ProtocolError::invalid_state(format!(
-                "procedure {id} cannot go from {from} to {to}"
-            )));
-        }
-        entry.summary.state = to;
-        entry.summary.history.push(StateChange {
-            state: to,
-            time: now(),
-        });
-        let summary = entry.summary.clone();
-        self.announce_state(&summary, Some(from));
-        if to.is_final() {
-            self.prune(table);
-        }
-        Ok(summary)
-    }
-
-    /// Logs and publishes a state the procedure has just entered.
-    fn announce_state(&self, summary: &ProcedureSummary, from: Option<ProcedureState>) {
-        let id = summary.id;
-        let to = summary.state;
-        info!(
-            procedure_id = id,
-            script_uri = summary.script.uri(),
-            state = to.as_str(),
-            "procedure {id} is {to}"
-        );
-        let bus = &self.inner.bus;
-        bus.publish(
-            topics::STATECHANGE,
-            DAEMON_SOURCE,
-            map([
-                ("procedure_id", Value::from(id)),
-                ("new_state", Value::from(to.as_str())),
-                (
-                    "previous_state",
-                    from.map_or(Value::Null, |s| Value::from(s.as_str())),
-                ),
-            ]),
-        );
-        let lifecycle = match (from, to) {
-            (Some(ProcedureState::Loading), ProcedureState::Idle) => Some(topics::CREATED),
-            (_, ProcedureState::Running) => Some(topics::STARTED),
-            (_, ProcedureState::Complete) => Some(topics::COMPLETE),
-            (_, ProcedureState::Stopped) => Some(topics::STOPPED),
-            (_, ProcedureState::Failed) => Some(topics::FAILED),
-            _ => None,
-        };
-        if let Some(topic) = lifecycle {
-            bus.publish(
-                topic,
-                DAEMON_SOURCE,
-                map([
-                    ("procedure_id", Value::from(id)),
-                    ("summary", Value::from(view::procedure(summary))),
-                ]),
-            );
-        }
-    }
-
-    /// Forgets the oldest final procedures beyond the history size. Procedures that are
-    /// not final are never forgotten.
-    fn prune(&self, table: &mut Table) {
-        let keep = self.setting(|c| c.history_size);
-        while table.entries.len() > keep {
-            let oldest_final = table
-                .entries
-                .values()
-                .find(|e| e.summary.state.is_final())
-                .map(|e| e.summary.id);
-            match oldest_final {
-                Some(id) => {
-                    table.entries.remove(&id);
-                }
-                None => break,
-            }
-        }
-    }
-}
-
-fn not_found(id: u64) -> ProtocolError {
-    ProtocolError::not_found(format!("no procedure with ID {id}"))
-}
-
-fn check_args(args: &FunctionArgs) -> Result<(), ProtocolError> {
-    args.check_finite()
-        .map_err(|e| ProtocolError::invalid_request(format!("invalid argument: {e}")))
-}
-
-fn map<const N: usize>(items: [(&str, Value); N]) -> Value {
-    Value::Map(items.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }

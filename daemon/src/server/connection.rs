@@ -1,20 +1,17 @@
-//! One client connection: the handshake, then requests and answers, or — after a
-//! subscribe — a stream of events. Anything malformed gets an error frame and the
-//! connection is closed; the daemon itself is never at risk.
+//! One client connection: the handshake, then requests and answers, or — once a request
+//! has subscribed the session — a stream of events. Anything malformed gets an error
+//! frame and the connection is closed; the daemon itself is never at risk.
 
 use futures::{SinkExt, StreamExt};
 use oet_protocol::codec::{CodecError, FrameCodec};
-use oet_protocol::{
-    ClientMessage, ProtocolError, RequestBody, ResponseBody, ServerMessage, Welcome,
-    PROTOCOL_VERSION,
-};
+use oet_protocol::{ClientMessage, ProtocolError, ServerMessage, Welcome, PROTOCOL_VERSION};
 use tokio::net::UnixStream;
-use tokio::sync::broadcast;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::dispatch::{self, Peer, Services};
+use super::api::{self, Peer, Services, Session};
+use crate::events::{Received, Subscription};
 
 type Transport = Framed<UnixStream, FrameCodec<ClientMessage, ServerMessage>>;
 
@@ -43,6 +40,10 @@ pub async fn serve(
         peer_pid = peer.pid,
         "connection from {client}"
     );
+    let mut session = Session {
+        peer,
+        subscription: None,
+    };
     loop {
         let frame = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -60,18 +61,7 @@ pub async fn serve(
                 return;
             }
         };
-        if request.body == RequestBody::Subscribe {
-            let events = services.procedures.bus().subscribe();
-            let answer = ServerMessage::Response {
-                id: request.id,
-                result: Ok(ResponseBody::Subscribed),
-            };
-            if transport.send(answer).await.is_ok() {
-                stream_events(&mut transport, events, &shutdown).await;
-            }
-            return;
-        }
-        let result = dispatch::dispatch(&services, &peer, request.body).await;
+        let result = api::dispatch(&services, &mut session, request.body).await;
         let answer = ServerMessage::Response {
             id: request.id,
             result,
@@ -79,6 +69,9 @@ pub async fn serve(
         if let Err(err) = transport.send(answer).await {
             debug!(peer_pid = peer.pid, "client went away: {err}");
             return;
+        }
+        if let Some(events) = session.subscription.take() {
+            return stream_events(&mut transport, events, &shutdown).await;
         }
     }
 }
@@ -137,32 +130,41 @@ async fn refuse(transport: &mut Transport, peer: &Peer, reason: &str) {
         .await;
 }
 
-/// Streams bus events to a subscriber. A subscriber that falls behind is told how many
-/// events it missed; the bus never waits for it. Events already published are sent
-/// before a shutdown closes the stream, so listeners see the final states of the
-/// scripts stopped on the way down.
+/// Streams bus events to a subscriber, in their wire form. A subscriber that falls behind
+/// is told how many events it missed; the bus never waits for it. Events already
+/// published are sent before a shutdown closes the stream, so listeners see the final
+/// states of the scripts stopped on the way down.
 async fn stream_events(
     transport: &mut Transport,
-    mut events: broadcast::Receiver<oet_protocol::Event>,
+    mut events: Subscription,
     shutdown: &CancellationToken,
 ) {
     loop {
-        let message = tokio::select! {
+        let received = tokio::select! {
             biased;
-            event = events.recv() => match event {
-                Ok(event) => ServerMessage::Event(event),
-                Err(broadcast::error::RecvError::Lagged(missed)) => ServerMessage::Lagged { missed },
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+            received = events.recv() => received,
             // A subscriber only listens; anything it sends (or its leaving) ends the stream.
             _ = transport.next() => return,
+            // Biased: events already queued go out before a shutdown ends the stream.
             _ = shutdown.cancelled() => return,
         };
-        if let Err(err) = transport.send(message).await {
-            if !matches!(err, CodecError::Io(_)) {
-                info!("event could not be sent to a subscriber: {err}");
+        let messages: Vec<ServerMessage> = match received {
+            Received::Event(published) => published
+                .wire()
+                .iter()
+                .filter(|event| events.wants_topic(&event.topic))
+                .cloned()
+                .map(ServerMessage::Event)
+                .collect(),
+            Received::Lagged(missed) => vec![ServerMessage::Lagged { missed }],
+        };
+        for message in messages {
+            if let Err(err) = transport.send(message).await {
+                if !matches!(err, CodecError::Io(_)) {
+                    info!("event could not be sent to a subscriber: {err}");
+                }
+                return;
             }
-            return;
         }
     }
 }

@@ -11,8 +11,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::api::Services;
 use super::connection;
-use super::dispatch::Services;
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]

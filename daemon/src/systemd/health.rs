@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use oet_protocol::topics;
-use tokio::sync::broadcast;
 use tracing::warn;
 
 use super::Notifier;
@@ -36,7 +34,7 @@ pub fn spawn_status_reporter(notifier: Notifier, procedures: ProcedureService) {
     if !notifier.is_enabled() {
         return;
     }
-    let mut events = procedures.bus().subscribe();
+    let mut changes = procedures.all_changes();
     tokio::spawn(async move {
         let mut last = String::new();
         loop {
@@ -47,14 +45,8 @@ pub fn spawn_status_reporter(notifier: Notifier, procedures: ProcedureService) {
                 }
                 last = line;
             }
-            // Wait for the next state change (a lag also means things changed).
-            loop {
-                match events.recv().await {
-                    Ok(event) if event.topic == topics::STATECHANGE => break,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
+            if changes.changed().await.is_err() {
+                return;
             }
         }
     });

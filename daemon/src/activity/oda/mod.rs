@@ -141,6 +141,24 @@ impl Default for OdaConfig {
     }
 }
 
+impl OdaConfig {
+    /// Checks the section without opening the ODA; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backend == OdaBackend::Rest {
+            let url = self
+                .url
+                .as_deref()
+                .ok_or("oda: backend \"rest\" needs `url`, the ODA's base URL")?;
+            reqwest::Url::parse(url)
+                .map_err(|err| format!("oda.url '{url}' is not a URL: {err}"))?;
+            if self.timeout_secs == 0 {
+                return Err("oda.timeout_secs must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Builds the ODA the config names; `state_dir` is the daemon's state directory, under
 /// which the filesystem ODA lives unless `dir` is set.
 pub fn open(cfg: &OdaConfig, state_dir: &Path) -> Result<Arc<dyn Oda>, OdaError> {

@@ -1,0 +1,45 @@
+//! The requests about the daemon itself and its events: status and subscribe.
+
+use std::time::SystemTime;
+
+use oet_protocol::{DaemonStatus, GetStatus, ProtocolError, Subscribe, PROTOCOL_VERSION};
+
+use super::{Handler, Services, Session};
+use crate::events::Topics;
+
+impl Handler for GetStatus {
+    async fn handle(
+        self,
+        services: &Services,
+        _: &mut Session,
+    ) -> Result<DaemonStatus, ProtocolError> {
+        let (live, running) = services.procedures.counts();
+        Ok(DaemonStatus {
+            server: format!("oetd {}", env!("CARGO_PKG_VERSION")),
+            protocol_version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            socket: services.socket.clone(),
+            started_at: services
+                .started_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            procedures_live: live,
+            running,
+        })
+    }
+}
+
+impl Handler for Subscribe {
+    /// Subscribes at once, so that nothing published after the answer is missed; the
+    /// connection turns into an event stream once the answer is sent.
+    async fn handle(self, services: &Services, session: &mut Session) -> Result<(), ProtocolError> {
+        let topics = if self.topics.is_empty() {
+            Topics::All
+        } else {
+            Topics::Prefixes(self.topics)
+        };
+        session.subscription = Some(services.procedures.bus().subscribe_to(topics));
+        Ok(())
+    }
+}
