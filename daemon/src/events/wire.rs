@@ -4,7 +4,7 @@
 use oet_protocol::view::{self, map};
 use oet_protocol::{now, topics, Event, ProcedureState, Value, DAEMON_SOURCE};
 
-use super::{ActivityNews, BusEvent, StateChanged};
+use super::event::{ActivityNews, BusEvent, StateChanged};
 
 /// Topic of the event telling that an activity could not go on as asked although its
 /// procedure did not end (e.g. `main` could not be started); the activity's `error` says

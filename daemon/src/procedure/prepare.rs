@@ -9,9 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::control::Control;
 use super::handle::ProcedureHandle;
+use super::launch::Context;
 use super::script::Script;
-use super::supervisor::{Context, Control};
 use crate::git::{script_path, Checkout};
 
 /// What a procedure's worker is started with.

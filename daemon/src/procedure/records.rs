@@ -14,10 +14,10 @@ use oet_protocol::{
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::config::Settings;
+use super::control::Control;
 use super::error::ProcedureError;
 use super::state;
-use super::supervisor::Control;
-use super::Settings;
 use crate::events::{BusEvent, EventBus, StateChanged};
 use crate::table::{IdTable, Rows};
 

@@ -4,7 +4,6 @@
 //! stopping everything at shutdown.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use oet_protocol::{
@@ -13,23 +12,14 @@ use oet_protocol::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
+use super::config::{ProcedureConfig, Settings};
+use super::control::Control;
 use super::error::ProcedureError;
 use super::handle::ProcedureHandle;
+use super::launch::{Context, Launcher};
 use super::records::Records;
-use super::supervisor::{self, Control};
-use super::worker::WorkerCommand;
-use super::{script, state, ProcedureConfig, Settings};
+use super::{script, state, supervisor};
 use crate::events::EventBus;
-use crate::git::GitServices;
-
-/// What supervisors start workers with.
-#[derive(Clone)]
-pub struct Launcher {
-    pub workers: WorkerCommand,
-    pub git: GitServices,
-    /// The working directory of filesystem scripts.
-    pub work_dir: PathBuf,
-}
 
 /// A cheap handle to the procedure service; clone it freely.
 #[derive(Clone)]
@@ -78,7 +68,7 @@ impl ProcedureService {
         let (control, inbox) = mpsc::unbounded_channel();
         let summary = self.inner.records.insert(spec, &init_args, control);
         let handle = ProcedureHandle::new(summary.id, self.inner.records.clone());
-        let context = supervisor::Context {
+        let context = Context {
             launcher: self.inner.launcher.clone(),
             settings: self.inner.settings.clone(),
             bus: self.bus().clone(),

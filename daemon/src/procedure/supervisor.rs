@@ -10,38 +10,20 @@ use std::time::Duration;
 use futures::StreamExt;
 use oet_protocol::{FunctionArgs, ProcedureState, Stream};
 use tokio::io::AsyncRead;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::config::Settings;
+use super::control::Control;
 use super::handle::ProcedureHandle;
+use super::launch::Context;
 use super::prepare;
 use super::script::Script;
-use super::service::Launcher;
 use super::worker::{describe_exit, Worker};
 use super::worker_link::{self, FromWorker, JsonArgs, LinkReader, LinkWriter, ToWorker};
-use super::Settings;
-use crate::events::{BusEvent, EventBus, Received};
+use crate::events::{BusEvent, Received};
 use crate::process;
-
-/// What the service asks of a procedure's supervisor.
-#[derive(Debug)]
-pub(super) enum Control {
-    /// Call a function; the call is already recorded and the procedure RUNNING.
-    Call {
-        function: String,
-        args: FunctionArgs,
-    },
-    /// Stop the process; `done` is answered once the state is final.
-    Stop { done: oneshot::Sender<()> },
-}
-
-/// What every supervisor works with.
-pub(super) struct Context {
-    pub launcher: Launcher,
-    pub settings: Settings,
-    pub bus: EventBus,
-}
 
 /// Bus events waiting to be handed to a worker; beyond this the worker misses events
 /// rather than slowing anyone down.

@@ -19,6 +19,9 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use crate::reaper::Reaper;
 
+/// The worker harness, shipped inside the binary and written out at start-up.
+pub const WORKER_HARNESS: &str = include_str!("worker.py");
+
 /// File descriptor number of the worker's channel inside the worker.
 const WORKER_FD: i32 = 3;
 

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixListener;
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use nix::sys::stat::{fstat, SFlag};
 
-use super::Error;
+use super::error::Error;
 
 /// Takes the listening socket passed by systemd (`LISTEN_FDS=1`, `LISTEN_PID` = our PID,
 /// the socket at fd 3), or `Ok(None)` when oetd was not socket-activated.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::Notifier;
+use super::notify::Notifier;
 use crate::procedure::ProcedureService;
 
 /// The status line, e.g. `2 procedures live, 1 running: #5 file:///scripts/observe.py`.

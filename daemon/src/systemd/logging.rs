@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use super::Error;
+use super::error::Error;
 
 /// Where the records go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use super::Error;
+use super::error::Error;
 
 /// Sends notifications to systemd; does nothing when oetd was not started by systemd.
 ///

@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{json, Value as Json};
 
-use super::{rfc3339, DocKind, NewSbi, Oda, OdaError};
+use super::archive::{rfc3339, DocKind, NewSbi, Oda, OdaError};
 use crate::activity::sbd::{parse_json, Sbd};
 
 /// The filesystem ODA rooted at one directory, created on demand.

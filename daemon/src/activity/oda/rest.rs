@@ -13,7 +13,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value as Json;
 
-use super::{DocKind, NewSbi, Oda, OdaError};
+use super::archive::{DocKind, NewSbi, Oda, OdaError};
 use crate::activity::sbd::{parse_json, Sbd};
 
 /// How much of a remote's error body is kept for the message.

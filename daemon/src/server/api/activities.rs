@@ -5,7 +5,7 @@ use oet_protocol::{
     ActivitySummary, ListActivities, ProtocolError, PutSbd, RunActivity, SbdStored, Value,
 };
 
-use super::{Handler, Services, Session};
+use super::handler::{Handler, Services, Session};
 
 impl Handler for RunActivity {
     fn announce(&self) -> Vec<(&'static str, Value)> {

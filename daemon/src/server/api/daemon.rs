@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use oet_protocol::{DaemonStatus, GetStatus, ProtocolError, Subscribe, PROTOCOL_VERSION};
 
-use super::{Handler, Services, Session};
+use super::handler::{Handler, Services, Session};
 use crate::events::Topics;
 
 impl Handler for GetStatus {

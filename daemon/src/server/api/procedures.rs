@@ -6,7 +6,7 @@ use oet_protocol::{
     StartProcedure, StopProcedure, Value,
 };
 
-use super::{Handler, Services, Session};
+use super::handler::{Handler, Services, Session};
 
 impl Handler for CreateProcedure {
     fn announce(&self) -> Vec<(&'static str, Value)> {

@@ -1,0 +1,24 @@
+//! What supervisors start workers with, and work with while they run.
+
+use std::path::PathBuf;
+
+use super::config::Settings;
+use super::worker::WorkerCommand;
+use crate::events::EventBus;
+use crate::git::GitServices;
+
+/// How workers are started: given once, at start-up.
+#[derive(Clone)]
+pub struct Launcher {
+    pub workers: WorkerCommand,
+    pub git: GitServices,
+    /// The working directory of filesystem scripts.
+    pub work_dir: PathBuf,
+}
+
+/// What every supervisor works with.
+pub(super) struct Context {
+    pub launcher: Launcher,
+    pub settings: Settings,
+    pub bus: EventBus,
+}
