@@ -35,6 +35,22 @@ impl<E> IdTable<E> {
 }
 
 impl<E> Rows<E> {
+    /// `view` of the entries with the given IDs, or of every entry when `ids` is empty;
+    /// an ID without an entry is the error `missing` makes of it.
+    pub fn select<T, Err>(
+        &self,
+        ids: &[u64],
+        view: impl Fn(&E) -> T,
+        missing: impl Fn(u64) -> Err,
+    ) -> Result<Vec<T>, Err> {
+        if ids.is_empty() {
+            return Ok(self.entries.values().map(view).collect());
+        }
+        ids.iter()
+            .map(|id| self.entries.get(id).map(&view).ok_or_else(|| missing(*id)))
+            .collect()
+    }
+
     /// Inserts the entry `make` builds for the next ID, and returns that ID.
     pub fn insert_next(&mut self, make: impl FnOnce(u64) -> E) -> u64 {
         self.last_id += 1;

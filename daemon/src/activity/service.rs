@@ -263,19 +263,11 @@ impl ActivityService {
         // Forgetting is also done here, so that a list never shows an activity whose
         // procedure the procedure history no longer has.
         self.sweep();
-        let table = self.inner.table.lock();
-        if ids.is_empty() {
-            return Ok(table.entries.values().map(|e| e.summary.clone()).collect());
-        }
-        ids.iter()
-            .map(|id| {
-                table
-                    .entries
-                    .get(id)
-                    .map(|e| e.summary.clone())
-                    .ok_or(ActivityError::NotFound(*id))
-            })
-            .collect()
+        self.inner.table.lock().select(
+            ids,
+            |entry| entry.summary.clone(),
+            ActivityError::NotFound,
+        )
     }
 
     /// One activity's summary.

@@ -223,19 +223,11 @@ impl Records {
 
     /// Summaries of the given procedures, or of all live ones when `ids` is empty.
     pub fn list(&self, ids: &[u64]) -> Result<Vec<ProcedureSummary>, ProcedureError> {
-        let table = self.table.lock();
-        if ids.is_empty() {
-            return Ok(table.entries.values().map(|e| e.summary.clone()).collect());
-        }
-        ids.iter()
-            .map(|id| {
-                table
-                    .entries
-                    .get(id)
-                    .map(|e| e.summary.clone())
-                    .ok_or(ProcedureError::NotFound(*id))
-            })
-            .collect()
+        self.table.lock().select(
+            ids,
+            |entry| entry.summary.clone(),
+            ProcedureError::NotFound,
+        )
     }
 
     /// The kept output lines of a procedure.
