@@ -13,7 +13,6 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs;
 use std::io::ErrorKind;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,7 +25,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::process;
+use crate::process::{self, ProcessGroup};
 use crate::reaper::Reaper;
 
 use super::repos::is_key;
@@ -486,7 +485,8 @@ async fn run(
     sinks: &Sinks,
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -494,21 +494,18 @@ async fn run(
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         .env("PIP_CACHE_DIR", &context.pip_cache)
         .env("PYTHONUNBUFFERED", "1")
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(Failure::Spawn)?;
-    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        .kill_on_drop(true);
+    let (mut child, group) = ProcessGroup::spawn(&mut command).map_err(Failure::Spawn)?;
     // Dropped when this function returns, which lets the reaper kill what is left.
-    let _reaper = match (&context.reaper_exe, child.id()) {
-        (Some(exe), Some(pid)) => match Reaper::spawn(exe, pid) {
+    let _reaper = match &context.reaper_exe {
+        Some(exe) => match Reaper::spawn(exe, group) {
             Ok(reaper) => Some(reaper),
             Err(err) => {
                 tracing::warn!("build of {} runs unguarded: {err}", program.display());
                 None
             }
         },
-        _ => None,
+        None => None,
     };
 
     let (lines_tx, mut lines) = mpsc::channel::<String>(64);
@@ -537,9 +534,7 @@ async fn run(
         finished = work => Some(finished),
     };
     let Some((status, tail)) = finished else {
-        if let Some(pgid) = pgid {
-            kill_group(pgid).await;
-        }
+        group.kill_and_wait(KILL_WAIT).await;
         let _ = child.wait().await;
         return Err(Failure::Cancelled);
     };
@@ -564,55 +559,4 @@ async fn forward_lines(pipe: impl AsyncRead + Unpin + Send, lines: mpsc::Sender<
             return;
         }
     }
-}
-
-/// SIGKILLs every process of the group, then waits until each has exited, watching
-/// them through pidfds (so "no build process left" holds when this returns).
-async fn kill_group(pgid: i32) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-
-    if killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_err() {
-        return;
-    }
-    let waits = group_members(pgid).into_iter().filter_map(|pid| {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-        // SAFETY: `fd` was just returned by pidfd_open and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the AsyncFd owns `fd`, which stays open until the AsyncFd is dropped.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-        }
-        .ok()?;
-        Some(async move {
-            // A pidfd becomes readable when its process has exited.
-            let _ = fd.readable().await;
-        })
-    });
-    let all = futures::future::join_all(waits);
-    if tokio::time::timeout(KILL_WAIT, all).await.is_err() {
-        tracing::warn!("processes of group {pgid} did not exit after SIGKILL");
-    }
-}
-
-/// The live (not yet exited) processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
-            // Fields after the parenthesised command name: state, ppid, pgrp, ...
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?;
-            let group: i32 = fields.nth(1)?.parse().ok()?;
-            (group == pgid && state != "Z" && state != "X").then_some(pid)
-        })
-        .collect()
 }
