@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::process::{self, ProcessGroup};
 use crate::reaper::Reaper;
 
-use super::repos::is_key;
+use super::cache::is_key;
 use super::{Checkout, GitConfig};
 
 /// Written into an environment when its build has succeeded, and only then.

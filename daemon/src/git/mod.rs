@@ -1,21 +1,25 @@
-//! Git scripts: the clone cache and per-commit Python environments.
+//! Git scripts: where a `git://` script comes from.
 //!
-//! `repos` owns the checkout cache (resolving a branch or commit, cloning once per
-//! repo + commit, pinning checkouts that live procedures use, evicting the rest),
-//! `script` turns a `git://` script URI into a file inside a checkout, and `envs`
-//! owns the virtual environments built from checkouts. This module owns the
-//! configuration section `git` and the error types the three share.
+//! `policy` says what a request means and whether it may be served (defaults, URL or
+//! local path, `git.allowed_repos`, commit-id syntax); `fetch` is the libgit2 work
+//! (listing refs, resolving branches and abbreviated commits, fetching, checking out),
+//! run off the runtime under a deadline; `cache` keeps one checkout per repository +
+//! commit, pinned while used and evicted least-recently-used, behind [`RepoCache`];
+//! `script` turns a `git://` script URI into a file inside a checkout. This module owns
+//! the configuration section `git` and the error type they share.
 
+mod cache;
 mod envs;
-mod repos;
+mod fetch;
+mod policy;
 mod script;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::{CacheStats, Checkout, RepoCache};
 pub use envs::{EnvError, EnvManager};
-pub use repos::{CacheStats, Checkout, RepoCache};
 pub use script::script_path;
 
 /// The checkout cache and the environment manager, as the procedure runner uses them.
