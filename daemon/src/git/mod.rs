@@ -9,7 +9,6 @@
 //! the configuration section `git` and the error type they share.
 
 mod cache;
-mod envs;
 mod fetch;
 mod policy;
 mod script;
@@ -18,36 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use cache::is_key;
 pub use cache::{CacheStats, Checkout, RepoCache};
-pub use envs::{EnvError, EnvManager};
 pub use script::script_path;
-
-/// The checkout cache and the environment manager, as the procedure runner uses them.
-#[derive(Clone)]
-pub struct GitServices {
-    pub repos: RepoCache,
-    pub envs: EnvManager,
-}
-
-impl GitServices {
-    /// Opens the cache and environment directories named by `config`: checkouts under
-    /// `cache_base` (systemd's `CACHE_DIRECTORY` when set), environments under
-    /// `state_dir`.
-    /// `daemon_exe` guards pip builds (see `crate::reaper`).
-    pub fn open(
-        config: &GitConfig,
-        state_dir: &Path,
-        cache_base: &Path,
-        daemon_exe: &Path,
-    ) -> Result<GitServices, String> {
-        let envs = EnvManager::new(config.clone(), state_dir).map_err(|e| e.to_string())?;
-        envs.guard_builds_with(daemon_exe.to_owned());
-        Ok(GitServices {
-            repos: RepoCache::new(config.clone(), cache_base).map_err(|e| e.to_string())?,
-            envs,
-        })
-    }
-}
 
 /// The `git` section of the daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,16 +27,11 @@ impl GitServices {
 pub struct GitConfig {
     /// Where checkouts are cached. Default: `<state dir>/git`.
     pub cache_dir: Option<PathBuf>,
-    /// Where per-commit virtual environments live. Default: `<state dir>/envs`.
-    pub env_dir: Option<PathBuf>,
     /// How many checkouts the cache keeps; the least recently used ones that no
     /// procedure uses are removed beyond this. Default: 32.
     pub max_checkouts: usize,
     /// How long resolving a branch or fetching a commit may take, in seconds. Default: 300.
     pub clone_timeout_secs: u64,
-    /// How long a procedure waits for its Python environment to be built (by itself or
-    /// by another procedure of the same commit), in seconds. Default: 600.
-    pub env_wait_secs: u64,
     /// Repository URLs or paths that may be used. `*` matches any run of characters,
     /// everything else must match literally, e.g. `https://gitlab.com/ska-telescope/*`.
     /// Empty (the default) allows every repository.
@@ -74,34 +41,39 @@ pub struct GitConfig {
     /// The branch used when a procedure names neither branch nor commit. Default: none,
     /// meaning the repository's own default branch (its remote HEAD).
     pub default_branch: Option<String>,
-    /// The interpreter that creates virtual environments. Default: `python3`.
-    pub python: String,
-    /// Give each environment a pip of its own (runs ensurepip, which takes seconds).
-    /// Default: false: the interpreter's own pip, visible through the system site
-    /// packages, installs into the environment.
-    pub env_own_pip: bool,
-    /// Passed to pip as `--index-url` when set. Default: none (pip's own setting).
-    pub pip_index_url: Option<String>,
-    /// Extra arguments passed to `pip install` before the project path, e.g.
-    /// `["--no-index", "--find-links", "/srv/wheels"]`. Default: none.
-    pub pip_extra_args: Vec<String>,
+    /// Keys of `[python]` that older files set here, under their old names. They are
+    /// still read so that such files keep working; `crate::config::Config::parse` moves
+    /// them to `[python]` (with a warning), so after parsing they are always `None`.
+    /// Nothing in this module reads them, and they are never written.
+    #[serde(rename = "env_dir", skip_serializing)]
+    pub moved_env_dir: Option<PathBuf>,
+    #[serde(rename = "env_wait_secs", skip_serializing)]
+    pub moved_env_wait_secs: Option<u64>,
+    #[serde(rename = "python", skip_serializing)]
+    pub moved_python: Option<String>,
+    #[serde(rename = "env_own_pip", skip_serializing)]
+    pub moved_env_own_pip: Option<bool>,
+    #[serde(rename = "pip_index_url", skip_serializing)]
+    pub moved_pip_index_url: Option<String>,
+    #[serde(rename = "pip_extra_args", skip_serializing)]
+    pub moved_pip_extra_args: Option<Vec<String>>,
 }
 
 impl Default for GitConfig {
     fn default() -> Self {
         GitConfig {
             cache_dir: None,
-            env_dir: None,
             max_checkouts: 32,
             clone_timeout_secs: 300,
-            env_wait_secs: 600,
             allowed_repos: Vec::new(),
             default_repo: None,
             default_branch: None,
-            python: "python3".to_owned(),
-            env_own_pip: false,
-            pip_index_url: None,
-            pip_extra_args: Vec::new(),
+            moved_env_dir: None,
+            moved_env_wait_secs: None,
+            moved_python: None,
+            moved_env_own_pip: None,
+            moved_pip_index_url: None,
+            moved_pip_extra_args: None,
         }
     }
 }
@@ -112,13 +84,6 @@ impl GitConfig {
         self.cache_dir
             .clone()
             .unwrap_or_else(|| state_dir.join("git"))
-    }
-
-    /// The environment directory, given the daemon's state directory.
-    pub fn env_dir(&self, state_dir: &Path) -> PathBuf {
-        self.env_dir
-            .clone()
-            .unwrap_or_else(|| state_dir.join("envs"))
     }
 }
 
@@ -190,11 +155,10 @@ mod tests {
     fn documented_defaults() {
         let config: GitConfig = toml::from_str("").expect("empty section parses");
         assert_eq!(config, GitConfig::default());
-        assert_eq!(config.env_wait_secs, 600);
+        assert_eq!(config.max_checkouts, 32);
         assert!(config.allowed_repos.is_empty());
         let state = Path::new("/var/lib/oetd");
         assert_eq!(config.cache_dir(state), state.join("git"));
-        assert_eq!(config.env_dir(state), state.join("envs"));
     }
 
     #[test]

@@ -18,9 +18,9 @@ use super::runner;
 use super::script;
 use super::state;
 use super::supervisor::WorkerCommand;
+use super::GitServices;
 use crate::config::ProcedureConfig;
 use crate::events::{EventBus, DAEMON_SOURCE};
-use crate::git::GitServices;
 
 /// What the service asks of a procedure's runner.
 #[derive(Debug)]
