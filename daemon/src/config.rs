@@ -2,8 +2,10 @@
 //! everything. Unknown keys and wrong types are errors that name the key and the line.
 //!
 //! Each section belongs to the module it configures (`server`, `procedure`, `events`,
-//! `activity::oda`, `git`); this module puts them together, checks them without opening
-//! anything, and resolves the paths whose defaults depend on the environment.
+//! `activity::oda`, `git`, `python`); this module puts them together, checks them
+//! without opening anything, and resolves the paths whose defaults depend on the
+//! environment. Keys that moved to another section keep working under their old names,
+//! with a warning naming the new one.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use crate::activity::oda::OdaConfig;
 use crate::events::EventConfig;
 use crate::git::GitConfig;
 use crate::procedure::ProcedureConfig;
+use crate::python::PythonConfig;
 use crate::server::ServerConfig;
 
 /// Everything `oetd` can be told.
@@ -27,6 +30,10 @@ pub struct Config {
     pub log: LogConfig,
     pub oda: OdaConfig,
     pub git: GitConfig,
+    pub python: PythonConfig,
+    /// One warning per deprecated key the file used (see [`Config::deprecations`]).
+    #[serde(skip)]
+    deprecations: Vec<String>,
 }
 
 /// Where the daemon keeps its files.
@@ -108,9 +115,61 @@ impl Config {
 
     /// Parses and checks configuration text; the error names the offending key and line.
     pub fn parse(text: &str) -> Result<Config, Problem> {
-        let config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        config.adopt_moved_keys(text)?;
         config.validate().map_err(Problem::Value)?;
         Ok(config)
+    }
+
+    /// What the file said in a way that is deprecated, one warning each, to be logged.
+    pub fn deprecations(&self) -> &[String] {
+        &self.deprecations
+    }
+
+    /// Moves the `[python]` keys that older files set in `[git]` to `[python]`, noting a
+    /// deprecation for each. A key given under both names must have one value.
+    fn adopt_moved_keys(&mut self, text: &str) -> Result<(), Problem> {
+        // Which keys of [python] the file wrote, rather than left to their defaults.
+        let table: toml::Table = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        let mut moved = MovedKeys {
+            written: table.get("python").and_then(toml::Value::as_table),
+            notes: Vec::new(),
+        };
+        let (git, python) = (&mut self.git, &mut self.python);
+        let env_dir = git.moved_env_dir.take().map(Some);
+        moved.adopt(env_dir, "env_dir", &mut python.env_dir, "env_dir")?;
+        let wait = git.moved_env_wait_secs.take();
+        moved.adopt(
+            wait,
+            "env_wait_secs",
+            &mut python.env_wait_secs,
+            "env_wait_secs",
+        )?;
+        let interpreter = git.moved_python.take();
+        moved.adopt(
+            interpreter,
+            "python",
+            &mut python.interpreter,
+            "interpreter",
+        )?;
+        let own_pip = git.moved_env_own_pip.take();
+        moved.adopt(own_pip, "env_own_pip", &mut python.own_pip, "own_pip")?;
+        let index = git.moved_pip_index_url.take().map(Some);
+        moved.adopt(
+            index,
+            "pip_index_url",
+            &mut python.pip_index_url,
+            "pip_index_url",
+        )?;
+        let extra = git.moved_pip_extra_args.take();
+        moved.adopt(
+            extra,
+            "pip_extra_args",
+            &mut python.pip_extra_args,
+            "pip_extra_args",
+        )?;
+        self.deprecations = moved.notes;
+        Ok(())
     }
 
     /// Checks every section, opening nothing.
@@ -163,6 +222,7 @@ impl Config {
             ..c.clone()
         };
         note(git_rest(&self.git) != git_rest(&new.git), "git", false);
+        note(self.python != new.python, "python", false);
         note(self.server != new.server, "server", false);
         note(self.events != new.events, "events", false);
         note(self.paths != new.paths, "paths", false);
@@ -189,6 +249,43 @@ impl Config {
             return PathBuf::from(home).join(".local/state/oet");
         }
         oet_protocol::paths::user_runtime_dir().join("state")
+    }
+}
+
+/// Carries keys that moved from `[git]` to `[python]` over to their new names.
+struct MovedKeys<'a> {
+    /// The `[python]` section as written in the file, if it is there.
+    written: Option<&'a toml::Table>,
+    notes: Vec<String>,
+}
+
+impl MovedKeys<'_> {
+    /// Applies `git.<old_key>` (when given) as `python.<new_key>`.
+    fn adopt<T: PartialEq>(
+        &mut self,
+        old: Option<T>,
+        old_key: &str,
+        new: &mut T,
+        new_key: &str,
+    ) -> Result<(), Problem> {
+        let Some(old) = old else {
+            return Ok(());
+        };
+        let written = self
+            .written
+            .is_some_and(|section| section.contains_key(new_key));
+        if written && *new != old {
+            return Err(Problem::Value(format!(
+                "git.{old_key} and python.{new_key} are both set, to different values; \
+                 git.{old_key} is the deprecated name of python.{new_key}: remove it"
+            )));
+        }
+        *new = old;
+        self.notes.push(format!(
+            "git.{old_key} is deprecated and was applied as python.{new_key}; \
+             move it to the [python] section as `{new_key}`"
+        ));
+        Ok(())
     }
 }
 
@@ -265,6 +362,94 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("procedures.max_running"), "{err}");
+    }
+
+    #[test]
+    fn python_keys_under_git_still_work_and_are_named_as_deprecated() {
+        let config = Config::parse(
+            "[git]\nmax_checkouts = 4\npython = \"/opt/py/bin/python3\"\nenv_wait_secs = 30\n\
+             env_dir = \"/srv/envs\"\nenv_own_pip = true\n\
+             pip_index_url = \"https://pypi.example.org/simple\"\npip_extra_args = [\"--no-index\"]\n",
+        )
+        .expect("the old names parse");
+        assert_eq!(
+            config.python,
+            PythonConfig {
+                env_dir: Some(PathBuf::from("/srv/envs")),
+                env_wait_secs: 30,
+                interpreter: "/opt/py/bin/python3".into(),
+                own_pip: true,
+                pip_index_url: Some("https://pypi.example.org/simple".into()),
+                pip_extra_args: vec!["--no-index".into()],
+            }
+        );
+        let git = GitConfig {
+            max_checkouts: 4,
+            ..GitConfig::default()
+        };
+        assert_eq!(config.git, git, "nothing is left under the old names");
+
+        let warnings = config.deprecations();
+        assert_eq!(warnings.len(), 6, "{warnings:?}");
+        for (old, new) in [
+            ("git.python ", "python.interpreter"),
+            ("git.env_own_pip ", "python.own_pip"),
+            ("git.env_wait_secs ", "python.env_wait_secs"),
+        ] {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.starts_with(old) && w.contains("deprecated") && w.contains(new)),
+                "{old} -> {new}: {warnings:?}"
+            );
+        }
+
+        // What --print-config shows uses the new names only.
+        let printed = toml::to_string(&config).expect("serialises");
+        assert!(
+            printed.contains("[python]\nenv_dir = \"/srv/envs\""),
+            "{printed}"
+        );
+        let reread = Config::parse(&printed).expect("the printed file parses");
+        assert_eq!(reread.python, config.python);
+        assert!(reread.deprecations().is_empty());
+    }
+
+    #[test]
+    fn a_key_under_its_old_and_new_name_must_agree() {
+        let err = Config::parse(
+            "[git]\npython = \"python3.11\"\n[python]\ninterpreter = \"python3.12\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("git.python"), "{err}");
+        assert!(err.contains("python.interpreter"), "{err}");
+        // Written as the default value is still written.
+        let err = Config::parse("[git]\nenv_wait_secs = 30\n[python]\nenv_wait_secs = 600\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("git.env_wait_secs") && err.contains("python.env_wait_secs"),
+            "{err}"
+        );
+
+        let same = Config::parse("[git]\nenv_wait_secs = 30\n[python]\nenv_wait_secs = 30\n")
+            .expect("one value under both names");
+        assert_eq!(same.python.env_wait_secs, 30);
+        assert_eq!(same.deprecations().len(), 1);
+    }
+
+    #[test]
+    fn python_settings_need_a_restart_under_either_name() {
+        let running = Config::default();
+        for text in [
+            "[python]\nenv_wait_secs = 5\n",
+            "[git]\nenv_wait_secs = 5\n",
+        ] {
+            let changes = running.changes(&Config::parse(text).expect("parses"));
+            assert_eq!(changes.restart, ["python"], "{text}");
+            assert!(changes.live.is_empty(), "{text}");
+        }
     }
 
     #[test]

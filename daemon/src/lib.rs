@@ -2,9 +2,9 @@
 //!
 //! The folders tell the architecture: `server/` owns the control socket, `procedure/`
 //! owns script processes and their history, `activity/` turns Scheduling Blocks into
-//! procedures, `git/` fetches scripts and builds their Python environments, `events`
-//! is the bus everything is announced on, and `systemd` is the glue to the service
-//! manager.
+//! procedures, `git/` fetches scripts from repositories, `python/` builds their
+//! virtual environments, `process` spawns and kills process groups, `events` is the
+//! bus everything is announced on, and `systemd` is the glue to the service manager.
 
 pub mod activity;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod events;
 pub mod git;
 pub mod procedure;
 pub mod process;
+pub mod python;
 pub mod reaper;
 pub mod server;
 pub mod systemd;

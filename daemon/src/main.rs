@@ -9,9 +9,8 @@ use clap::{CommandFactory, Parser};
 use oetd::activity::{oda, ActivityService};
 use oetd::config::Config;
 use oetd::events::EventBus;
-use oetd::git::GitServices;
 use oetd::procedure::worker::WorkerCommand;
-use oetd::procedure::{Launcher, ProcedureService, WORKER_HARNESS};
+use oetd::procedure::{GitServices, Launcher, ProcedureService, WORKER_HARNESS};
 use oetd::reaper;
 use oetd::server::{self, Services, Shutdown};
 use oetd::systemd;
@@ -64,6 +63,9 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     }
     let config = load_config(&flags)?;
     if flags.check_config {
+        for deprecation in config.deprecations() {
+            eprintln!("oetd: warning: {deprecation}");
+        }
         println!("configuration is valid");
         return Ok(());
     }
@@ -81,6 +83,9 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     let log = systemd::init_logging(&config.log.level)?;
     if let Some(problem) = log.journald_fallback() {
         warn!("{problem}");
+    }
+    for deprecation in config.deprecations() {
+        warn!("{deprecation}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -135,8 +140,14 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
 
     let bus = EventBus::new(config.events.clone());
-    let git = GitServices::open(&config.git, &state_dir, &config.cache_dir(), &daemon_exe)
-        .map_err(|err| anyhow::anyhow!("cannot set up git scripts: {err}"))?;
+    let git = GitServices::open(
+        &config.git,
+        &config.python,
+        &state_dir,
+        &config.cache_dir(),
+        &daemon_exe,
+    )
+    .context("cannot set up git scripts")?;
     let launcher = Launcher {
         workers: WorkerCommand {
             harness,
@@ -237,6 +248,9 @@ fn reload(
             return;
         }
     };
+    for deprecation in new.deprecations() {
+        warn!("{deprecation}");
+    }
     let changes = config.changes(&new);
     if changes.live.is_empty() && changes.restart.is_empty() {
         info!("configuration unchanged");

@@ -11,9 +11,9 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+
+use crate::process::ProcessGroup;
 
 /// The hidden flag that turns `oetd` into a reaper.
 pub const REAPER_FLAG: &str = "--reap-process-group";
@@ -26,11 +26,11 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    pub fn spawn(daemon_exe: &Path, pgid: u32) -> io::Result<Reaper> {
+    pub fn spawn(daemon_exe: &Path, group: ProcessGroup) -> io::Result<Reaper> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let child = Command::new(daemon_exe)
             .arg(REAPER_FLAG)
-            .arg(pgid.to_string())
+            .arg(group.id().to_string())
             .stdin(Stdio::from(read))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -51,11 +51,11 @@ impl Reaper {
 
 /// The reaper's whole life: wait for the pipe on stdin to close, then kill the group.
 pub fn run_reaper(args: &[OsString]) -> i32 {
-    let Some(pgid) = args
+    let Some(group) = args
         .first()
         .and_then(|a| a.to_str())
         .and_then(|a| a.parse::<i32>().ok())
-        .filter(|pgid| *pgid > 1)
+        .and_then(ProcessGroup::from_id)
     else {
         eprintln!("oetd: {REAPER_FLAG} needs a process group id");
         return 2;
@@ -77,6 +77,6 @@ pub fn run_reaper(args: &[OsString]) -> i32 {
             break;
         }
     }
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    group.kill();
     0
 }

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oet_tests::live_processes_mentioning;
-use oetd::git::{Checkout, EnvError, EnvManager, GitConfig, RepoCache};
+use oetd::git::{Checkout, GitConfig, RepoCache};
+use oetd::python::{EnvError, EnvManager, PythonConfig};
 use support::{BuildGate, TestRepo, PYPROJECT};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -20,19 +21,19 @@ struct Fixture {
     repo: TestRepo,
     state: TempDir,
     cache: RepoCache,
-    envs: EnvManager,
+    envs: EnvManager<Checkout>,
 }
 
 impl Fixture {
-    fn new(config: GitConfig) -> Self {
+    fn new(config: PythonConfig) -> Self {
         let state = TempDir::new().expect("state dir");
-        let config = GitConfig {
+        let config = PythonConfig {
             pip_extra_args: vec!["--no-index".into(), "--no-build-isolation".into()],
             ..config
         };
         Fixture {
             repo: TestRepo::new(),
-            cache: RepoCache::new(config.clone(), state.path()).expect("cache"),
+            cache: RepoCache::new(GitConfig::default(), state.path()).expect("cache"),
             envs: EnvManager::new(config, state.path()).expect("envs"),
             state,
         }
@@ -131,7 +132,7 @@ const BUILD_START: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_environment_that_has_the_project() {
-    let fx = Fixture::new(GitConfig::default());
+    let fx = Fixture::new(PythonConfig::default());
     let commit = fx.commit_project(PYPROJECT, None);
     let checkout = fx.checkout(&commit).await;
 
@@ -174,9 +175,9 @@ async fn concurrent_requests_share_one_environment_that_has_the_project() {
 
     // The environment persists: a manager opened later reuses it without building.
     let later = EnvManager::new(
-        GitConfig {
+        PythonConfig {
             pip_extra_args: vec!["--no-index".into()],
-            ..GitConfig::default()
+            ..PythonConfig::default()
         },
         fx.state.path(),
     )
@@ -192,7 +193,7 @@ async fn concurrent_requests_share_one_environment_that_has_the_project() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_install_reports_pip_and_is_not_reused() {
-    let fx = Fixture::new(GitConfig::default());
+    let fx = Fixture::new(PythonConfig::default());
     let broken = fx.commit_project("[build-system\nrequires = []\n", None);
     let checkout = fx.checkout(&broken).await;
 
@@ -232,7 +233,7 @@ async fn a_failed_install_reports_pip_and_is_not_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_build_kills_pip_and_removes_the_environment() {
-    let fx = Fixture::new(GitConfig::default());
+    let fx = Fixture::new(PythonConfig::default());
     let (gate, checkout) = fx.gated_checkout().await;
 
     let cancel = CancellationToken::new();
@@ -250,7 +251,7 @@ async fn cancelling_a_build_kills_pip_and_removes_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_requester_leaving_does_not_stop_a_shared_build() {
-    let fx = Fixture::new(GitConfig::default());
+    let fx = Fixture::new(PythonConfig::default());
     let (gate, checkout) = fx.gated_checkout().await;
 
     let leaving = CancellationToken::new();
@@ -289,9 +290,9 @@ async fn one_requester_leaving_does_not_stop_a_shared_build() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_is_bounded_by_env_wait_secs() {
-    let fx = Fixture::new(GitConfig {
+    let fx = Fixture::new(PythonConfig {
         env_wait_secs: 1,
-        ..GitConfig::default()
+        ..PythonConfig::default()
     });
     let (_gate, checkout) = fx.gated_checkout().await;
 
@@ -301,7 +302,7 @@ async fn waiting_is_bounded_by_env_wait_secs() {
         .await
         .expect_err("the build never finishes");
     assert!(matches!(err, EnvError::Timeout { secs: 1, .. }), "{err:?}");
-    assert!(err.to_string().contains("git.env_wait_secs"), "{err}");
+    assert!(err.to_string().contains("python.env_wait_secs"), "{err}");
     // Nobody else wanted it: the build was stopped and removed.
     assert_eq!(fx.builders(), Vec::<String>::new());
     assert_eq!(fx.envs_on_disk(), 0);
@@ -320,7 +321,7 @@ fn opening_removes_environments_whose_build_never_finished() {
     }
     std::fs::write(complete.join(".oetd-env-complete"), "repo\ncommit\n").expect("marker");
 
-    EnvManager::new(GitConfig::default(), state.path()).expect("open");
+    EnvManager::<Checkout>::new(PythonConfig::default(), state.path()).expect("open");
     assert!(
         !partial.exists(),
         "a build interrupted by a crash is not reused"

@@ -6,7 +6,6 @@ pub mod journal_capture;
 pub mod systemd_sandbox;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -336,24 +335,6 @@ pub fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> Option<Str
                 panic!("no line containing {needle:?} from oetd within {DEADLINE:?}")
             }
         }
-    }
-}
-
-/// Makes `fd` the child's fd 3, inheritable, the way systemd passes an activated socket.
-pub fn pass_as_fd3(cmd: &mut Command, fd: std::os::fd::RawFd) {
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let rc = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

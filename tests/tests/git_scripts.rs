@@ -12,7 +12,7 @@ use oet_tests::{
 };
 
 /// pip must not look for an index: the test project builds with its own backend.
-const OFFLINE_PIP: &str = "[git]\npip_extra_args = [\"--no-index\", \"--no-build-isolation\"]\n";
+const OFFLINE_PIP: &str = "[python]\npip_extra_args = [\"--no-index\", \"--no-build-isolation\"]\n";
 
 fn git_script(
     repo: &TestRepo,

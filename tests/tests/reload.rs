@@ -2,7 +2,7 @@
 //! says what needs a restart, and a broken file changes nothing.
 
 use oet_protocol::{FunctionArgs, ProcedureState};
-use oet_tests::{next_event, TestDaemon};
+use oet_tests::{next_event, wait_for_line, TestDaemon};
 
 const LOOP: &str = "import time\n\ndef main():\n    while True:\n        time.sleep(0.05)\n";
 
@@ -69,4 +69,27 @@ async fn a_broken_file_on_sighup_changes_nothing() {
     assert!(refused.contains("keeping the running one"), "{refused}");
     let status = daemon.client().await.status().await.expect("still serving");
     assert_eq!(status.pid, daemon.pid());
+}
+
+#[test]
+fn keys_under_their_old_names_are_named_at_start_and_on_reload() {
+    let mut daemon = TestDaemon::prepare("[git]\nenv_wait_secs = 30\n");
+    let lines = daemon.launch(daemon.command(None));
+    let warned =
+        wait_for_line(&lines, "is deprecated").expect("the start-up log names the deprecated key");
+    assert!(
+        warned.contains("git.env_wait_secs") && warned.contains("python.env_wait_secs"),
+        "{warned}"
+    );
+    wait_for_line(&lines, "oetd listening on").expect("oetd starts with the old name");
+
+    edit_config(&daemon, |text| {
+        text.replace("env_wait_secs = 30", "env_wait_secs = 60")
+    });
+    daemon.signal(libc::SIGHUP);
+    let again = wait_for_line(&lines, "is deprecated").expect("the reload names it again");
+    assert!(again.contains("git.env_wait_secs"), "{again}");
+    let restart =
+        wait_for_line(&lines, "after a restart").expect("the log says what needs a restart");
+    assert!(restart.ends_with("oetd: python"), "{restart}");
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use oet_protocol::{ActivityState, Client, FunctionArgs, ProcedureState, ScriptSpec};
 use oet_tests::journal_capture::{self, field, JournalCapture, JournalRecord};
 use oet_tests::{
-    next_event, oetctl_bin, oetd_bin, pass_as_fd3, wait_for, wait_for_activity, wait_for_line,
-    TestDaemon, DEADLINE, SYSTEMD_VARIABLES,
+    next_event, oetctl_bin, oetd_bin, wait_for, wait_for_activity, wait_for_line, TestDaemon,
+    DEADLINE, SYSTEMD_VARIABLES,
 };
 use serde_json::Value as Json;
 
@@ -168,7 +168,7 @@ fn a_socket_passed_as_fd3_is_served_and_oetctl_works_through_it() {
     let activated = daemon.dir.path().join("activated.sock");
     let listener = UnixListener::bind(&activated).expect("bind");
     let mut cmd = daemon.command(Some("export LISTEN_FDS=1 LISTEN_PID=$$;"));
-    pass_as_fd3(&mut cmd, listener.as_raw_fd());
+    oetd::process::pass_fd(&mut cmd, listener.as_raw_fd(), 3);
     let lines = daemon.launch(cmd);
     drop(listener); // oetd's fd 3 is now the only one
     wait_for_line(&lines, "using the control socket passed by systemd")

@@ -263,11 +263,10 @@ impl ActivityService {
         // Forgetting is also done here, so that a list never shows an activity whose
         // procedure the procedure history no longer has.
         self.sweep();
-        self.inner.table.lock().select(
-            ids,
-            |entry| entry.summary.clone(),
-            ActivityError::NotFound,
-        )
+        self.inner
+            .table
+            .lock()
+            .select(ids, |entry| entry.summary.clone(), ActivityError::NotFound)
     }
 
     /// One activity's summary.

@@ -1,196 +1,39 @@
-//! Git scripts: the clone cache and per-commit Python environments.
+//! Git scripts: where a `git://` script comes from.
 //!
-//! `repos` owns the checkout cache (resolving a branch or commit, cloning once per
-//! repo + commit, pinning checkouts that live procedures use, evicting the rest),
-//! `script` turns a `git://` script URI into a file inside a checkout, and `envs`
-//! owns the virtual environments built from checkouts. This module owns the
-//! configuration section `git` and the error types the three share.
+//! `policy` says what a request means and whether it may be served (defaults, URL or
+//! local path, `git.allowed_repos`, commit-id syntax); `fetch` is the libgit2 work
+//! (listing refs, resolving branches and abbreviated commits, fetching, checking out),
+//! run off the runtime under a deadline; `cache` keeps one checkout per repository +
+//! commit, pinned while used and evicted least-recently-used, behind [`RepoCache`];
+//! `script` turns a `git://` script URI into a file inside a checkout. `config` is the
+//! section `[git]`, `error` the error type they share.
 
-mod envs;
-mod repos;
+mod cache;
+mod config;
+mod error;
+mod fetch;
+mod policy;
 mod script;
 
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
-
-pub use envs::{EnvError, EnvManager};
-pub use repos::{CacheStats, Checkout, RepoCache};
+pub(crate) use cache::is_key;
+pub use cache::{CacheStats, Checkout, RepoCache};
+pub use config::GitConfig;
+pub use error::GitError;
 pub use script::script_path;
-
-/// The checkout cache and the environment manager, as the procedure runner uses them.
-#[derive(Clone)]
-pub struct GitServices {
-    pub repos: RepoCache,
-    pub envs: EnvManager,
-}
-
-impl GitServices {
-    /// Opens the cache and environment directories named by `config`: checkouts under
-    /// `cache_base` (systemd's `CACHE_DIRECTORY` when set), environments under
-    /// `state_dir`.
-    /// `daemon_exe` guards pip builds (see `crate::reaper`).
-    pub fn open(
-        config: &GitConfig,
-        state_dir: &Path,
-        cache_base: &Path,
-        daemon_exe: &Path,
-    ) -> Result<GitServices, String> {
-        let envs = EnvManager::new(config.clone(), state_dir).map_err(|e| e.to_string())?;
-        envs.guard_builds_with(daemon_exe.to_owned());
-        Ok(GitServices {
-            repos: RepoCache::new(config.clone(), cache_base).map_err(|e| e.to_string())?,
-            envs,
-        })
-    }
-}
-
-/// The `git` section of the daemon configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GitConfig {
-    /// Where checkouts are cached. Default: `<state dir>/git`.
-    pub cache_dir: Option<PathBuf>,
-    /// Where per-commit virtual environments live. Default: `<state dir>/envs`.
-    pub env_dir: Option<PathBuf>,
-    /// How many checkouts the cache keeps; the least recently used ones that no
-    /// procedure uses are removed beyond this. Default: 32.
-    pub max_checkouts: usize,
-    /// How long resolving a branch or fetching a commit may take, in seconds. Default: 300.
-    pub clone_timeout_secs: u64,
-    /// How long a procedure waits for its Python environment to be built (by itself or
-    /// by another procedure of the same commit), in seconds. Default: 600.
-    pub env_wait_secs: u64,
-    /// Repository URLs or paths that may be used. `*` matches any run of characters,
-    /// everything else must match literally, e.g. `https://gitlab.com/ska-telescope/*`.
-    /// Empty (the default) allows every repository.
-    pub allowed_repos: Vec<String>,
-    /// The repository used when a procedure names none. Default: none.
-    pub default_repo: Option<String>,
-    /// The branch used when a procedure names neither branch nor commit. Default: none,
-    /// meaning the repository's own default branch (its remote HEAD).
-    pub default_branch: Option<String>,
-    /// The interpreter that creates virtual environments. Default: `python3`.
-    pub python: String,
-    /// Give each environment a pip of its own (runs ensurepip, which takes seconds).
-    /// Default: false: the interpreter's own pip, visible through the system site
-    /// packages, installs into the environment.
-    pub env_own_pip: bool,
-    /// Passed to pip as `--index-url` when set. Default: none (pip's own setting).
-    pub pip_index_url: Option<String>,
-    /// Extra arguments passed to `pip install` before the project path, e.g.
-    /// `["--no-index", "--find-links", "/srv/wheels"]`. Default: none.
-    pub pip_extra_args: Vec<String>,
-}
-
-impl Default for GitConfig {
-    fn default() -> Self {
-        GitConfig {
-            cache_dir: None,
-            env_dir: None,
-            max_checkouts: 32,
-            clone_timeout_secs: 300,
-            env_wait_secs: 600,
-            allowed_repos: Vec::new(),
-            default_repo: None,
-            default_branch: None,
-            python: "python3".to_owned(),
-            env_own_pip: false,
-            pip_index_url: None,
-            pip_extra_args: Vec::new(),
-        }
-    }
-}
-
-impl GitConfig {
-    /// The checkout cache directory, given the daemon's state directory.
-    pub fn cache_dir(&self, state_dir: &Path) -> PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(|| state_dir.join("git"))
-    }
-
-    /// The environment directory, given the daemon's state directory.
-    pub fn env_dir(&self, state_dir: &Path) -> PathBuf {
-        self.env_dir
-            .clone()
-            .unwrap_or_else(|| state_dir.join("envs"))
-    }
-}
-
-/// Why a checkout or a script path could not be provided.
-///
-/// Errors are `Clone` because one clone serves every procedure that asked for it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GitError {
-    #[error("no git repository was given and git.default_repo is not configured; pass git_repo or set git.default_repo")]
-    NoRepo,
-    #[error("repository '{repo}' is not allowed by git.allowed_repos; add a matching pattern to git.allowed_repos in the oetd configuration")]
-    NotAllowed { repo: String },
-    #[error("local repository path '{repo}' is relative; give an absolute path or a URL")]
-    RelativePath { repo: String },
-    #[error("repository '{repo}' could not be reached: {reason}")]
-    Unreachable { repo: String, reason: String },
-    #[error("branch '{branch}' does not exist in repository '{repo}'")]
-    UnknownBranch { repo: String, branch: String },
-    #[error("repository '{repo}' does not say which branch is its default; pass git_branch or set git.default_branch")]
-    NoDefaultBranch { repo: String },
-    #[error("git_commit '{commit}' is not a commit id; give 4 to 40 hexadecimal digits")]
-    InvalidCommit { commit: String },
-    #[error("commit '{commit}' was not found in repository '{repo}' (searched all its branches and tags)")]
-    UnknownCommit { repo: String, commit: String },
-    #[error("commit '{commit}' is ambiguous in repository '{repo}'; give more hexadecimal digits")]
-    AmbiguousCommit { repo: String, commit: String },
-    #[error("fetching from repository '{repo}' failed: {reason}")]
-    Fetch { repo: String, reason: String },
-    #[error(
-        "fetching from repository '{repo}' took longer than git.clone_timeout_secs ({secs} s)"
-    )]
-    Timeout { repo: String, secs: u64 },
-    #[error("the git cache at '{path}' could not be used: {reason}; check git.cache_dir and its permissions")]
-    Cache { path: PathBuf, reason: String },
-    #[error("script URI '{uri}' does not start with git://")]
-    NotGitUri { uri: String },
-    #[error("script URI '{uri}' names an absolute path; git:// paths are relative to the repository root")]
-    AbsoluteScriptPath { uri: String },
-    #[error("script URI '{uri}' leaves the repository; '..' and symbolic links out of the repository are refused")]
-    ScriptEscapes { uri: String },
-    #[error("script '{path}' does not exist in repository '{repo}' at commit {commit}")]
-    ScriptNotFound {
-        path: String,
-        repo: String,
-        commit: String,
-    },
-    #[error("script '{path}' in repository '{repo}' at commit {commit} is not a regular file")]
-    ScriptNotAFile {
-        path: String,
-        repo: String,
-        commit: String,
-    },
-}
-
-impl GitError {
-    fn cache(path: &Path, err: impl std::fmt::Display) -> Self {
-        GitError::Cache {
-            path: path.to_owned(),
-            reason: err.to_string(),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn documented_defaults() {
         let config: GitConfig = toml::from_str("").expect("empty section parses");
         assert_eq!(config, GitConfig::default());
-        assert_eq!(config.env_wait_secs, 600);
+        assert_eq!(config.max_checkouts, 32);
         assert!(config.allowed_repos.is_empty());
         let state = Path::new("/var/lib/oetd");
         assert_eq!(config.cache_dir(state), state.join("git"));
-        assert_eq!(config.env_dir(state), state.join("envs"));
     }
 
     #[test]

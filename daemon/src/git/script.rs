@@ -4,7 +4,8 @@
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
-use super::{Checkout, GitError};
+use super::cache::Checkout;
+use super::error::GitError;
 
 /// The file that `script_uri` (`git://relative/path/in/repo.py`) names in `checkout`.
 ///

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use super::config::Settings;
+use super::git_services::GitServices;
 use super::worker::WorkerCommand;
 use crate::events::EventBus;
-use crate::git::GitServices;
 
 /// How workers are started: given once, at start-up.
 #[derive(Clone)]

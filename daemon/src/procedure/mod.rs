@@ -9,13 +9,15 @@
 //!   records only through the narrow [`handle::ProcedureHandle`].
 //! - `control` is what the service asks of a supervisor, `launch` what supervisors work
 //!   with, `config` the `[procedures]` section and the settings in effect.
-//! - `prepare` makes a script runnable (a git checkout, a Python environment: PREP_ENV).
+//! - `prepare` makes a script runnable (a git checkout, a Python environment: PREP_ENV),
+//!   with what `git_services` opens at start-up.
 //! - `worker` spawns and signals the worker process, `worker_link` is the channel to the
 //!   Python harness in `worker.py`, `script` parses script URIs.
 
 mod config;
 mod control;
 mod error;
+pub mod git_services;
 mod handle;
 mod launch;
 mod prepare;
@@ -29,6 +31,7 @@ pub mod worker_link;
 
 pub use config::{ProcedureConfig, Settings};
 pub use error::ProcedureError;
+pub use git_services::GitServices;
 pub use launch::Launcher;
 pub use service::ProcedureService;
 pub use worker::WORKER_HARNESS;

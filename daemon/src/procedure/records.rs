@@ -223,11 +223,9 @@ impl Records {
 
     /// Summaries of the given procedures, or of all live ones when `ids` is empty.
     pub fn list(&self, ids: &[u64]) -> Result<Vec<ProcedureSummary>, ProcedureError> {
-        self.table.lock().select(
-            ids,
-            |entry| entry.summary.clone(),
-            ProcedureError::NotFound,
-        )
+        self.table
+            .lock()
+            .select(ids, |entry| entry.summary.clone(), ProcedureError::NotFound)
     }
 
     /// The kept output lines of a procedure.

@@ -225,7 +225,8 @@ async fn stop(id: u64, worker: &mut Worker, settings: &Settings) -> ProcedureSta
     } else {
         warn!(
             procedure_id = id,
-            "script process {} did not end after SIGKILL", worker.pid
+            "script process {} did not end after SIGKILL",
+            worker.pid()
         );
         ProcedureState::Unknown
     }

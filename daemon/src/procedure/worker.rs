@@ -13,10 +13,11 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+use crate::process::{self, ProcessGroup};
 use crate::reaper::Reaper;
 
 /// The worker harness, shipped inside the binary and written out at start-up.
@@ -36,8 +37,8 @@ pub struct WorkerCommand {
 
 /// A started worker process and its reaper.
 pub struct Worker {
-    pub pid: u32,
     pub child: Child,
+    group: ProcessGroup,
     reaper: Reaper,
 }
 
@@ -63,36 +64,23 @@ impl WorkerCommand {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl) between fork and exec.
+        process::pass_fd(command.as_std_mut(), their_fd, WORKER_FD);
+        // SAFETY: only an async-signal-safe call (prctl) between fork and exec.
         unsafe {
-            command.pre_exec(move || {
-                if their_fd == WORKER_FD {
-                    let flags = libc::fcntl(WORKER_FD, libc::F_GETFD);
-                    if flags < 0
-                        || libc::fcntl(WORKER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(their_fd, WORKER_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            command.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let mut child = command.spawn()?;
+        let (mut child, group) = ProcessGroup::spawn(&mut command)?;
         drop(theirs);
-        let pid = child
-            .id()
-            .ok_or_else(|| io::Error::other("worker exited before its pid could be read"))?;
-        let reaper = match Reaper::spawn(&self.daemon_exe, pid) {
+        let reaper = match Reaper::spawn(&self.daemon_exe, group) {
             Ok(reaper) => reaper,
             Err(err) => {
-                kill_group(pid);
+                group.kill();
                 return Err(err);
             }
         };
@@ -107,7 +95,11 @@ impl WorkerCommand {
         ours.set_nonblocking(true)?;
         let channel = tokio::net::UnixStream::from_std(ours)?;
         Ok((
-            Worker { pid, child, reaper },
+            Worker {
+                child,
+                group,
+                reaper,
+            },
             WorkerIo {
                 channel,
                 stdout,
@@ -118,28 +110,29 @@ impl WorkerCommand {
 }
 
 impl Worker {
+    /// The worker's process ID, which is also its process group's.
+    pub fn pid(&self) -> u32 {
+        self.group.id()
+    }
+
     /// Asks the script to stop: the harness turns SIGTERM into an exception.
     pub fn terminate(&self) {
         // ESRCH only means it is already gone.
-        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
     }
 
     /// Kills the worker and everything in its process group.
     pub fn kill_group(&self) {
-        kill_group(self.pid);
+        self.group.kill();
     }
 
     /// Ends the procedure's processes for good: kills whatever is left in the group and
     /// lets the reaper go.
     pub async fn finish(mut self) {
-        kill_group(self.pid);
+        self.group.kill();
         let _ = self.child.wait().await;
         self.reaper.release().await;
     }
-}
-
-fn kill_group(pgid: u32) {
-    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
 }
 
 /// A human description of how a process ended, for the stack-trace text of a procedure

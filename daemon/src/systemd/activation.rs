@@ -91,7 +91,7 @@ mod tests {
             &format!("export LISTEN_FDS=1 LISTEN_PID={listen_pid} LISTEN_FDNAMES=oetd.socket;"),
             CHILD,
         );
-        child::pass_as_fd3(&mut cmd, fd);
+        crate::process::pass_fd(&mut cmd, fd, 3);
         String::from_utf8_lossy(&child::run(cmd).stdout).into_owned()
     }
 

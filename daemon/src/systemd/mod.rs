@@ -24,7 +24,6 @@ pub(crate) mod child {
     //! Re-executing the test binary so that one test can own fd 3, the environment and a
     //! private mount namespace without disturbing the other tests running in parallel.
 
-    use std::os::unix::process::CommandExt;
     use std::process::{Command, Output};
 
     /// Environment variable telling a `#[ignore]`d child test that it was started on purpose.
@@ -68,23 +67,6 @@ pub(crate) mod child {
             .env_remove("LISTEN_FDNAMES")
             .env_remove("JOURNAL_STREAM");
         cmd
-    }
-
-    /// Makes `fd` the child's fd 3 (without close-on-exec), as systemd does.
-    pub fn pass_as_fd3(cmd: &mut Command, fd: std::os::fd::RawFd) {
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == 3 {
-                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
     }
 
     /// Runs the child and fails the calling test (showing its output) unless it passed.

@@ -1,11 +1,11 @@
 //! Per-commit Python environments: `python -m venv --system-site-packages`, then
 //! `pip install` of the checked-out project.
 //!
-//! One environment per repository + commit, under `git.env_dir`. It is complete when
+//! One environment per repository + commit, under `python.env_dir`. It is complete when
 //! its marker file exists (written last); anything else in the directory is a partial
 //! build and is removed before a rebuild. Concurrent requests for one commit share one
 //! build, which runs in a task of its own; each requester receives the output lines
-//! from the moment it joins and waits at most `git.env_wait_secs`. The build is
+//! from the moment it joins and waits at most `python.env_wait_secs`. The build is
 //! cancelled only when every requester has gone (cancelled, timed out or dropped):
 //! pip's whole process group is then killed and the partial environment removed.
 
@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs;
 use std::io::ErrorKind;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,15 +26,14 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::process;
+use crate::process::{self, ProcessGroup};
 use crate::reaper::Reaper;
 
-use super::repos::is_key;
-use super::{Checkout, GitConfig};
+use super::config::PythonConfig;
 
 /// Written into an environment when its build has succeeded, and only then.
 const MARKER: &str = ".oetd-env-complete";
-/// pip's download and wheel cache, shared by all environments, inside `git.env_dir`
+/// pip's download and wheel cache, shared by all environments, inside `python.env_dir`
 /// (the service's home may not be writable, and nothing is written outside our dirs).
 const PIP_CACHE: &str = ".pip-cache";
 /// How many lines of a failed command's output the error keeps.
@@ -45,7 +44,9 @@ const KILL_WAIT: Duration = Duration::from_secs(30);
 /// Why a Python environment could not be provided.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
-    #[error("could not start '{program}': {reason}; check git.python in the oetd configuration")]
+    #[error(
+        "could not start '{program}': {reason}; check python.interpreter in the oetd configuration"
+    )]
     Spawn { program: String, reason: String },
     #[error("creating the Python environment '{dir}' failed ({status}):\n{output}")]
     Venv {
@@ -60,7 +61,7 @@ pub enum EnvError {
         status: String,
         output: String,
     },
-    #[error("the Python environment for {repo} at commit {commit} was not ready within git.env_wait_secs ({secs} s)")]
+    #[error("the Python environment for {repo} at commit {commit} was not ready within python.env_wait_secs ({secs} s)")]
     Timeout {
         repo: String,
         commit: String,
@@ -68,7 +69,7 @@ pub enum EnvError {
     },
     #[error("building the Python environment for {repo} at commit {commit} was cancelled")]
     Cancelled { repo: String, commit: String },
-    #[error("the environment directory '{path}' could not be used: {reason}; check git.env_dir and its permissions")]
+    #[error("the environment directory '{path}' could not be used: {reason}; check python.env_dir and its permissions")]
     Dir { path: PathBuf, reason: String },
 }
 
@@ -81,20 +82,48 @@ impl EnvError {
     }
 }
 
-/// Builds and hands out per-commit environments. Cheap to clone; clones share builds.
-#[derive(Clone)]
-pub struct EnvManager {
+/// What an environment is built from: a Python project at one commit of a repository.
+/// The builder holds a clone for as long as pip installs from [`Project::dir`], so a
+/// type that keeps its directory alive while held (a pinned checkout) keeps it for the
+/// whole build.
+pub trait Project: Clone + Send + Sync + 'static {
+    /// Where the project comes from, for messages and the completion marker.
+    fn repo(&self) -> &str;
+    /// The commit, for messages and the completion marker.
+    fn commit(&self) -> &str;
+    /// The project's directory, which pip installs.
+    fn dir(&self) -> &Path;
+    /// A file-name-safe name, one per repository + commit: the environment's directory.
+    fn key(&self) -> &str;
+    /// Whether `name` has the form of a [`Project::key`]. Only such directories are
+    /// taken for environments when the environment directory is opened.
+    fn is_key(name: &str) -> bool;
+}
+
+/// Builds and hands out per-commit environments of projects `P`. Cheap to clone; clones
+/// share builds.
+pub struct EnvManager<P> {
     inner: Arc<Inner>,
+    project: PhantomData<fn(&P)>,
+}
+
+impl<P> Clone for EnvManager<P> {
+    fn clone(&self) -> Self {
+        EnvManager {
+            inner: self.inner.clone(),
+            project: PhantomData,
+        }
+    }
 }
 
 struct Inner {
-    config: GitConfig,
+    config: PythonConfig,
     env_dir: PathBuf,
     /// `oetd` itself, run as a reaper guarding each build's process group, so that a
     /// pip outlives neither a stop nor the daemon. Unset (in library tests), builds are
     /// still killed on cancellation, but not when the process dies.
     reaper_exe: std::sync::OnceLock<PathBuf>,
-    /// Builds in progress, by checkout key. An entry leaves when its build has ended
+    /// Builds in progress, by project key. An entry leaves when its build has ended
     /// and cleaned up, just before its result is published.
     builds: Mutex<HashMap<String, Arc<Build>>>,
 }
@@ -170,15 +199,15 @@ enum Joined {
     Ending(Arc<Build>),
 }
 
-impl EnvManager {
-    /// Opens (creating if needed) `git.env_dir`, or `<state_dir>/envs`, removing
+impl<P: Project> EnvManager<P> {
+    /// Opens (creating if needed) `python.env_dir`, or `<state_dir>/envs`, removing
     /// environments whose build never completed.
-    pub fn new(config: GitConfig, state_dir: &Path) -> Result<Self, EnvError> {
+    pub fn new(config: PythonConfig, state_dir: &Path) -> Result<Self, EnvError> {
         let env_dir = config.env_dir(state_dir);
         fs::create_dir_all(&env_dir).map_err(|e| EnvError::dir(&env_dir, e))?;
         for entry in fs::read_dir(&env_dir).map_err(|e| EnvError::dir(&env_dir, e))? {
             let entry = entry.map_err(|e| EnvError::dir(&env_dir, e))?;
-            let is_env = entry.file_name().to_str().is_some_and(is_key);
+            let is_env = entry.file_name().to_str().is_some_and(P::is_key);
             let path = entry.path();
             if is_env && path.is_dir() && !path.join(MARKER).exists() {
                 fs::remove_dir_all(&path).map_err(|e| EnvError::dir(&path, e))?;
@@ -191,6 +220,7 @@ impl EnvManager {
                 reaper_exe: std::sync::OnceLock::new(),
                 builds: Mutex::new(HashMap::new()),
             }),
+            project: PhantomData,
         })
     }
 
@@ -200,13 +230,13 @@ impl EnvManager {
         let _ = self.inner.reaper_exe.set(exe);
     }
 
-    /// The interpreter of the environment for `checkout`, building the environment
+    /// The interpreter of the environment for `project`, building the environment
     /// first if needed. Build output goes to `on_line`, line by line. Gives up after
-    /// `git.env_wait_secs`, or when `cancel` fires; if no other requester is left the
+    /// `python.env_wait_secs`, or when `cancel` fires; if no other requester is left the
     /// build is then stopped and removed before this returns.
     pub async fn ensure(
         &self,
-        checkout: &Checkout,
+        project: &P,
         on_line: impl Fn(&str) + Send + Sync + 'static,
         cancel: CancellationToken,
     ) -> Result<PathBuf, EnvError> {
@@ -214,16 +244,16 @@ impl EnvManager {
         let secs = self.inner.config.env_wait_secs;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let timeout = || EnvError::Timeout {
-            repo: checkout.repo().to_owned(),
-            commit: checkout.commit().to_owned(),
+            repo: project.repo().to_owned(),
+            commit: project.commit().to_owned(),
             secs,
         };
         let cancelled = || EnvError::Cancelled {
-            repo: checkout.repo().to_owned(),
-            commit: checkout.commit().to_owned(),
+            repo: project.repo().to_owned(),
+            commit: project.commit().to_owned(),
         };
         loop {
-            let mut interest = match self.join(checkout, &sink) {
+            let mut interest = match self.join(project, &sink) {
                 Joined::Ready(python) => return Ok(python),
                 Joined::Waiting(interest) => interest,
                 Joined::Ending(build) => {
@@ -253,14 +283,14 @@ impl EnvManager {
         }
     }
 
-    fn join(&self, checkout: &Checkout, sink: &LineSink) -> Joined {
-        let dir = self.inner.env_dir.join(checkout.key());
+    fn join(&self, project: &P, sink: &LineSink) -> Joined {
+        let dir = self.inner.env_dir.join(project.key());
         let mut builds = self
             .inner
             .builds
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(build) = builds.get(checkout.key()) {
+        if let Some(build) = builds.get(project.key()) {
             let mut list = build.sinks.lock();
             if build.cancel.is_cancelled() {
                 return Joined::Ending(build.clone());
@@ -271,8 +301,8 @@ impl EnvManager {
             drop(list);
             sink(&format!(
                 "waiting for the Python environment of {} at {} that is being built",
-                checkout.repo(),
-                checkout.commit()
+                project.repo(),
+                project.commit()
             ));
             return Joined::Waiting(Interest {
                 build: build.clone(),
@@ -294,12 +324,12 @@ impl EnvManager {
         let cancel = CancellationToken::new();
         let task = tokio::spawn(build_task(
             self.inner.clone(),
-            checkout.clone(),
+            project.clone(),
             dir,
             sinks.clone(),
             cancel.clone(),
         ));
-        let (repo, commit) = (checkout.repo().to_owned(), checkout.commit().to_owned());
+        let (repo, commit) = (project.repo().to_owned(), project.commit().to_owned());
         let done = task
             .map(move |joined| {
                 joined.unwrap_or_else(|e| {
@@ -318,7 +348,7 @@ impl EnvManager {
             cancel,
             sinks,
         });
-        builds.insert(checkout.key().to_owned(), build.clone());
+        builds.insert(project.key().to_owned(), build.clone());
         Joined::Waiting(Interest {
             build,
             id,
@@ -332,10 +362,10 @@ fn python_of(env: &Path) -> PathBuf {
 }
 
 /// Builds the environment, removes it again if that failed, and retires the build.
-/// Holding `checkout` keeps the project's checkout pinned for the whole install.
-async fn build_task(
+/// Holding `project` keeps its directory (a pinned checkout) for the whole install.
+async fn build_task<P: Project>(
     inner: Arc<Inner>,
-    checkout: Checkout,
+    project: P,
     dir: PathBuf,
     sinks: Arc<Sinks>,
     cancel: CancellationToken,
@@ -344,7 +374,7 @@ async fn build_task(
         pip_cache: inner.env_dir.join(PIP_CACHE),
         reaper_exe: inner.reaper_exe.get().cloned(),
     };
-    let result = build_env(&inner.config, &checkout, &dir, &run, &sinks, &cancel).await;
+    let result = build_env(&inner.config, &project, &dir, &run, &sinks, &cancel).await;
     if result.is_err() {
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != ErrorKind::NotFound {
@@ -356,21 +386,21 @@ async fn build_task(
         .builds
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .remove(checkout.key());
+        .remove(project.key());
     result
 }
 
 async fn build_env(
-    config: &GitConfig,
-    checkout: &Checkout,
+    config: &PythonConfig,
+    project: &impl Project,
     dir: &Path,
     run_context: &RunContext,
     sinks: &Sinks,
     cancel: &CancellationToken,
 ) -> Result<PathBuf, EnvError> {
     let cancelled = || EnvError::Cancelled {
-        repo: checkout.repo().to_owned(),
-        commit: checkout.commit().to_owned(),
+        repo: project.repo().to_owned(),
+        commit: project.commit().to_owned(),
     };
     match tokio::fs::remove_dir_all(dir).await {
         Ok(()) => sinks.emit(&format!(
@@ -384,17 +414,17 @@ async fn build_env(
     sinks.emit(&format!(
         "creating a Python environment at {} for {} at {}",
         dir.display(),
-        checkout.repo(),
-        checkout.commit()
+        project.repo(),
+        project.commit()
     ));
     let mut venv_args: Vec<OsString> =
         vec!["-m".into(), "venv".into(), "--system-site-packages".into()];
-    if !config.env_own_pip {
+    if !config.own_pip {
         venv_args.push("--without-pip".into());
     }
     venv_args.push(dir.into());
     match run(
-        Path::new(&config.python),
+        Path::new(&config.interpreter),
         &venv_args,
         run_context,
         sinks,
@@ -406,7 +436,7 @@ async fn build_env(
         Err(Failure::Cancelled) => return Err(cancelled()),
         Err(Failure::Spawn(e)) => {
             return Err(EnvError::Spawn {
-                program: config.python.clone(),
+                program: config.interpreter.clone(),
                 reason: e.to_string(),
             })
         }
@@ -432,10 +462,10 @@ async fn build_env(
         pip_args.push(url.into());
     }
     pip_args.extend(config.pip_extra_args.iter().map(OsString::from));
-    pip_args.push(checkout.dir().into());
+    pip_args.push(project.dir().into());
     sinks.emit(&format!(
         "installing {} into the environment",
-        checkout.dir().display()
+        project.dir().display()
     ));
     match run(&python, &pip_args, run_context, sinks, cancel).await {
         Ok(()) => {}
@@ -448,15 +478,15 @@ async fn build_env(
         }
         Err(Failure::Exit { status, tail }) => {
             return Err(EnvError::Install {
-                repo: checkout.repo().to_owned(),
-                commit: checkout.commit().to_owned(),
+                repo: project.repo().to_owned(),
+                commit: project.commit().to_owned(),
                 status,
                 output: tail,
             })
         }
     }
 
-    let marker = format!("{}\n{}\n", checkout.repo(), checkout.commit());
+    let marker = format!("{}\n{}\n", project.repo(), project.commit());
     tokio::fs::write(dir.join(MARKER), marker)
         .await
         .map_err(|e| EnvError::dir(dir, e))?;
@@ -486,7 +516,8 @@ async fn run(
     sinks: &Sinks,
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -494,21 +525,18 @@ async fn run(
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         .env("PIP_CACHE_DIR", &context.pip_cache)
         .env("PYTHONUNBUFFERED", "1")
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(Failure::Spawn)?;
-    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        .kill_on_drop(true);
+    let (mut child, group) = ProcessGroup::spawn(&mut command).map_err(Failure::Spawn)?;
     // Dropped when this function returns, which lets the reaper kill what is left.
-    let _reaper = match (&context.reaper_exe, child.id()) {
-        (Some(exe), Some(pid)) => match Reaper::spawn(exe, pid) {
+    let _reaper = match &context.reaper_exe {
+        Some(exe) => match Reaper::spawn(exe, group) {
             Ok(reaper) => Some(reaper),
             Err(err) => {
                 tracing::warn!("build of {} runs unguarded: {err}", program.display());
                 None
             }
         },
-        _ => None,
+        None => None,
     };
 
     let (lines_tx, mut lines) = mpsc::channel::<String>(64);
@@ -537,9 +565,7 @@ async fn run(
         finished = work => Some(finished),
     };
     let Some((status, tail)) = finished else {
-        if let Some(pgid) = pgid {
-            kill_group(pgid).await;
-        }
+        group.kill_and_wait(KILL_WAIT).await;
         let _ = child.wait().await;
         return Err(Failure::Cancelled);
     };
@@ -564,55 +590,4 @@ async fn forward_lines(pipe: impl AsyncRead + Unpin + Send, lines: mpsc::Sender<
             return;
         }
     }
-}
-
-/// SIGKILLs every process of the group, then waits until each has exited, watching
-/// them through pidfds (so "no build process left" holds when this returns).
-async fn kill_group(pgid: i32) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-
-    if killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_err() {
-        return;
-    }
-    let waits = group_members(pgid).into_iter().filter_map(|pid| {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-        // SAFETY: `fd` was just returned by pidfd_open and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the AsyncFd owns `fd`, which stays open until the AsyncFd is dropped.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-        }
-        .ok()?;
-        Some(async move {
-            // A pidfd becomes readable when its process has exited.
-            let _ = fd.readable().await;
-        })
-    });
-    let all = futures::future::join_all(waits);
-    if tokio::time::timeout(KILL_WAIT, all).await.is_err() {
-        tracing::warn!("processes of group {pgid} did not exit after SIGKILL");
-    }
-}
-
-/// The live (not yet exited) processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
-            // Fields after the parenthesised command name: state, ppid, pgrp, ...
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?;
-            let group: i32 = fields.nth(1)?.parse().ok()?;
-            (group == pgid && state != "Z" && state != "X").then_some(pid)
-        })
-        .collect()
 }
