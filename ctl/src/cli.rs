@@ -16,8 +16,9 @@ waited-for procedure ends FAILED, STOPPED or UNKNOWN; 2 when the command line is
 #[derive(Debug, Parser)]
 #[command(name = "oetctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// The control socket of oetd [default: $XDG_RUNTIME_DIR/oet/oetd.sock, or
-    /// /run/oet/oetd.sock for root or when you have no daemon of your own]
+    /// The control socket of oetd [default: /run/oet/oetd.sock for root; otherwise your
+    /// own daemon's $XDG_RUNTIME_DIR/oet/oetd.sock (/tmp/oetd-<uid>/oetd.sock without
+    /// XDG_RUNTIME_DIR), or /run/oet/oetd.sock when you have no daemon of your own]
     #[arg(
         long,
         global = true,
@@ -251,6 +252,21 @@ pub enum OdaAction {
 /// The clap command of `oetctl`, for man pages and shell completions.
 pub fn command() -> clap::Command {
     Cli::command()
+}
+
+/// Whether `word` (`--name` or `--name=value`) is an option of the subcommand at `path`,
+/// e.g. `["procedure", "start"]`.
+pub fn is_option_of(path: &[&str], word: &str) -> bool {
+    let mut root = command();
+    root.build();
+    let mut cmd = &root;
+    for name in path {
+        match cmd.find_subcommand(name) {
+            Some(sub) => cmd = sub,
+            None => return false,
+        }
+    }
+    word.starts_with("--") && flag_takes_value(cmd, word).is_some()
 }
 
 /// Parses an argument vector (program name first) the way `oetctl` does.

@@ -622,6 +622,7 @@ ValueError: no
             started_at: T0,
             procedures_live: 3,
             running: vec![2],
+            stop_grace_secs: 5.0,
         };
         assert_eq!(
             status(&daemon, T0 + 3723.6),

@@ -180,6 +180,8 @@ pub struct DaemonStatus {
     pub started_at: Timestamp,
     pub procedures_live: u64,
     pub running: Vec<u64>,
+    /// Seconds a stopped script has between SIGTERM and SIGKILL.
+    pub stop_grace_secs: f64,
 }
 
 /// Event topics the daemon publishes.

@@ -44,9 +44,19 @@ fn ok(output: Output) -> String {
 /// Asserts failure with exit status 1 and exactly one `oetctl: ...` line on stderr, and
 /// returns that line.
 fn one_line_failure(output: &Output) -> String {
+    failure_with(output, 1)
+}
+
+/// Asserts a refused command line: exit status 2 and exactly one `oetctl: ...` line on
+/// stderr, which it returns.
+fn usage_failure(output: &Output) -> String {
+    failure_with(output, 2)
+}
+
+fn failure_with(output: &Output, code: i32) -> String {
     assert_eq!(
         output.status.code(),
-        Some(1),
+        Some(code),
         "stdout:\n{}\nstderr:\n{}",
         stdout(output),
         stderr(output)
@@ -120,12 +130,70 @@ fn a_wrong_command_line_is_refused_before_connecting() {
     };
     let output = run(&["procedure", "create", "file:///x.py", "--git_branch=dev"]);
     assert_eq!(
-        one_line_failure(&output),
+        usage_failure(&output),
         "oetctl: --git_branch only applies to git:// scripts, but the script is 'file:///x.py'"
     );
-    let output = run(&["procedure", "list", "--pid", "seven"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+    usage_failure(&run(&["procedure", "list", "--pid", "seven"]));
+
+    // A script keyword without a value, a word that is no option: wrong command lines.
+    let line = usage_failure(&run(&["procedure", "start", "--scans", "2"]));
+    assert!(line.contains("'--scans' is not an option"), "{line}");
+    assert!(line.contains("--key=value"), "{line}");
+    let line = usage_failure(&run(&["procedure", "create", "file:///x.py", "--wait", "--bogus"]));
+    assert!(line.contains("'--bogus'"), "{line}");
+    // After `--`, oetctl's own option is the script's argument, and said so.
+    let line = usage_failure(&run(&["procedure", "start", "--", "--listen"]));
+    assert!(line.contains("'--listen' comes after --"), "{line}");
+    assert!(!line.contains("is not an option"), "{line}");
+}
+
+#[test]
+fn with_json_a_failure_is_a_json_object_and_keeps_its_exit_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("nobody.sock");
+    let run = |args: &[&str]| {
+        Command::new(oetctl_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("run oetctl")
+    };
+    for (args, code, kind) in [
+        (&["--json", "procedure", "list"][..], 1, "unreachable"),
+        (&["procedure", "start", "--scans", "2", "--json"][..], 2, "usage"),
+        (&["procedure", "list", "--pid", "x", "--json"][..], 2, "usage"),
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {}", stderr(&output));
+        let error = json(stderr(&output).trim());
+        assert_eq!(error["exit_code"], code, "{error}");
+        assert_eq!(error["error"]["kind"], kind, "{error}");
+        assert!(
+            error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{error}"
+        );
+        assert!(stdout(&output).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn words_that_look_like_mistyped_keywords_are_passed_on_with_a_warning() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("observe.py", OBSERVE);
+    let table = ok(daemon.oetctl(&["procedure", "create", &uri, "--subarray_id=1", "--wait"]));
+    let id = first_id(&table).to_string();
+    let output = daemon.oetctl(&["procedure", "start", "--pid", &id, "--listen", "scans=2", "-n=1"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let warnings = stderr(&output);
+    assert!(
+        warnings.contains("'scans=2' is passed to the script as a positional string")
+            && warnings.contains("write --scans=2"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("'-n=1'"), "{warnings}");
+    let out = ok(daemon.oetctl(&["procedure", "logs", "--pid", &id]));
+    assert!(out.contains("main ['scans=2', '-n=1'] []"), "{out}");
 }
 
 #[test]

@@ -111,6 +111,21 @@ async fn a_script_that_ignores_the_stop_is_killed_after_the_grace_period() {
 }
 
 #[tokio::test]
+async fn oetctl_says_it_waits_for_a_script_that_ignores_the_stop_and_for_how_long() {
+    let daemon = TestDaemon::start_with("stop_grace_secs = 3");
+    let looping = run_until_pids(&daemon, "stubborn.py", true).await;
+    let output = daemon.oetctl(&["procedure", "stop", "--pid", &looping.id.to_string()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("procedure {} has not ended since SIGTERM", looping.id))
+            && stderr.contains("at most 3 s"),
+        "{stderr}"
+    );
+    looping.assert_gone("the stop");
+}
+
+#[tokio::test]
 async fn a_segfault_fails_the_procedure_naming_the_signal() {
     let daemon = TestDaemon::start();
     let failed = daemon

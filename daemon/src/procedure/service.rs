@@ -51,6 +51,11 @@ impl ProcedureService {
         self.inner.settings.set(config);
     }
 
+    /// The time a stopped script has between SIGTERM and SIGKILL, as set now.
+    pub fn stop_grace(&self) -> std::time::Duration {
+        self.inner.settings.get(ProcedureConfig::stop_grace)
+    }
+
     pub fn bus(&self) -> &EventBus {
         self.inner.records.bus()
     }

@@ -26,6 +26,7 @@ impl Handler for GetStatus {
                 .unwrap_or(0.0),
             procedures_live: live,
             running,
+            stop_grace_secs: services.procedures.stop_grace().as_secs_f64(),
         })
     }
 }
