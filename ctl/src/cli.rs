@@ -241,10 +241,12 @@ pub struct AidArgs {
 /// `oetctl oda ...`
 #[derive(Debug, Subcommand)]
 pub enum OdaAction {
-    /// Store the SBD in a JSON file in oetd's ODA; prints its sbd_id and version
+    /// Store the SBD in a JSON file in oetd's ODA; prints its sbd_id and version. An SBD
+    /// the ODA has already is stored as a new version.
     #[command(name = "put-sbd")]
     PutSbd {
-        /// The SBD document (JSON); one without `sbd_id` is given one
+        /// The SBD document (JSON), or - for standard input; one without `sbd_id` is
+        /// given one
         file: PathBuf,
     },
 }

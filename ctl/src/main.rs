@@ -441,8 +441,12 @@ impl Ctl {
     }
 
     async fn put_sbd(&self, file: &Path) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the SBD file {}", file.display()))?;
+        let text = if file == Path::new("-") {
+            io::read_to_string(io::stdin()).context("cannot read the SBD from standard input")?
+        } else {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the SBD file {}", file.display()))?
+        };
         let (sbd_id, version) = self.connect().await?.put_sbd(text).await?;
         if self.json {
             print_json(&serde_json::json!({"sbd_id": sbd_id, "version": version}))
