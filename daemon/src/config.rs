@@ -74,7 +74,7 @@ pub struct ConfigChanges {
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {}: {source}", path.display())]
+    #[error("cannot read configuration file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -179,6 +179,15 @@ impl Config {
         self.events.validate()?;
         self.oda.validate()?;
         Ok(())
+    }
+
+    /// This configuration with the paths whose defaults depend on the environment
+    /// resolved to the ones in effect, for showing.
+    pub fn in_effect(&self) -> Config {
+        let mut shown = self.clone();
+        shown.server.socket = self.socket_path().display().to_string();
+        shown.paths.state_dir = self.state_dir().display().to_string();
+        shown
     }
 
     /// The control socket path, resolving the empty default.

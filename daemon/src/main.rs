@@ -17,6 +17,8 @@ use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+mod manual;
+
 /// The Observation Execution Tool daemon: runs observing scripts and supervises them.
 #[derive(Debug, Parser)]
 #[command(name = "oetd", version, about, long_about = None)]
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
 fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(dir) = &flags.generate_man {
         std::fs::create_dir_all(dir)?;
-        clap_mangen::generate_to(Flags::command(), dir)
+        manual::write(Flags::command(), dir)
             .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
         return Ok(());
     }
@@ -72,7 +74,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     if flags.print_config {
         print!(
             "{}",
-            toml::to_string(&config).context("cannot print the configuration")?
+            toml::to_string(&config.in_effect()).context("cannot print the configuration")?
         );
         return Ok(());
     }
@@ -240,6 +242,13 @@ fn reload(
     procedures: &ProcedureService,
     git: &GitServices,
 ) {
+    if flags.config.is_none() {
+        info!(
+            "SIGHUP received, but oetd was started without --config: there is no file to \
+             reload, and it keeps running on its embedded defaults"
+        );
+        return;
+    }
     info!("SIGHUP received: reloading the configuration");
     let new = match load_config(flags) {
         Ok(new) => new,

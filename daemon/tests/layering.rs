@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["activity", "systemd"],
     &["server"],
     &["config"],
-    &["main"],
+    &["main", "manual"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
