@@ -71,6 +71,63 @@ def main():
 }
 
 #[tokio::test]
+async fn a_script_does_not_hear_its_own_messages_twice() {
+    let daemon = TestDaemon::start();
+    // Another script answers every ping with a pong. oetd hands events to a worker in the
+    // order they were published, so by the time the pinger has its three pongs, any echo
+    // of its own pings would have reached it already.
+    let echo = daemon
+        .ready_script(
+            "echo.py",
+            r#"
+from pubsub import pub
+
+def ping(n, msg_src=None):
+    pub.sendMessage("test.pong", n=n)
+
+def init():
+    pub.subscribe(ping, "test.ping")
+
+def main():
+    pass
+"#,
+        )
+        .await;
+    assert_eq!(echo.state, ProcedureState::Ready);
+    let done = daemon
+        .run_script(
+            "pinger.py",
+            r#"
+import threading
+from pubsub import pub
+
+pings, pongs = [], []
+all_pongs = threading.Event()
+
+def ping(n, msg_src=None):
+    pings.append(n)
+
+def pong(n, msg_src=None):
+    pongs.append(n)
+    if len(pongs) == 3:
+        all_pongs.set()
+
+def main():
+    pub.subscribe(ping, "test.ping")
+    pub.subscribe(pong, "test.pong")
+    for n in range(3):
+        pub.sendMessage("test.ping", n=n)
+    if not all_pongs.wait(60):
+        raise RuntimeError(f"pongs {pongs} did not all come")
+    print(f"heard {pings}")
+"#,
+        )
+        .await;
+    assert_eq!(done.state, ProcedureState::Complete, "{:?}", done.stacktrace);
+    daemon.assert_printed(done.id, "heard [0, 1, 2]").await;
+}
+
+#[tokio::test]
 async fn requests_are_announced_on_the_bus() {
     let daemon = TestDaemon::start();
     let mut events = daemon.events().await;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, ScriptSpec, Value};
-use oet_tests::{assert_failed_with, assert_state, kwargs, states, TestDaemon};
+use oet_tests::{assert_failed_with, assert_state, kwargs, positional, states, TestDaemon};
 
 const INIT_AND_MAIN: &str = r#"
 def init(subarray_id):
@@ -209,4 +209,43 @@ async fn an_overlong_output_line_is_noted_and_the_script_goes_on_printing() {
         output.first()
     );
     daemon.assert_printed(done.id, "all printed").await;
+}
+
+#[tokio::test]
+async fn only_the_newest_log_lines_are_kept_and_the_rest_are_counted() {
+    let daemon = TestDaemon::start_with("log_lines = 3");
+    let done = daemon
+        .run_script(
+            "counting.py",
+            "def main():\n    for i in range(10):\n        print(f'line {i}')\n",
+        )
+        .await;
+    assert_eq!(done.state, Complete, "{:?}", done.stacktrace);
+    let logs = daemon.client().await.logs(done.id).await.expect("logs");
+    let kept: Vec<&str> = logs.lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(kept, ["line 7", "line 8", "line 9"]);
+    assert_eq!(logs.dropped, 7);
+}
+
+#[tokio::test]
+async fn arguments_json_cannot_carry_are_refused_by_create_and_start() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("noop.py", "def main(*args, **kwargs):\n    pass\n");
+    let mut client = daemon.client().await;
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let err = client
+            .create(ScriptSpec::filesystem(&uri), kwargs(&[("x", Value::Float(bad))]))
+            .await
+            .expect_err("a non-finite init argument is refused");
+        assert!(err.to_string().starts_with("invalid request"), "{err}");
+    }
+    assert!(client.list(vec![]).await.expect("list").is_empty(), "nothing was created");
+
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let err = client
+        .start(ready.id, "main", positional(vec![Value::List(vec![Value::Float(f64::NAN)])]))
+        .await
+        .expect_err("a non-finite argument of main is refused");
+    assert!(err.to_string().starts_with("invalid request"), "{err}");
+    assert_eq!(client.describe(ready.id).await.expect("describe").state, Ready);
 }

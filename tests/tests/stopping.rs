@@ -223,6 +223,34 @@ async fn stop_with_abort_needs_a_subarray_and_changes_nothing_without_one() {
 }
 
 #[tokio::test]
+async fn stop_with_abort_refuses_a_procedure_with_several_subarrays_and_stops_nothing() {
+    let daemon = TestDaemon::start_with("abort_script = \"file:///nonexistent/abort.py\"");
+    let uri = daemon.script(
+        "two.py",
+        "def init(subarray_id):\n    pass\n\ndef other(subarray_id):\n    pass\n\ndef main():\n    pass\n",
+    );
+    let ready = daemon
+        .create_ready(&uri, kwargs(&[("subarray_id", Value::Int(1))]))
+        .await;
+    let mut client = daemon.client().await;
+    let mut events = daemon.events().await;
+    client
+        .start(ready.id, "other", kwargs(&[("subarray_id", Value::Int(2))]))
+        .await
+        .expect("call other");
+    wait_for(&mut events, &mut client, ready.id, |s| s == Ready).await;
+    let err = client.stop(ready.id, true).await.expect_err("refused");
+    let message = err.to_string();
+    assert!(message.contains("more than one subarray_id"), "{message}");
+    assert!(message.contains('1') && message.contains('2'), "{message}");
+    assert_eq!(
+        client.describe(ready.id).await.expect("describe").state,
+        Ready,
+        "a refused stop stops nothing"
+    );
+}
+
+#[tokio::test]
 async fn no_script_process_survives_oetd_being_killed() {
     let mut daemon = TestDaemon::start();
     let looping = run_until_pids(&daemon, "loop.py", false).await;
@@ -245,6 +273,11 @@ async fn sigterm_stops_running_scripts_and_exits_cleanly() {
     let status = daemon.wait();
     assert!(status.success(), "oetd exited with {status}");
     looping.assert_gone("SIGTERM");
+    assert!(
+        !daemon.socket.exists(),
+        "oetd left its socket file {} behind",
+        daemon.socket.display()
+    );
 }
 
 #[tokio::test]
