@@ -404,6 +404,36 @@ pub async fn next_event(events: &mut EventStream, pred: impl Fn(&Event) -> bool)
         .expect("awaited event did not come in time")
 }
 
+/// Waits for the next event matching `pred` that procedure `id` (or its script) causes:
+/// oetd delivers events in order, so once `id` is final, nothing it did can still come,
+/// and the wait fails at once instead of at the deadline.
+pub async fn next_event_of(
+    events: &mut EventStream,
+    id: u64,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
+    let ended =
+        |e: &Event| e.procedure_id() == Some(id) && e.new_state().is_some_and(|s| s.is_final());
+    let event = next_event(events, |e| pred(e) || ended(e)).await;
+    if pred(&event) {
+        return event;
+    }
+    panic!(
+        "procedure {id} ended {:?} before the awaited event",
+        event.new_state()
+    )
+}
+
+/// Waits until procedure `id` reaches a final state, which must be `state`: another final
+/// state fails at once.
+pub async fn next_final_state(events: &mut EventStream, id: u64, state: ProcedureState) {
+    let event = next_event(events, |e| {
+        e.procedure_id() == Some(id) && e.new_state().is_some_and(|s| s.is_final())
+    })
+    .await;
+    assert_eq!(event.new_state(), Some(state), "procedure {id}");
+}
+
 /// Asserts that a procedure is in `state`, showing its stack trace if it is not.
 pub fn assert_state(summary: &ProcedureSummary, state: ProcedureState) {
     assert_eq!(

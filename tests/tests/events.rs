@@ -2,7 +2,7 @@
 //! request events are on the same bus.
 
 use oet_protocol::{FunctionArgs, ProcedureState, Value};
-use oet_tests::{next_event, positional, wait_for, TestDaemon};
+use oet_tests::{next_event, next_event_of, positional, wait_for, TestDaemon};
 
 const ANNOUNCER: &str = r#"
 from pubsub import pub
@@ -18,7 +18,7 @@ async fn a_script_message_reaches_a_listener_with_its_topic_and_payload() {
     let mut events = daemon.events().await;
     let args = positional(vec![Value::from("slewing to target")]);
     daemon.start_main(ready.id, args).await;
-    let event = next_event(&mut events, |e| e.topic == "user.script.announce").await;
+    let event = next_event_of(&mut events, ready.id, |e| e.topic == "user.script.announce").await;
     assert_eq!(event.msg_src, ready.id.to_string());
     let payload = event.payload.as_map().expect("payload");
     assert_eq!(payload.get("msg"), Some(&Value::from("slewing to target")));
@@ -123,7 +123,12 @@ def main():
 "#,
         )
         .await;
-    assert_eq!(done.state, ProcedureState::Complete, "{:?}", done.stacktrace);
+    assert_eq!(
+        done.state,
+        ProcedureState::Complete,
+        "{:?}",
+        done.stacktrace
+    );
     daemon.assert_printed(done.id, "heard [0, 1, 2]").await;
 }
 

@@ -234,18 +234,31 @@ async fn arguments_json_cannot_carry_are_refused_by_create_and_start() {
     let mut client = daemon.client().await;
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         let err = client
-            .create(ScriptSpec::filesystem(&uri), kwargs(&[("x", Value::Float(bad))]))
+            .create(
+                ScriptSpec::filesystem(&uri),
+                kwargs(&[("x", Value::Float(bad))]),
+            )
             .await
             .expect_err("a non-finite init argument is refused");
         assert!(err.to_string().starts_with("invalid request"), "{err}");
     }
-    assert!(client.list(vec![]).await.expect("list").is_empty(), "nothing was created");
+    assert!(
+        client.list(vec![]).await.expect("list").is_empty(),
+        "nothing was created"
+    );
 
     let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
     let err = client
-        .start(ready.id, "main", positional(vec![Value::List(vec![Value::Float(f64::NAN)])]))
+        .start(
+            ready.id,
+            "main",
+            positional(vec![Value::List(vec![Value::Float(f64::NAN)])]),
+        )
         .await
         .expect_err("a non-finite argument of main is refused");
     assert!(err.to_string().starts_with("invalid request"), "{err}");
-    assert_eq!(client.describe(ready.id).await.expect("describe").state, Ready);
+    assert_eq!(
+        client.describe(ready.id).await.expect("describe").state,
+        Ready
+    );
 }

@@ -139,7 +139,13 @@ fn a_wrong_command_line_is_refused_before_connecting() {
     let line = usage_failure(&run(&["procedure", "start", "--scans", "2"]));
     assert!(line.contains("'--scans' is not an option"), "{line}");
     assert!(line.contains("--key=value"), "{line}");
-    let line = usage_failure(&run(&["procedure", "create", "file:///x.py", "--wait", "--bogus"]));
+    let line = usage_failure(&run(&[
+        "procedure",
+        "create",
+        "file:///x.py",
+        "--wait",
+        "--bogus",
+    ]));
     assert!(line.contains("'--bogus'"), "{line}");
     // After `--`, oetctl's own option is the script's argument, and said so.
     let line = usage_failure(&run(&["procedure", "start", "--", "--listen"]));
@@ -161,16 +167,31 @@ fn with_json_a_failure_is_a_json_object_and_keeps_its_exit_status() {
     };
     for (args, code, kind) in [
         (&["--json", "procedure", "list"][..], 1, "unreachable"),
-        (&["procedure", "start", "--scans", "2", "--json"][..], 2, "usage"),
-        (&["procedure", "list", "--pid", "x", "--json"][..], 2, "usage"),
+        (
+            &["procedure", "start", "--scans", "2", "--json"][..],
+            2,
+            "usage",
+        ),
+        (
+            &["procedure", "list", "--pid", "x", "--json"][..],
+            2,
+            "usage",
+        ),
     ] {
         let output = run(args);
-        assert_eq!(output.status.code(), Some(code), "{args:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr(&output)
+        );
         let error = json(stderr(&output).trim());
         assert_eq!(error["exit_code"], code, "{error}");
         assert_eq!(error["error"]["kind"], kind, "{error}");
         assert!(
-            error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{error}"
         );
         assert!(stdout(&output).is_empty(), "{args:?}");
@@ -183,7 +204,15 @@ fn words_that_look_like_mistyped_keywords_are_passed_on_with_a_warning() {
     let uri = daemon.script("observe.py", OBSERVE);
     let table = ok(daemon.oetctl(&["procedure", "create", &uri, "--subarray_id=1", "--wait"]));
     let id = first_id(&table).to_string();
-    let output = daemon.oetctl(&["procedure", "start", "--pid", &id, "--listen", "scans=2", "-n=1"]);
+    let output = daemon.oetctl(&[
+        "procedure",
+        "start",
+        "--pid",
+        &id,
+        "--listen",
+        "scans=2",
+        "-n=1",
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let warnings = stderr(&output);
     assert!(

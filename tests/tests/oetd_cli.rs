@@ -89,9 +89,17 @@ fn the_man_page_tells_signals_files_environment_exit_status_and_examples() {
         ".SH EXAMPLES",
         ".SH \"SEE ALSO\"",
     ] {
-        assert!(page.contains(section), "{section} missing from oetd.1:\n{page}");
+        assert!(
+            page.contains(section),
+            "{section} missing from oetd.1:\n{page}"
+        );
     }
-    for named in ["SIGHUP", "/etc/oet/oetd.toml", "/var/lib/oet", "NOTIFY_SOCKET"] {
+    for named in [
+        "SIGHUP",
+        "/etc/oet/oetd.toml",
+        "/var/lib/oet",
+        "NOTIFY_SOCKET",
+    ] {
         assert!(page.contains(named), "{named} missing from oetd.1");
     }
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, Value};
 use oet_tests::{
-    assert_failed_with, assert_state, kwargs, next_event, wait_for, wait_gone, TestDaemon,
+    assert_failed_with, assert_state, kwargs, next_event_of, next_final_state, wait_for, wait_gone,
+    TestDaemon,
 };
 
 /// A script that announces its own pid and that of a `sleep` child it spawned, then
@@ -67,7 +68,7 @@ async fn run_until_pids(daemon: &TestDaemon, name: &str, stubborn: bool) -> Loop
     assert_state(&ready, Ready);
     let mut events = daemon.events().await;
     daemon.start_main(ready.id, FunctionArgs::default()).await;
-    let event = next_event(&mut events, |e| e.topic == "test.pids").await;
+    let event = next_event_of(&mut events, ready.id, |e| e.topic == "test.pids").await;
     let map = event.payload.as_map().expect("payload map");
     let pid = |key: &str| match map.get(key) {
         Some(Value::Int(pid)) => *pid as u32,
@@ -118,8 +119,10 @@ async fn oetctl_says_it_waits_for_a_script_that_ignores_the_stop_and_for_how_lon
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("procedure {} has not ended since SIGTERM", looping.id))
-            && stderr.contains("at most 3 s"),
+        stderr.contains(&format!(
+            "procedure {} has not ended since SIGTERM",
+            looping.id
+        )) && stderr.contains("at most 3 s"),
         "{stderr}"
     );
     looping.assert_gone("the stop");
@@ -265,11 +268,7 @@ async fn sigterm_stops_running_scripts_and_exits_cleanly() {
     let looping = run_until_pids(&daemon, "loop.py", false).await;
     let mut events = daemon.events().await;
     daemon.signal(libc::SIGTERM);
-    let stopped = next_event(&mut events, |e| {
-        e.procedure_id() == Some(looping.id) && e.new_state() == Some(Stopped)
-    })
-    .await;
-    assert_eq!(stopped.new_state(), Some(Stopped));
+    next_final_state(&mut events, looping.id, Stopped).await;
     let status = daemon.wait();
     assert!(status.success(), "oetd exited with {status}");
     looping.assert_gone("SIGTERM");
@@ -288,11 +287,7 @@ async fn sigterm_kills_a_script_that_ignores_the_stop_after_the_grace_and_exits_
     let mut events = daemon.events().await;
     let sent = Instant::now();
     daemon.signal(libc::SIGTERM);
-    let stopped = next_event(&mut events, |e| {
-        e.procedure_id() == Some(looping.id) && e.new_state().is_some_and(|s| s.is_final())
-    })
-    .await;
-    assert_eq!(stopped.new_state(), Some(Stopped));
+    next_final_state(&mut events, looping.id, Stopped).await;
     let status = daemon.wait();
     let took = sent.elapsed();
     assert!(status.success(), "oetd exited with {status}");

@@ -215,8 +215,6 @@ mod tests {
         }
     }
 
-    /// Why the journald test cannot run here, if it cannot.
-
     /// tracing-journald always writes to /run/systemd/journal/socket, so the child runs in
     /// a private mount namespace where /run is the test's directory and that path is a
     /// datagram socket the test reads. `JOURNAL_STREAM` is set to stderr's device:inode the

@@ -378,7 +378,10 @@ mod tests {
         assert_eq!(oda.get_sbd("sbd-t-1").await.expect("get").version, 10);
         // A document whose version is already stored becomes a new version, as in the
         // ODA: what was stored before is never replaced.
-        let again = oda.put_sbd(&doc(3, "file:///v3.py")).await.expect("v3 again");
+        let again = oda
+            .put_sbd(&doc(3, "file:///v3.py"))
+            .await
+            .expect("v3 again");
         assert_eq!(again.version, 11);
         let got = oda.get_sbd("sbd-t-1").await.expect("get");
         assert_eq!(got.version, 11);
