@@ -643,8 +643,9 @@ async fn oetctl_puts_an_sbd_and_runs_lists_and_describes_activities() {
     let err = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(err.contains("its activities are: allocate"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // Malformed --script-args are a wrong command line.
     let output = oetctl_run_allocate(&daemon, &sbd_id, &["--script-args", "[1]"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let failed = oetctl_run_allocate(
         &daemon,
         &sbd_id,

@@ -262,3 +262,22 @@ async fn arguments_json_cannot_carry_are_refused_by_create_and_start() {
         Ready
     );
 }
+
+#[tokio::test]
+async fn init_called_without_arguments_is_a_call_too() {
+    let daemon = TestDaemon::start();
+    let ready = daemon
+        .ready_script("bare.py", "def init():\n    pass\n\ndef main():\n    pass\n")
+        .await;
+    assert_state(&ready, Ready);
+    let calls: Vec<&str> = ready.calls.iter().map(|c| c.function.as_str()).collect();
+    assert_eq!(calls, ["init"], "{:?}", ready.calls);
+    assert!(ready.calls[0].args.is_empty());
+    let json = oet_protocol::view::procedure(&ready).to_json_lossy();
+    assert_eq!(json["calls"][0]["function"], "init", "{json}");
+    assert!(json["script_args"]["init"].is_object(), "{json}");
+
+    // A script without init is not said to have had it called.
+    let plain = daemon.ready_script("plain.py", "def main():\n    pass\n").await;
+    assert!(plain.calls.is_empty(), "{:?}", plain.calls);
+}

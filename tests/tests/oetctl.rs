@@ -522,3 +522,20 @@ fn listen_prints_the_events_of_the_chosen_topics() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn status_counts_as_live_only_what_has_not_ended() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("quick.py", "def main():\n    pass\n");
+    let id = first_id(&ok(daemon.oetctl(&["procedure", "create", &uri, "--wait"]))).to_string();
+    let status = json(&ok(daemon.oetctl(&["status", "--json"])));
+    assert_eq!(status["procedures_live"], 1, "{status}");
+    ok(daemon.oetctl(&["procedure", "start", "--pid", &id, "--listen"]));
+    let status = json(&ok(daemon.oetctl(&["status", "--json"])));
+    assert_eq!(
+        status["procedures_live"], 0,
+        "a COMPLETE procedure is not live: {status}"
+    );
+    let text = ok(daemon.oetctl(&["status"]));
+    assert!(text.contains("0 live"), "{text}");
+}

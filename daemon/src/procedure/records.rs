@@ -32,6 +32,8 @@ pub(super) struct Records {
 struct Entry {
     summary: ProcedureSummary,
     logs: LogBuffer,
+    /// `init`'s arguments until `init` is called (INITIALISING), when they become a call.
+    init_args: Option<FunctionArgs>,
     /// The supervisor's inbox; closed once the supervisor has ended.
     control: mpsc::UnboundedSender<Control>,
     /// Bumped on every state change of this procedure.
@@ -70,32 +72,23 @@ impl Records {
     ) -> ProcedureSummary {
         let mut table = self.table.lock();
         let time = now();
-        let id = table.insert_next(|id| {
-            let mut calls = Vec::new();
-            if !init_args.is_empty() {
-                calls.push(CallRecord {
-                    function: "init".into(),
-                    args: init_args.clone(),
-                    time,
-                });
-            }
-            Entry {
-                summary: ProcedureSummary {
-                    id,
-                    script,
-                    calls,
-                    history: vec![StateChange {
-                        state: ProcedureState::Creating,
-                        time,
-                        function: None,
-                    }],
-                    stacktrace: None,
+        let id = table.insert_next(|id| Entry {
+            summary: ProcedureSummary {
+                id,
+                script,
+                calls: Vec::new(),
+                history: vec![StateChange {
                     state: ProcedureState::Creating,
-                },
-                logs: LogBuffer::default(),
-                control,
-                changed: watch::Sender::new(()),
-            }
+                    time,
+                    function: None,
+                }],
+                stacktrace: None,
+                state: ProcedureState::Creating,
+            },
+            logs: LogBuffer::default(),
+            init_args: Some(init_args.clone()),
+            control,
+            changed: watch::Sender::new(()),
         });
         let summary = Arc::new(table.entries[&id].summary.clone());
         self.announce(summary.clone(), None);
@@ -239,16 +232,21 @@ impl Records {
         })
     }
 
-    /// The procedures in the table, and the IDs of those RUNNING.
+    /// How many procedures are live (not final), and the IDs of those RUNNING.
     pub fn counts(&self) -> (u64, Vec<u64>) {
         let table = self.table.lock();
-        let running = table
-            .entries
-            .values()
-            .filter(|e| e.summary.state == ProcedureState::Running)
-            .map(|e| e.summary.id)
+        let states = || {
+            table
+                .entries
+                .values()
+                .map(|e| (e.summary.id, e.summary.state))
+        };
+        let live = states().filter(|(_, state)| !state.is_final()).count();
+        let running = states()
+            .filter(|(_, state)| *state == ProcedureState::Running)
+            .map(|(id, _)| id)
             .collect();
-        (table.entries.len() as u64, running)
+        (live as u64, running)
     }
 
     /// The IDs of the procedures that are not final.
@@ -260,6 +258,15 @@ impl Records {
             .filter(|e| !e.summary.state.is_final())
             .map(|e| e.summary.id)
             .collect()
+    }
+
+    /// Every argument procedure `id` was given: its calls', and `init`'s before it is
+    /// called.
+    pub fn arguments(&self, id: u64) -> Result<Vec<FunctionArgs>, ProcedureError> {
+        let table = self.table.lock();
+        let entry = table.entries.get(&id).ok_or(ProcedureError::NotFound(id))?;
+        let calls = entry.summary.calls.iter().map(|call| call.args.clone());
+        Ok(entry.init_args.clone().into_iter().chain(calls).collect())
     }
 
     /// A procedure's state and its supervisor's inbox.
@@ -301,6 +308,15 @@ impl Records {
             return Err(ProcedureError::Transition { id, from, to });
         }
         entry.summary.state = to;
+        if to == ProcedureState::Initialising {
+            if let Some(args) = entry.init_args.take() {
+                entry.summary.calls.push(CallRecord {
+                    function: "init".into(),
+                    args,
+                    time: now(),
+                });
+            }
+        }
         entry.summary.history.push(StateChange {
             state: to,
             time: now(),

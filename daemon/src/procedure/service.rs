@@ -147,10 +147,10 @@ impl ProcedureService {
         if uri.is_empty() {
             return Err(ProcedureError::NoAbortScript);
         }
-        let summary = self.summary(id)?;
+        let arguments = self.inner.records.arguments(id)?;
         let mut found: Vec<&Value> = Vec::new();
-        for call in &summary.calls {
-            if let Some(value) = call.args.kwargs.get("subarray_id") {
+        for args in &arguments {
+            if let Some(value) = args.kwargs.get("subarray_id") {
                 if !found.contains(&value) {
                     found.push(value);
                 }
@@ -236,7 +236,7 @@ impl ProcedureService {
         self.inner.records.logs(id)
     }
 
-    /// Procedures in the table, and the IDs of those RUNNING.
+    /// How many procedures are live (not final), and the IDs of those RUNNING.
     pub fn counts(&self) -> (u64, Vec<u64>) {
         self.inner.records.counts()
     }
