@@ -390,7 +390,7 @@ async fn bad_requests_are_refused_clearly_and_create_nothing() {
     assert_refused(
         op.try_run("allocate", "sbd-missing", none()).await,
         ErrorKind::InvalidRequest,
-        "its script /nonexistent/allocate.py cannot be used on this host",
+        "script /nonexistent/allocate.py cannot be used on this host",
     );
     assert_refused(
         op.try_run(

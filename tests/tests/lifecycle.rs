@@ -69,12 +69,20 @@ async fn an_exception_in_main_fails_with_its_stack_trace() {
 }
 
 #[tokio::test]
-async fn a_missing_script_fails_naming_the_file() {
+async fn a_missing_script_is_refused_naming_the_file_and_records_nothing() {
     let daemon = TestDaemon::start();
-    let failed = daemon
-        .create_ready("file:///does/not/exist.py", FunctionArgs::default())
-        .await;
-    assert_failed_with(&failed, &["FileNotFoundError", "/does/not/exist.py"]);
+    let mut client = daemon.client().await;
+    let err = client
+        .create(
+            ScriptSpec::filesystem("file:///does/not/exist.py"),
+            FunctionArgs::default(),
+        )
+        .await
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(message.starts_with("invalid request"), "{message}");
+    assert!(message.contains("/does/not/exist.py"), "{message}");
+    assert!(client.list(vec![]).await.expect("list").is_empty());
 }
 
 #[tokio::test]
@@ -171,10 +179,10 @@ async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
         .ready_script("live.py", "def main():\n    pass\n")
         .await;
     let older = daemon
-        .create_ready("file:///missing/one.py", FunctionArgs::default())
+        .ready_script("one.py", "raise RuntimeError('fails on import')\n")
         .await;
     let newer = daemon
-        .create_ready("file:///missing/two.py", FunctionArgs::default())
+        .ready_script("two.py", "raise RuntimeError('fails on import')\n")
         .await;
     assert_eq!((older.state, newer.state), (Failed, Failed));
     let mut client = daemon.client().await;
@@ -267,7 +275,10 @@ async fn arguments_json_cannot_carry_are_refused_by_create_and_start() {
 async fn init_called_without_arguments_is_a_call_too() {
     let daemon = TestDaemon::start();
     let ready = daemon
-        .ready_script("bare.py", "def init():\n    pass\n\ndef main():\n    pass\n")
+        .ready_script(
+            "bare.py",
+            "def init():\n    pass\n\ndef main():\n    pass\n",
+        )
         .await;
     assert_state(&ready, Ready);
     let calls: Vec<&str> = ready.calls.iter().map(|c| c.function.as_str()).collect();
@@ -278,6 +289,8 @@ async fn init_called_without_arguments_is_a_call_too() {
     assert!(json["script_args"]["init"].is_object(), "{json}");
 
     // A script without init is not said to have had it called.
-    let plain = daemon.ready_script("plain.py", "def main():\n    pass\n").await;
+    let plain = daemon
+        .ready_script("plain.py", "def main():\n    pass\n")
+        .await;
     assert!(plain.calls.is_empty(), "{:?}", plain.calls);
 }

@@ -539,3 +539,40 @@ fn status_counts_as_live_only_what_has_not_ended() {
     let text = ok(daemon.oetctl(&["status"]));
     assert!(text.contains("0 live"), "{text}");
 }
+
+#[test]
+fn scripts_that_cannot_run_are_refused_in_one_line_and_cost_no_history() {
+    let daemon = TestDaemon::start();
+    let missing = format!("file://{}/scripts/missing.py", daemon.dir.path().display());
+    for (args, says) in [
+        (
+            vec!["procedure", "create", missing.as_str()],
+            "cannot be used on this host",
+        ),
+        (
+            vec![
+                "procedure",
+                "create",
+                "git://observe.py",
+                "--git_repo=relative/repo",
+            ],
+            "is relative",
+        ),
+        (
+            vec!["procedure", "create", "git://observe.py"],
+            "no git repository was given",
+        ),
+    ] {
+        let line = one_line_failure(&daemon.oetctl(&args));
+        assert!(line.starts_with("oetctl: invalid request: "), "{line}");
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+    let listed = json(&ok(daemon.oetctl(&["procedure", "list", "--json"])));
+    assert_eq!(listed, serde_json::json!([]), "refusals recorded nothing");
+    // ... and took no ID.
+    let uri = daemon.script("ok.py", "def main():\n    pass\n");
+    assert_eq!(
+        first_id(&ok(daemon.oetctl(&["procedure", "create", &uri]))),
+        1
+    );
+}

@@ -38,7 +38,7 @@ use tracing::{info, warn};
 use super::oda::{ActivityCall, NewSbi, Oda, OdaError};
 use super::sbd::{Sbd, UnknownActivity};
 use crate::events::{ActivityNews, BusEvent};
-use crate::procedure::{script, ProcedureError, ProcedureService};
+use crate::procedure::{ProcedureError, ProcedureService};
 use crate::table::IdTable;
 
 /// Why an activity could not be run or found.
@@ -163,24 +163,12 @@ impl ActivityService {
             sbd_id: sbd.sbd_id.clone(),
             reason,
         };
-        let script = script::parse(&spec).map_err(|err| script_error(err.to_string()))?;
-        if let script::Script::File(path) = &script {
-            match tokio::fs::metadata(path).await {
-                Ok(meta) if meta.is_file() => {}
-                Ok(_) => {
-                    return Err(script_error(format!(
-                        "its script {} is not a file",
-                        path.display()
-                    )))
-                }
-                Err(err) => {
-                    return Err(script_error(format!(
-                        "its script {} cannot be used on this host: {err}",
-                        path.display()
-                    )))
-                }
-            }
-        }
+        // Checked as creating its procedure would: refused now, before the SBI.
+        self.inner
+            .procedures
+            .check(&spec)
+            .await
+            .map_err(|err| script_error(err.to_string()))?;
         check_args(&script_args)?;
         let mut merged = def.merged_args(&script_args);
         check_args(&merged)?;
@@ -212,7 +200,7 @@ impl ActivityService {
 
         // 4. Prepare the procedure; its follower reads its whole history, so no state can
         // be missed.
-        let procedure = match self.inner.procedures.create(spec, init_args) {
+        let procedure = match self.inner.procedures.create(spec, init_args).await {
             Ok(procedure) => procedure,
             Err(cause) => {
                 remove_file(&sb_file);

@@ -5,6 +5,7 @@ use oet_protocol::value::NonFiniteFloat;
 use oet_protocol::ProcedureState;
 
 use super::script::ScriptError;
+use crate::git::GitError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProcedureError {
@@ -12,6 +13,8 @@ pub enum ProcedureError {
     NotFound(u64),
     #[error(transparent)]
     Script(#[from] ScriptError),
+    #[error(transparent)]
+    Git(#[from] GitError),
     #[error("invalid argument: {0}")]
     Argument(#[from] NonFiniteFloat),
     #[error("no function named to start")]

@@ -18,7 +18,8 @@ use super::error::ProcedureError;
 use super::handle::ProcedureHandle;
 use super::launch::{Context, Launcher};
 use super::records::Records;
-use super::{script, state, supervisor};
+use super::script::{self, Script};
+use super::{state, supervisor};
 use crate::events::EventBus;
 
 /// A cheap handle to the procedure service; clone it freely.
@@ -60,16 +61,36 @@ impl ProcedureService {
         self.inner.records.bus()
     }
 
-    /// Creates a procedure: validates the request, records it in CREATING and hands it to
+    /// Checks, before anything is recorded, that `spec` can be run: its URI fits its kind,
+    /// a filesystem script is a file on this host, a git script names a repository (or
+    /// one is configured) that may be used.
+    pub async fn check(&self, spec: &ScriptSpec) -> Result<Script, ProcedureError> {
+        let script = script::parse(spec)?;
+        match &script {
+            Script::File(path) => script::check_file(path).await?,
+            Script::Git { args, .. } => {
+                let git = &self.inner.launcher.git.repos;
+                git.check(
+                    args.git_repo.as_deref(),
+                    args.git_branch.as_deref(),
+                    args.git_commit.as_deref(),
+                )
+                .await?
+            }
+        }
+        Ok(script)
+    }
+
+    /// Creates a procedure: checks the request, records it in CREATING and hands it to
     /// its supervisor. Returns at once; the procedure then moves on by itself towards
-    /// READY.
-    pub fn create(
+    /// READY. A request that cannot be run is refused and records nothing.
+    pub async fn create(
         &self,
         spec: ScriptSpec,
         init_args: FunctionArgs,
     ) -> Result<ProcedureSummary, ProcedureError> {
-        let script = script::parse(&spec)?;
         init_args.check_finite()?;
+        let script = self.check(&spec).await?;
         let (control, inbox) = mpsc::unbounded_channel();
         let summary = self.inner.records.insert(spec, &init_args, control);
         let handle = ProcedureHandle::new(summary.id, self.inner.records.clone());
@@ -179,7 +200,7 @@ impl ProcedureService {
             args: Vec::new(),
             kwargs: BTreeMap::from([("subarray_id".to_string(), subarray_id)]),
         };
-        let created = self.create(ScriptSpec::filesystem(uri), init)?;
+        let created = self.create(ScriptSpec::filesystem(uri), init).await?;
         let ready = self
             .wait_for(created.id, |s| s == ProcedureState::Ready)
             .await?;

@@ -15,6 +15,7 @@ fn procedure_kind(err: &ProcedureError) -> ErrorKind {
         | ProcedureError::AlreadyFinal { .. }
         | ProcedureError::Transition { .. } => ErrorKind::InvalidState,
         ProcedureError::Script(_)
+        | ProcedureError::Git(_)
         | ProcedureError::Argument(_)
         | ProcedureError::NoFunction
         | ProcedureError::NoAbortScript

@@ -21,7 +21,10 @@ impl Handler for CreateProcedure {
         services: &Services,
         _: &mut Session,
     ) -> Result<ProcedureSummary, ProtocolError> {
-        Ok(services.procedures.create(self.script, self.init_args)?)
+        Ok(services
+            .procedures
+            .create(self.script, self.init_args)
+            .await?)
     }
 }
 
