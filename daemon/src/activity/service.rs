@@ -308,7 +308,9 @@ impl ActivityService {
         summary
             .history
             .push(ActivityStateChange { state: to, time });
-        if error.is_some() {
+        // A final state says why the activity ended, and nothing older: an error that
+        // kept it PREPARED no longer holds once it is stopped or has run.
+        if error.is_some() || to.is_final() {
             summary.error = error;
         }
         let summary = summary.clone();
@@ -486,7 +488,7 @@ impl Follower {
                 ProcedureState::Running => (ActivityState::Running, None),
                 ProcedureState::Complete => (ActivityState::Complete, None),
                 ProcedureState::Stopped => (ActivityState::Stopped, None),
-                ProcedureState::Failed => (ActivityState::Failed, None),
+                ProcedureState::Failed => (ActivityState::Failed, Some(failure(summary))),
                 ProcedureState::Unknown => (
                     ActivityState::Failed,
                     Some(format!(
@@ -523,6 +525,20 @@ impl Follower {
             );
         }
     }
+}
+
+/// Why a FAILED procedure failed, in one line: the last line of its stack trace (the
+/// exception, or how its process died), and where to read the rest.
+fn failure(procedure: &ProcedureSummary) -> String {
+    let why = procedure
+        .stacktrace
+        .as_deref()
+        .and_then(|trace| trace.lines().rev().find(|line| !line.trim().is_empty()))
+        .map_or("it failed", str::trim);
+    format!(
+        "{why} (see procedure {}: oetctl procedure describe --pid {})",
+        procedure.id, procedure.id
+    )
 }
 
 fn check_args(args: &BTreeMap<String, FunctionArgs>) -> Result<(), ActivityError> {
