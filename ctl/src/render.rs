@@ -108,12 +108,22 @@ pub fn describe(summary: &ProcedureSummary) -> String {
         ..
     } = &summary.script
     {
+        // What ran, once known; before that, what was asked for.
         let or_default = |v: &Option<String>| v.clone().unwrap_or_else(|| "(default)".into());
+        let (repo, branch, commit) = match &summary.checkout {
+            Some(checkout) => (
+                checkout.repo.clone(),
+                checkout.branch.clone().unwrap_or_else(|| "(none)".into()),
+                checkout.commit.clone(),
+            ),
+            None => (
+                or_default(&git_args.git_repo),
+                or_default(&git_args.git_branch),
+                or_default(&git_args.git_commit),
+            ),
+        };
         out.push_str(&format!(
-            "\nGit: repository {}, branch {}, commit {}, {}\n",
-            or_default(&git_args.git_repo),
-            or_default(&git_args.git_branch),
-            or_default(&git_args.git_commit),
+            "\nGit: repository {repo}, branch {branch}, commit {commit}, {}\n",
             if *create_env {
                 "own virtual environment"
             } else {
@@ -376,6 +386,7 @@ mod tests {
         let mut kwargs = BTreeMap::new();
         kwargs.insert("subarray_id".to_owned(), Value::Int(1));
         ProcedureSummary {
+            checkout: None,
             id,
             script: ScriptSpec::filesystem("file:///opt/scripts/hello.py"),
             calls: vec![CallRecord {
@@ -460,7 +471,17 @@ ValueError: no
             },
             create_env: true,
         };
-        let text = describe(&git);
+        let asked = describe(&git);
+        git.checkout = Some(oet_protocol::GitCheckout {
+            repo: "https://example.org/s.git".into(),
+            branch: Some("main".into()),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        });
+        assert!(describe(&git).contains(
+            "Git: repository https://example.org/s.git, branch main, \
+             commit 0123456789abcdef0123456789abcdef01234567, own virtual environment"
+        ));
+        let text = asked;
         assert!(text.contains(
             "Git: repository https://example.org/s.git, branch (default), commit abc123, \
              own virtual environment"

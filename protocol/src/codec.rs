@@ -168,6 +168,7 @@ mod tests {
             result: Ok(ResponseBody::CreateProcedure(ProcedureSummary {
                 id: 1,
                 script,
+                checkout: None,
                 calls: vec![],
                 history: vec![StateChange {
                     state: ProcedureState::Creating,

@@ -205,11 +205,25 @@ impl StateChange {
     }
 }
 
+/// Where a git script was checked out from, once it is known: what the request left to
+/// defaults, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitCheckout {
+    /// The repository used (a URL, or a canonical local path).
+    pub repo: String,
+    /// The branch the commit was resolved from, if it was resolved from one.
+    pub branch: Option<String>,
+    /// The full commit id that ran.
+    pub commit: String,
+}
+
 /// Everything known about one procedure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcedureSummary {
     pub id: u64,
     pub script: ScriptSpec,
+    /// For a git script, the checkout it runs from, once fetched.
+    pub checkout: Option<GitCheckout>,
     /// Every call made, in order (`init` first when the script has one).
     pub calls: Vec<CallRecord>,
     pub history: Vec<StateChange>,

@@ -299,7 +299,10 @@ async fn a_failing_main_fails_the_activity_with_the_message_in_the_stack_trace()
     // The activity says why, itself.
     let error = done.error.expect("a FAILED activity says why");
     assert!(error.starts_with("Exception: fail"), "{error}");
-    assert!(error.contains(&format!("see procedure {}", procedure.id)), "{error}");
+    assert!(
+        error.contains(&format!("see procedure {}", procedure.id)),
+        "{error}"
+    );
     let output = daemon.oetctl(&["activity", "describe", "--aid", &requested.id.to_string()]);
     let described = String::from_utf8_lossy(&output.stdout);
     assert!(described.contains("Error: Exception: fail"), "{described}");

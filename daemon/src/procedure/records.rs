@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use oet_protocol::{
-    now, CallRecord, FunctionArgs, LogLine, ProcedureLogs, ProcedureState, ProcedureSummary,
-    ScriptSpec, StateChange, Stream, Value,
+    now, CallRecord, FunctionArgs, GitCheckout, LogLine, ProcedureLogs, ProcedureState,
+    ProcedureSummary, ScriptSpec, StateChange, Stream, Value,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -76,6 +76,7 @@ impl Records {
             summary: ProcedureSummary {
                 id,
                 script,
+                checkout: None,
                 calls: Vec::new(),
                 history: vec![StateChange {
                     state: ProcedureState::Creating,
@@ -172,6 +173,13 @@ impl Records {
         });
         if let Err(err) = self.transition_locked(&mut table, id, ProcedureState::Failed, None) {
             warn!(procedure_id = id, "{err}");
+        }
+    }
+
+    /// Records where a git script was checked out from.
+    pub fn set_checkout(&self, id: u64, checkout: GitCheckout) {
+        if let Some(entry) = self.table.lock().entries.get_mut(&id) {
+            entry.summary.checkout = Some(checkout);
         }
     }
 
