@@ -17,6 +17,7 @@ use crate::messages::*;
 use crate::requests::*;
 use crate::summary::{
     ActivityState, ActivitySummary, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec,
+    Timestamp,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -138,12 +139,37 @@ impl Client {
         self.call(StopProcedure { id, run_abort }).await
     }
 
-    /// Summaries of the given procedures, or of every live one when `ids` is empty.
+    /// Summaries of the given procedures (live or past), or of the default list when
+    /// `ids` is empty: every live procedure and the newest final ones.
     pub async fn list(&mut self, ids: Vec<u64>) -> Result<Vec<ProcedureSummary>, ClientError> {
         self.call(ListProcedures { ids }).await
     }
 
-    /// One procedure's summary.
+    /// Procedures from the durable store, live and past, in ID order: those created at
+    /// or after `since`, in `state`, the newest `limit` of them (all when `None`). Asks
+    /// for as many pages as that takes.
+    pub async fn procedure_history(
+        &mut self,
+        since: Option<Timestamp>,
+        state: Option<ProcedureState>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ProcedureSummary>, ClientError> {
+        let mut pages = Pages::new(limit);
+        while let Some((before, limit)) = pages.next_page() {
+            let page = self
+                .call(ListProcedureHistory {
+                    since,
+                    state,
+                    before,
+                    limit,
+                })
+                .await?;
+            pages.add(page, |summary| summary.id);
+        }
+        Ok(pages.finish())
+    }
+
+    /// One procedure's summary, live or past.
     pub async fn describe(&mut self, id: u64) -> Result<ProcedureSummary, ClientError> {
         only(self.list(vec![id]).await?, "procedure", id)
     }
@@ -176,7 +202,31 @@ impl Client {
         .await
     }
 
-    /// Summaries of the given activities, or of every live one when `ids` is empty.
+    /// Activities from the durable store, live and past, in ID order; like
+    /// [`Client::procedure_history`].
+    pub async fn activity_history(
+        &mut self,
+        since: Option<Timestamp>,
+        state: Option<ActivityState>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ActivitySummary>, ClientError> {
+        let mut pages = Pages::new(limit);
+        while let Some((before, limit)) = pages.next_page() {
+            let page = self
+                .call(ListActivityHistory {
+                    since,
+                    state,
+                    before,
+                    limit,
+                })
+                .await?;
+            pages.add(page, |summary| summary.id);
+        }
+        Ok(pages.finish())
+    }
+
+    /// Summaries of the given activities (live or past), or of the default list when
+    /// `ids` is empty.
     pub async fn list_activities(
         &mut self,
         ids: Vec<u64>,
@@ -207,6 +257,58 @@ impl Client {
         Ok(EventStream {
             transport: self.transport,
         })
+    }
+}
+
+/// Gathers history pages (newest first) until the wanted number is reached or the
+/// history is exhausted.
+struct Pages<T> {
+    items: Vec<T>,
+    wanted: Option<usize>,
+    before: Option<u64>,
+    done: bool,
+}
+
+impl<T> Pages<T> {
+    fn new(wanted: Option<usize>) -> Self {
+        Pages {
+            items: Vec::new(),
+            wanted,
+            before: None,
+            done: wanted == Some(0),
+        }
+    }
+
+    /// The next page to ask for: below which ID, and how many.
+    fn next_page(&self) -> Option<(Option<u64>, u32)> {
+        if self.done {
+            return None;
+        }
+        let left = self.wanted.map_or(usize::MAX, |w| w - self.items.len());
+        let limit = u32::try_from(left)
+            .unwrap_or(HISTORY_PAGE_MAX)
+            .min(HISTORY_PAGE_MAX);
+        Some((self.before, limit))
+    }
+
+    fn add(&mut self, page: Vec<T>, id: impl Fn(&T) -> u64) {
+        let last = page.last().map(&id);
+        // An ID not below the asked bound would mean a server that ignores paging.
+        let progressed = matches!((last, self.before), (Some(l), Some(b)) if l < b)
+            || (last.is_some() && self.before.is_none());
+        self.items.extend(page);
+        self.before = last;
+        let full = self.wanted.is_some_and(|w| self.items.len() >= w);
+        self.done = full || !progressed;
+        if let Some(wanted) = self.wanted {
+            self.items.truncate(wanted);
+        }
+    }
+
+    /// The items in ascending ID order.
+    fn finish(mut self) -> Vec<T> {
+        self.items.reverse();
+        self.items
     }
 }
 

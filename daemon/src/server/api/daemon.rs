@@ -26,6 +26,12 @@ impl Handler for GetStatus {
                 .unwrap_or(0.0),
             procedures_live: live,
             running,
+            store: services.procedures.store().path().display().to_string(),
+            store_problem: services
+                .procedures
+                .store()
+                .problem()
+                .map(|problem| problem.to_string()),
         })
     }
 }

@@ -1,0 +1,69 @@
+//! Why the store could not do something. Each variant is a sentence an operator can act
+//! on; the kind of failure decides whether oetd waits for the store to recover.
+
+use std::path::PathBuf;
+
+/// A failure of the durable store.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store {} cannot be written: its file system is full ({detail}); free space there, and oetd writes what waited", path.display())]
+    DiskFull { path: PathBuf, detail: String },
+    #[error("the store {} cannot be written: its file system is read-only ({detail}); make it writable, and oetd writes what waited", path.display())]
+    ReadOnly { path: PathBuf, detail: String },
+    #[error("the store {} is corrupt ({detail}); stop oetd, move the file aside (keep it for inspection) and start oetd again, which begins a new store", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("the store {} cannot be opened ({detail}); check that the directory exists and belongs to oetd's user, then restart oetd", path.display())]
+    Open { path: PathBuf, detail: String },
+    #[error("the store {} was written by a newer oetd (schema version {found}; this oetd knows up to {known}); run that oetd, or a newer one", path.display())]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("the store {} is busy: another process holds its lock ({detail})", path.display())]
+    Busy { path: PathBuf, detail: String },
+    #[error("the store {} failed: {detail}", path.display())]
+    Io { path: PathBuf, detail: String },
+    #[error("a record could not be read from the store {}: {detail}", path.display())]
+    Data { path: PathBuf, detail: String },
+}
+
+impl StoreError {
+    /// Classifies an SQLite error met while using the store at `path`.
+    pub(super) fn from_sqlite(path: &std::path::Path, err: &rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode as Code;
+        let path = path.to_owned();
+        let detail = err.to_string();
+        match err.sqlite_error_code() {
+            Some(Code::DiskFull) => StoreError::DiskFull { path, detail },
+            Some(Code::ReadOnly) => StoreError::ReadOnly { path, detail },
+            Some(Code::DatabaseCorrupt | Code::NotADatabase) => {
+                StoreError::Corrupt { path, detail }
+            }
+            Some(Code::CannotOpen | Code::PermissionDenied) => StoreError::Open { path, detail },
+            Some(Code::DatabaseBusy | Code::DatabaseLocked) => StoreError::Busy { path, detail },
+            Some(_) => StoreError::Io { path, detail },
+            None => StoreError::Data { path, detail },
+        }
+    }
+
+    /// Whether this failure is of the storage itself (so the write may succeed later),
+    /// rather than of one record's content.
+    pub(super) fn is_storage(&self) -> bool {
+        !matches!(self, StoreError::Data { .. })
+    }
+
+    /// A short name for the `STATUS=` line and the log.
+    pub fn short(&self) -> &'static str {
+        match self {
+            StoreError::DiskFull { .. } => "file system full",
+            StoreError::ReadOnly { .. } => "read-only file system",
+            StoreError::Corrupt { .. } => "corrupt file",
+            StoreError::Open { .. } => "cannot be opened",
+            StoreError::NewerSchema { .. } => "written by a newer oetd",
+            StoreError::Busy { .. } => "locked by another process",
+            StoreError::Io { .. } => "I/O error",
+            StoreError::Data { .. } => "unreadable record",
+        }
+    }
+}
