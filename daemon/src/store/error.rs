@@ -24,7 +24,7 @@ pub enum StoreError {
     Busy { path: PathBuf, detail: String },
     #[error("the store {} failed: {detail}", path.display())]
     Io { path: PathBuf, detail: String },
-    #[error("a record could not be read from the store {}: {detail}", path.display())]
+    #[error("the store {} could not take or give back a record: {detail}", path.display())]
     Data { path: PathBuf, detail: String },
 }
 
@@ -42,8 +42,15 @@ impl StoreError {
             }
             Some(Code::CannotOpen | Code::PermissionDenied) => StoreError::Open { path, detail },
             Some(Code::DatabaseBusy | Code::DatabaseLocked) => StoreError::Busy { path, detail },
-            Some(_) => StoreError::Io { path, detail },
-            None => StoreError::Data { path, detail },
+            Some(
+                Code::SystemIoFailure
+                | Code::FileLockingProtocolFailed
+                | Code::OutOfMemory
+                | Code::SchemaChanged
+                | Code::InternalMalfunction,
+            ) => StoreError::Io { path, detail },
+            // A constraint, a type, a value out of range: the record, not the storage.
+            Some(_) | None => StoreError::Data { path, detail },
         }
     }
 
@@ -63,7 +70,7 @@ impl StoreError {
             StoreError::NewerSchema { .. } => "written by a newer oetd",
             StoreError::Busy { .. } => "locked by another process",
             StoreError::Io { .. } => "I/O error",
-            StoreError::Data { .. } => "unreadable record",
+            StoreError::Data { .. } => "a record refused",
         }
     }
 }

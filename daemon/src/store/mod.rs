@@ -16,7 +16,7 @@ mod error;
 mod read;
 mod record;
 pub mod retention;
-mod schema;
+pub(crate) mod schema;
 mod writer;
 
 use std::collections::VecDeque;

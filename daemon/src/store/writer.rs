@@ -237,3 +237,156 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use oet_protocol::{ProcedureState, ProcedureSummary, ScriptSpec, StateChange, Value};
+
+    use super::*;
+    use crate::events::{EventConfig, Received};
+
+    fn summary(id: u64, trace_bytes: usize) -> Arc<ProcedureSummary> {
+        Arc::new(ProcedureSummary {
+            id,
+            script: ScriptSpec::filesystem("file:///s.py"),
+            calls: Vec::new(),
+            history: vec![StateChange::now(ProcedureState::Creating)],
+            // Large enough to need pages the full store does not have.
+            stacktrace: Some("x".repeat(trace_bytes)),
+            state: ProcedureState::Creating,
+        })
+    }
+
+    fn event(id: u64) -> BusEvent {
+        BusEvent::Script {
+            id,
+            topic: "user.n".into(),
+            payload: Value::Null,
+        }
+    }
+
+    /// The ids of the events published so far.
+    fn published(events: &mut crate::events::Subscription) -> Vec<u64> {
+        std::iter::from_fn(|| events.try_recv())
+            .map(|item| match item {
+                Received::Event(published) => match published.event() {
+                    BusEvent::Script { id, .. } => *id,
+                    other => panic!("unexpected {other:?}"),
+                },
+                Received::Lagged(n) => panic!("lagged {n}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_store_holds_changes_and_their_events_until_it_can_write_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.sqlite");
+        let mut conn = crate::store::connect(&path).expect("connect");
+        crate::store::schema::migrate(&mut conn, crate::store::schema::CURRENT).expect("migrate");
+        // As if the disk were full: the database may not grow by a page.
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .expect("page count");
+        let limit: i64 = conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |row| {
+                row.get(0)
+            })
+            .expect("limit");
+        assert_eq!(limit, pages);
+        let bus = EventBus::new(EventConfig::default());
+        let mut events = bus.subscribe();
+        let (progress, watcher) = watch::channel(Progress::default());
+        let mut writer = Writer {
+            path: path.clone(),
+            conn: Some(conn),
+            bus,
+            progress,
+            pending: VecDeque::new(),
+            retry_at: None,
+        };
+        for id in 1..=3 {
+            writer.pending.push_back(Op {
+                seq: id,
+                records: vec![Record::ProcedureCreated(summary(id, 20_000))],
+                events: vec![event(id)],
+            });
+        }
+        writer.flush();
+        let problem = watcher.borrow().problem.clone();
+        assert!(
+            matches!(problem, Some(StoreError::DiskFull { .. })),
+            "{problem:?}"
+        );
+        assert!(
+            published(&mut events).is_empty(),
+            "nothing announced before it is written"
+        );
+        assert_eq!(writer.pending.len(), 3);
+        assert!(writer.retry_at.is_some());
+
+        // Another change waits behind them, in order.
+        writer.pending.push_back(Op {
+            seq: 4,
+            records: Vec::new(),
+            events: vec![event(4)],
+        });
+        writer.flush();
+        assert!(published(&mut events).is_empty());
+
+        // Room again: everything is written, then announced in order.
+        if let Some(conn) = &writer.conn {
+            let _: i64 = conn
+                .query_row("PRAGMA max_page_count = 1000000", [], |row| row.get(0))
+                .expect("limit");
+        }
+        writer.flush();
+        assert_eq!(watcher.borrow().problem, None);
+        assert_eq!(watcher.borrow().committed, 4);
+        assert_eq!(published(&mut events), [1, 2, 3, 4]);
+        assert!(writer.pending.is_empty() && writer.retry_at.is_none());
+        let count: i64 = writer
+            .conn
+            .as_ref()
+            .expect("conn")
+            .query_row("SELECT COUNT(*) FROM procedures", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_written_is_logged_and_the_others_are_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.sqlite");
+        let mut conn = crate::store::connect(&path).expect("connect");
+        crate::store::schema::migrate(&mut conn, crate::store::schema::CURRENT).expect("migrate");
+        let bus = EventBus::new(EventConfig::default());
+        let mut events = bus.subscribe();
+        let (progress, watcher) = watch::channel(Progress::default());
+        let mut writer = Writer {
+            path,
+            conn: Some(conn),
+            bus,
+            progress,
+            pending: VecDeque::new(),
+            retry_at: None,
+        };
+        // The same procedure twice: the second cannot be written.
+        for seq in 1..=2 {
+            writer.pending.push_back(Op {
+                seq,
+                records: vec![Record::ProcedureCreated(summary(7, 10))],
+                events: vec![event(seq)],
+            });
+        }
+        writer.flush();
+        assert_eq!(
+            watcher.borrow().problem,
+            None,
+            "one bad record is no storage failure"
+        );
+        assert_eq!(published(&mut events), [1, 2]);
+    }
+}
