@@ -37,7 +37,7 @@ def init(block_init=False):
         pub.sendMessage("test.pids", worker=os.getpid(), child=0)
         time.sleep(3600)
 
-def main():
+def main(**activity):
     child = subprocess.Popen(["sleep", "3600"])
     pub.sendMessage("test.pids", worker=os.getpid(), child=child.pid)
     time.sleep(3600)
