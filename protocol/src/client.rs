@@ -154,19 +154,13 @@ impl Client {
         state: Option<ProcedureState>,
         limit: Option<usize>,
     ) -> Result<Vec<ProcedureSummary>, ClientError> {
-        let mut pages = Pages::new(limit);
-        while let Some((before, limit)) = pages.next_page() {
-            let page = self
-                .call(ListProcedureHistory {
-                    since,
-                    state,
-                    before,
-                    limit,
-                })
-                .await?;
-            pages.add(page, |summary| summary.id);
-        }
-        Ok(pages.finish())
+        self.pages(limit, |before, limit| ListProcedureHistory {
+            since,
+            state,
+            before,
+            limit,
+        })
+        .await
     }
 
     /// One procedure's summary, live or past.
@@ -210,17 +204,30 @@ impl Client {
         state: Option<ActivityState>,
         limit: Option<usize>,
     ) -> Result<Vec<ActivitySummary>, ClientError> {
+        self.pages(limit, |before, limit| ListActivityHistory {
+            since,
+            state,
+            before,
+            limit,
+        })
+        .await
+    }
+
+    /// Asks for history pages made by `page` (below an ID, this many) until `limit`
+    /// records are gathered or the history is exhausted; returns them in ID order.
+    async fn pages<R, T>(
+        &mut self,
+        limit: Option<usize>,
+        page: impl Fn(Option<u64>, u32) -> R,
+    ) -> Result<Vec<T>, ClientError>
+    where
+        R: Call<Response = Vec<T>>,
+        T: HasId,
+    {
         let mut pages = Pages::new(limit);
         while let Some((before, limit)) = pages.next_page() {
-            let page = self
-                .call(ListActivityHistory {
-                    since,
-                    state,
-                    before,
-                    limit,
-                })
-                .await?;
-            pages.add(page, |summary| summary.id);
+            let got = self.call(page(before, limit)).await?;
+            pages.add(got, limit);
         }
         Ok(pages.finish())
     }
@@ -260,6 +267,23 @@ impl Client {
     }
 }
 
+/// A record of the history, known by its ID.
+pub trait HasId {
+    fn id(&self) -> u64;
+}
+
+impl HasId for ProcedureSummary {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl HasId for ActivitySummary {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 /// Gathers history pages (newest first) until the wanted number is reached or the
 /// history is exhausted.
 struct Pages<T> {
@@ -291,15 +315,20 @@ impl<T> Pages<T> {
         Some((self.before, limit))
     }
 
-    fn add(&mut self, page: Vec<T>, id: impl Fn(&T) -> u64) {
-        let last = page.last().map(&id);
+    /// Adds a page, asked for with `asked` as its limit.
+    fn add(&mut self, page: Vec<T>, asked: u32)
+    where
+        T: HasId,
+    {
+        let short = page.len() < asked as usize;
+        let last = page.last().map(HasId::id);
         // An ID not below the asked bound would mean a server that ignores paging.
         let progressed = matches!((last, self.before), (Some(l), Some(b)) if l < b)
             || (last.is_some() && self.before.is_none());
         self.items.extend(page);
         self.before = last;
         let full = self.wanted.is_some_and(|w| self.items.len() >= w);
-        self.done = full || !progressed;
+        self.done = full || short || !progressed;
         if let Some(wanted) = self.wanted {
             self.items.truncate(wanted);
         }

@@ -65,11 +65,10 @@ impl Record {
     pub(super) fn apply(&self, conn: &Connection) -> rusqlite::Result<()> {
         match self {
             Record::ProcedureCreated(summary) => {
-                let final_at = summary
-                    .state
-                    .is_final()
-                    .then(|| summary.history.last().map(|c| c.time))
-                    .flatten();
+                let final_at = final_at(
+                    summary.state.is_final(),
+                    summary.history.last().map(|c| c.time),
+                );
                 conn.prepare_cached(
                     "INSERT INTO procedures (id, script, script_uri, created_at, state, final_at, stacktrace)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -100,7 +99,7 @@ impl Record {
                 output,
             } => {
                 insert_state(conn, *id, *seq, change)?;
-                let final_at = change.state.is_final().then_some(change.time);
+                let final_at = final_at(change.state.is_final(), Some(change.time));
                 conn.prepare_cached(
                     "UPDATE procedures SET state = ?2, final_at = ?3,
                          stacktrace = COALESCE(?4, stacktrace) WHERE id = ?1",
@@ -136,11 +135,10 @@ impl Record {
                 .execute(params![*id as i64, *pid, *start_time as i64])
                 .map(drop),
             Record::ActivityCreated { summary, sb_file } => {
-                let final_at = summary
-                    .state
-                    .is_final()
-                    .then(|| summary.history.last().map(|c| c.time))
-                    .flatten();
+                let final_at = final_at(
+                    summary.state.is_final(),
+                    summary.history.last().map(|c| c.time),
+                );
                 conn.prepare_cached(
                     "INSERT INTO activities (id, activity_name, sbd_id, sbi_id, procedure_id,
                          script_args, prepare_only, created_at, state, final_at, error, sb_file)
@@ -172,7 +170,7 @@ impl Record {
                 error,
             } => {
                 insert_activity_state(conn, *id, *seq, change)?;
-                let final_at = change.state.is_final().then_some(change.time);
+                let final_at = final_at(change.state.is_final(), Some(change.time));
                 conn.prepare_cached(
                     "UPDATE activities SET state = ?2, final_at = ?3, error = COALESCE(?4, error)
                      WHERE id = ?1",
@@ -186,6 +184,11 @@ impl Record {
                 .map(drop),
         }
     }
+}
+
+/// When a record ended: the time of its last state, if that state is final.
+fn final_at(is_final: bool, last: Option<f64>) -> Option<f64> {
+    last.filter(|_| is_final)
 }
 
 fn insert_call(conn: &Connection, id: u64, seq: usize, call: &CallRecord) -> rusqlite::Result<()> {

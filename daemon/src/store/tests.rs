@@ -266,11 +266,12 @@ async fn retention_keeps_to_the_age_and_count_bounds_and_never_removes_live_reco
             activities: 3
         }
     );
+    let all = HistoryQuery {
+        limit: 100,
+        ..HistoryQuery::default()
+    };
     let kept: Vec<u64> = store
-        .procedures(&HistoryQuery {
-            limit: 100,
-            ..HistoryQuery::default()
-        })
+        .procedures(&all)
         .expect("page")
         .iter()
         .map(|p| p.id)
@@ -280,16 +281,13 @@ async fn retention_keeps_to_the_age_and_count_bounds_and_never_removes_live_reco
         [7, 6, 5, 2],
         "the three newest ended, and the live one"
     );
-    let activities: Vec<u64> = store
-        .activities(&HistoryQuery {
-            limit: 100,
-            ..HistoryQuery::default()
-        })
+    let kept: Vec<u64> = store
+        .activities(&all)
         .expect("page")
         .iter()
         .map(|a| a.id)
         .collect();
-    assert_eq!(activities, [5, 4]);
+    assert_eq!(kept, [5, 4]);
     assert!(!sb_dir.join("sb-1.json").exists());
     assert!(!sb_dir.join("sb-2.json").exists());
     assert!(outside.exists());

@@ -7,8 +7,7 @@ use oet_protocol::{
 };
 
 use super::handler::{Handler, Services, Session};
-use super::procedures::page_size;
-use crate::store::HistoryQuery;
+use super::procedures::history_query;
 
 impl Handler for RunActivity {
     fn announce(&self) -> Vec<(&'static str, Value)> {
@@ -48,12 +47,8 @@ impl Handler for ListActivityHistory {
         services: &Services,
         _: &mut Session,
     ) -> Result<Vec<ActivitySummary>, ProtocolError> {
-        let query = HistoryQuery {
-            since: self.since,
-            state: self.state.map(|state| state.as_str()),
-            before: self.before,
-            limit: page_size(self.limit),
-        };
+        let state = self.state.map(|state| state.as_str());
+        let query = history_query(self.since, state, self.before, self.limit);
         Ok(services.activities.history(query).await?)
     }
 }

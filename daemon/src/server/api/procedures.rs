@@ -94,22 +94,28 @@ impl Handler for ListProcedureHistory {
         services: &Services,
         _: &mut Session,
     ) -> Result<Vec<ProcedureSummary>, ProtocolError> {
-        let query = HistoryQuery {
-            since: self.since,
-            state: self.state.map(|state| state.as_str()),
-            before: self.before,
-            limit: page_size(self.limit),
-        };
+        let state = self.state.map(|state| state.as_str());
+        let query = history_query(self.since, state, self.before, self.limit);
         Ok(services.procedures.history(query).await?)
     }
 }
 
-/// The number of records a history page holds when `limit` are asked for.
-pub(super) fn page_size(limit: u32) -> u32 {
-    if limit == 0 {
-        HISTORY_PAGE_MAX
-    } else {
-        limit.min(HISTORY_PAGE_MAX)
+/// The page of the history a request asks for; at most [`HISTORY_PAGE_MAX`] records.
+pub(super) fn history_query(
+    since: Option<f64>,
+    state: Option<&'static str>,
+    before: Option<u64>,
+    limit: u32,
+) -> HistoryQuery {
+    HistoryQuery {
+        since,
+        state,
+        before,
+        limit: if limit == 0 {
+            HISTORY_PAGE_MAX
+        } else {
+            limit.min(HISTORY_PAGE_MAX)
+        },
     }
 }
 
