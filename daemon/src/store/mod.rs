@@ -38,16 +38,8 @@ pub use read::{HistoryQuery, Interrupted};
 pub use record::{KeptOutput, Record};
 
 use read::Table;
+pub use writer::Progress;
 use writer::{Msg, Op, Writer};
-
-/// How far the writer has got, and what keeps it from writing.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Progress {
-    /// The number of the last change written and announced.
-    pub committed: u64,
-    /// Why the store cannot be written now.
-    pub problem: Option<StoreError>,
-}
 
 /// A cheap handle to the store; clone it freely.
 #[derive(Clone)]

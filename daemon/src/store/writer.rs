@@ -22,7 +22,6 @@ use tracing::{error, info};
 
 use super::error::StoreError;
 use super::record::Record;
-use super::Progress;
 use crate::events::{BusEvent, EventBus};
 
 /// How long a failing store waits before it tries to write again.
@@ -31,6 +30,15 @@ pub(super) const RETRY: Duration = Duration::from_secs(1);
 /// Changes kept waiting while the store cannot be written; past this, the oldest is
 /// given up (and logged with its content).
 const PENDING_LIMIT: usize = 100_000;
+
+/// How far the writer has got, and what keeps it from writing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// The number of the last change written and announced.
+    pub committed: u64,
+    /// Why the store cannot be written now.
+    pub problem: Option<StoreError>,
+}
 
 /// What the writer is sent.
 pub(super) enum Msg {
