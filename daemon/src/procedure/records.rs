@@ -224,6 +224,7 @@ impl Records {
     ) -> Result<(ProcedureSummary, mpsc::UnboundedSender<Control>), ProcedureError> {
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get(&id) else {
+            drop(table);
             return Err(self.missing(id));
         };
         if entry.summary.state != ProcedureState::Ready {

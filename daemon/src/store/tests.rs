@@ -432,7 +432,7 @@ async fn a_store_of_a_newer_oetd_is_refused() {
 /// procedure of each kind of ending, one interrupted, an activity and kept output. Run
 /// once when the first schema was released; kept to show how the fixture was made.
 #[test]
-#[ignore]
+#[ignore = "writes the fixture; run by hand, once"]
 fn write_the_first_schema_fixture() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/store/v1.sqlite");
     let _ = std::fs::remove_file(&path);
