@@ -54,6 +54,23 @@ impl StoreError {
         }
     }
 
+    /// Names a plain I/O failure more exactly when the store's file system explains it:
+    /// one remounted read-only after errors, or one without a free block, makes SQLite
+    /// report a bare I/O error.
+    pub(super) fn refined(self) -> StoreError {
+        let StoreError::Io { path, detail } = self else {
+            return self;
+        };
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        match nix::sys::statvfs::statvfs(dir) {
+            Ok(fs) if fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) => {
+                StoreError::ReadOnly { path, detail }
+            }
+            Ok(fs) if fs.blocks_available() == 0 => StoreError::DiskFull { path, detail },
+            _ => StoreError::Io { path, detail },
+        }
+    }
+
     /// Whether this failure is of the storage itself (so the write may succeed later),
     /// rather than of one record's content.
     pub(super) fn is_storage(&self) -> bool {
@@ -72,5 +89,26 @@ impl StoreError {
             StoreError::Io { .. } => "I/O error",
             StoreError::Data { .. } => "a record refused",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plain_io_error_is_refined_and_only_when_the_file_system_explains_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.sqlite");
+        let io = StoreError::Io {
+            path: path.clone(),
+            detail: "disk I/O error".into(),
+        };
+        assert_eq!(io.clone().refined(), io, "a writable file system with room");
+        let full = StoreError::DiskFull {
+            path,
+            detail: "database or disk is full".into(),
+        };
+        assert_eq!(full.clone().refined(), full);
     }
 }

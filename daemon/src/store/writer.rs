@@ -195,6 +195,7 @@ impl Writer {
     /// Notes a failed write: the problem is published (once per kind of failure) and the
     /// write is tried again later.
     fn failed(&mut self, err: StoreError) {
+        let err = err.refined();
         self.retry_at = Some(Instant::now() + RETRY);
         let changed = self.progress.borrow().problem.as_ref() != Some(&err);
         if changed {
