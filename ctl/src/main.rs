@@ -16,8 +16,8 @@ use oet_protocol::{
     FunctionArgs, ProcedureState, ProcedureSummary,
 };
 use oetctl::cli::{
-    self, Action, ActivityAction, ActivityRunArgs, AidArgs, CreateArgs, ListenArgs, OdaAction,
-    PidArgs, ProcedureAction, StartArgs, StopArgs,
+    self, Action, ActivityAction, ActivityRunArgs, AidArgs, CreateArgs, HistoryArgs, ListenArgs,
+    OdaAction, PidArgs, ProcedureAction, StartArgs, StopArgs,
 };
 use oetctl::kwargs::{self, ArgError, GitOptions};
 use oetctl::render;
@@ -151,12 +151,16 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             ProcedureAction::Create(args) => ctl.create(args).await,
             ProcedureAction::Start(args) => ctl.start(args).await,
             ProcedureAction::Stop(args) => ctl.stop(args).await,
+            ProcedureAction::List(args) if args.history.all => ctl.history(args.history).await,
             ProcedureAction::List(args) => ctl.list(args.pid).await,
             ProcedureAction::Describe(args) => ctl.describe(args).await,
             ProcedureAction::Logs(args) => ctl.logs(args).await,
         },
         Action::Activity(action) => match action {
             ActivityAction::Run(args) => ctl.run_activity(args).await,
+            ActivityAction::List(args) if args.history.all => {
+                ctl.activity_history(args.history).await
+            }
             ActivityAction::List(args) => ctl.list_activities(args.aid).await,
             ActivityAction::Describe(args) => ctl.describe_activity(args).await,
         },
@@ -290,6 +294,21 @@ impl Ctl {
         self.print_summaries(&summaries)
     }
 
+    async fn history(&self, args: HistoryArgs) -> anyhow::Result<()> {
+        let state = args
+            .state
+            .as_deref()
+            .map(str::parse::<ProcedureState>)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let summaries = self
+            .connect()
+            .await?
+            .procedure_history(args.since, state, args.limit)
+            .await?;
+        self.print_summaries(&summaries)
+    }
+
     async fn describe(&self, args: PidArgs) -> anyhow::Result<()> {
         let mut client = self.connect().await?;
         let id = pid_or_newest(&mut client, args.pid).await?;
@@ -413,6 +432,25 @@ impl Ctl {
 
     async fn list_activities(&self, ids: Vec<u64>) -> anyhow::Result<()> {
         let summaries = self.connect().await?.list_activities(ids).await?;
+        if self.json {
+            print_json(&render::activities_json(&summaries))
+        } else {
+            print_text(&render::activity_table(&summaries))
+        }
+    }
+
+    async fn activity_history(&self, args: HistoryArgs) -> anyhow::Result<()> {
+        let state = args
+            .state
+            .as_deref()
+            .map(str::parse::<ActivityState>)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let summaries = self
+            .connect()
+            .await?
+            .activity_history(args.since, state, args.limit)
+            .await?;
         if self.json {
             print_json(&render::activities_json(&summaries))
         } else {

@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["process", "table"],
     &["reaper"],
     &["events"],
-    &["git", "python"],
+    &["git", "python", "store"],
     &["procedure"],
     &["activity", "systemd"],
     &["server"],

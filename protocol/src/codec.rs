@@ -174,6 +174,7 @@ mod tests {
                     state: ProcedureState::Creating,
                     time: 1.5,
                     function: None,
+                    note: None,
                 }],
                 stacktrace: Some("Traceback".into()),
                 state: ProcedureState::Creating,

@@ -192,6 +192,9 @@ pub struct StateChange {
     pub time: Timestamp,
     /// For RUNNING: the function whose call started the run (`main`, ...).
     pub function: Option<String>,
+    /// Why oetd recorded this state itself, when nothing the script did caused it, e.g.
+    /// that oetd restarted while the procedure was live.
+    pub note: Option<String>,
 }
 
 impl StateChange {
@@ -201,6 +204,7 @@ impl StateChange {
             state,
             time: now(),
             function: None,
+            note: None,
         }
     }
 }
@@ -256,6 +260,17 @@ pub enum ActivityState {
     Complete,
     Failed,
     Stopped,
+}
+
+impl FromStr for ActivityState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ActivityState::ALL
+            .into_iter()
+            .find(|state| state.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown activity state '{s}'"))
+    }
 }
 
 impl ActivityState {

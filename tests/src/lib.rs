@@ -113,13 +113,50 @@ impl TestDaemon {
     /// open further sections.
     pub fn start_with(extra_procedures_toml: &str) -> TestDaemon {
         let mut daemon = TestDaemon::prepare(extra_procedures_toml);
-        let lines = daemon.launch(daemon.command(None));
+        daemon.launch_listening(daemon.command(None));
+        daemon
+    }
+
+    /// Starts `cmd` as this test's oetd (see [`TestDaemon::launch`]) and waits until it
+    /// listens; its log is then read with [`TestDaemon::log_line`].
+    pub fn launch_listening(&mut self, cmd: Command) {
+        let lines = self.launch(cmd);
         if wait_for_line(&lines, "oetd listening on").is_none() {
-            let status = daemon.child.as_mut().map(Child::try_wait);
+            let status = self.child.as_mut().map(Child::try_wait);
             panic!("oetd did not start listening (exit status: {status:?})");
         }
-        daemon.log = Some(std::sync::Mutex::new(lines));
-        daemon
+        self.log = Some(std::sync::Mutex::new(lines));
+    }
+
+    /// Starts oetd again on the same socket, configuration and state directory, once
+    /// the previous one has exited (see [`TestDaemon::wait`], [`TestDaemon::kill`]).
+    pub fn start_again(&mut self) {
+        self.launch_listening(self.command(None));
+    }
+
+    /// SIGKILLs oetd, as a crash would end it, and waits until it is gone.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+
+    /// Every line oetd logs from now until it exits (bounded by [`DEADLINE`]).
+    pub fn log_until_exit(&self) -> Vec<String> {
+        let Some(lines) = self.log.as_ref().and_then(|log| log.lock().ok()) else {
+            return Vec::new();
+        };
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return seen,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("oetd did not exit within {DEADLINE:?}; it logged {seen:#?}")
+                }
+            }
+        }
     }
 
     /// Waits (bounded by [`DEADLINE`]) for the next line oetd logs that contains
@@ -160,7 +197,7 @@ impl TestDaemon {
     /// `shell_prefix`, oetd runs as `sh -c '<prefix> exec oetd ...'`, so the prefix can
     /// use `$$`, which is then oetd's own PID (as systemd's `LISTEN_PID` must be).
     pub fn command(&self, shell_prefix: Option<&str>) -> Command {
-        let mut cmd = match shell_prefix {
+        let cmd = match shell_prefix {
             Some(prefix) => {
                 let mut cmd = Command::new("sh");
                 cmd.arg("-c")
@@ -170,6 +207,19 @@ impl TestDaemon {
             }
             None => Command::new(oetd_bin()),
         };
+        self.with_oetd_args(cmd)
+    }
+
+    /// Like [`TestDaemon::command`], with oetd started by `wrapper`, a program and its
+    /// arguments that exec the command line after them (e.g. `nsenter --mount=... --`).
+    pub fn command_under(&self, wrapper: &[&str]) -> Command {
+        let (program, args) = wrapper.split_first().expect("a wrapper program");
+        let mut cmd = Command::new(program);
+        cmd.args(args).arg(oetd_bin());
+        self.with_oetd_args(cmd)
+    }
+
+    fn with_oetd_args(&self, mut cmd: Command) -> Command {
         cmd.arg("--socket")
             .arg(&self.socket)
             .arg("--config")
@@ -336,6 +386,48 @@ impl Drop for TestDaemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The test's end of `NOTIFY_SOCKET`: every datagram oetd sent, in order.
+pub struct NotifySocket {
+    socket: tokio::net::UnixDatagram,
+    pub seen: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn bind(path: &Path) -> NotifySocket {
+        NotifySocket {
+            socket: tokio::net::UnixDatagram::bind(path).expect("bind the notify socket"),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Receives until a datagram has a line satisfying `wanted`; returns that line.
+    pub async fn until(&mut self, wanted: impl Fn(&str) -> bool) -> String {
+        let wait = async {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = self.socket.recv(&mut buf).await.expect("receive");
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push(message.clone());
+                if let Some(line) = message.lines().find(|l| wanted(l)) {
+                    return line.to_owned();
+                }
+            }
+        };
+        match tokio::time::timeout(DEADLINE, wait).await {
+            Ok(line) => line,
+            Err(_) => panic!("awaited notification did not come; got {:#?}", self.seen),
+        }
+    }
+
+    /// How many of `messages` have a line that is exactly `line`.
+    pub fn count(messages: &[String], line: &str) -> usize {
+        messages
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
     }
 }
 

@@ -173,18 +173,22 @@ async fn a_wrong_uri_prefix_is_refused_without_creating_anything() {
 }
 
 #[tokio::test]
-async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
+async fn the_list_keeps_the_newest_ended_and_every_live_procedure_and_the_rest_stays_readable() {
     let daemon = TestDaemon::start_with("history_size = 2");
     let live = daemon
         .ready_script("live.py", "def main():\n    pass\n")
         .await;
-    let older = daemon
-        .ready_script("one.py", "raise RuntimeError('fails on import')\n")
-        .await;
-    let newer = daemon
-        .ready_script("two.py", "raise RuntimeError('fails on import')\n")
-        .await;
-    assert_eq!((older.state, newer.state), (Failed, Failed));
+    let mut ended = Vec::new();
+    for name in ["one", "two", "three"] {
+        let failed = daemon
+            .ready_script(
+                &format!("{name}.py"),
+                "raise RuntimeError('fails on import')\n",
+            )
+            .await;
+        assert_eq!(failed.state, Failed);
+        ended.push(failed);
+    }
     let mut client = daemon.client().await;
     let ids: Vec<u64> = client
         .list(vec![])
@@ -193,8 +197,11 @@ async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
         .iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(ids, [live.id, newer.id]);
-    let err = client.describe(older.id).await.expect_err("pruned");
+    assert_eq!(ids, [live.id, ended[1].id, ended[2].id]);
+    // The oldest left the list, not the history.
+    let oldest = client.describe(ended[0].id).await.expect("from the store");
+    assert_eq!(oldest, ended[0]);
+    let err = client.describe(99).await.expect_err("never issued");
     assert!(err.to_string().starts_with("not found"), "{err}");
 }
 

@@ -6,6 +6,7 @@ use oet_protocol::ProcedureState;
 
 use super::script::ScriptError;
 use crate::git::GitError;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProcedureError {
@@ -48,4 +49,8 @@ pub enum ProcedureError {
     ManySubarrays { id: u64, values: String },
     #[error("procedure {0} has no process")]
     NoProcess(u64),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("reading the procedure history failed inside oetd: {0}")]
+    Internal(String),
 }

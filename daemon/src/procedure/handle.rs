@@ -40,6 +40,12 @@ impl ProcedureHandle {
         self.records.set_checkout(self.id, checkout);
     }
 
+    /// Records the procedure's worker process, so that a restart of oetd can find what
+    /// the procedure left running.
+    pub fn worker_started(&self, pid: u32) {
+        self.records.worker_started(self.id, pid);
+    }
+
     /// Keeps one line the script (or its environment's build) printed.
     pub fn output(&self, stream: Stream, line: String) {
         self.records.append_log(self.id, stream, line);
