@@ -3,11 +3,13 @@
 //! The folders tell the architecture: `server/` owns the control socket, `procedure/`
 //! owns script processes and their history, `activity/` turns Scheduling Blocks into
 //! procedures, `git/` fetches scripts from repositories, `python/` builds their
-//! virtual environments, `store` keeps the durable history, `process` spawns and kills process groups, `events` is the
-//! bus everything is announced on, and `systemd` is the glue to the service manager.
+//! virtual environments, `store` keeps the durable history, `disk` walks the trees kept
+//! on disk, `process` spawns and kills process groups, `events` is the bus everything
+//! is announced on, and `systemd` is the glue to the service manager.
 
 pub mod activity;
 pub mod config;
+pub mod disk;
 pub mod events;
 pub mod git;
 pub mod procedure;
