@@ -5,8 +5,10 @@
 //! under `checkouts/` is always complete. Concurrent requests for the same commit share
 //! one fetch, which runs in a task of its own. Every [`Checkout`] pins its directory;
 //! eviction (least recently used, beyond `git.max_checkouts`) only removes checkouts
-//! nobody holds. Opening the cache clears the temp area of interrupted fetches and
-//! adopts the checkouts already there.
+//! nobody holds, and [`RepoCache::prune`] removes every one nobody holds. Checkouts are
+//! read-only once in place. Opening the cache clears the temp area of interrupted
+//! fetches and adopts the checkouts already there. A checkout is keyed by its
+//! repository's URL without credentials, and shows the repository redacted.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,9 +23,12 @@ use git2::Oid;
 use tempfile::TempDir;
 
 use super::config::GitConfig;
+use super::credentials::Sources;
 use super::error::GitError;
-use super::fetch;
+use super::fetch::{self, Transfer};
 use super::policy::{Policy, Request};
+use super::url::Remote;
+use crate::disk;
 
 /// A checked-out commit. The directory stays in the cache at least as long as this
 /// value (or a clone of it) lives.
@@ -37,7 +42,8 @@ pub struct Checkout {
 }
 
 impl Checkout {
-    /// The repository as used for the cache: a URL, or a canonical local path.
+    /// The repository as it may be shown: a URL with any credentials redacted
+    /// (`https://***@host/...`), or a canonical local path.
     pub fn repo(&self) -> &str {
         &self.repo
     }
@@ -86,6 +92,8 @@ struct Inner {
     max_checkouts: usize,
     /// `git.clone_timeout_secs`.
     timeout_secs: u64,
+    /// `git.credentials_file` and `git.credential_helpers`.
+    sources: Sources,
     checkouts_dir: PathBuf,
     tmp_dir: PathBuf,
     state: Mutex<State>,
@@ -104,6 +112,16 @@ pub struct CacheStats {
     pub pinned: usize,
     /// Clones started since the cache was opened.
     pub clones: u64,
+    /// Space the complete checkouts take on disk, as far as measured (see
+    /// [`RepoCache::usage`]).
+    pub bytes: u64,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub count: u64,
+    pub bytes: u64,
 }
 
 type Build = Shared<BoxFuture<'static, Result<(), GitError>>>;
@@ -121,6 +139,8 @@ struct Slot {
     gen: u64,
     pins: usize,
     last_used: u64,
+    /// Space on disk, once measured.
+    bytes: Option<u64>,
     /// Set while the commit is being fetched; `None` once the directory is complete.
     building: Option<Build>,
 }
@@ -160,12 +180,7 @@ impl RepoCache {
         for entry in fs::read_dir(&tmp_dir).map_err(|e| GitError::cache(&tmp_dir, e))? {
             let entry = entry.map_err(|e| GitError::cache(&tmp_dir, e))?;
             let path = entry.path();
-            let removed = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            removed.map_err(|e| GitError::cache(&path, e))?;
+            disk::remove_tree(&path).map_err(|e| GitError::cache(&path, e))?;
         }
 
         let mut found = Vec::new();
@@ -189,6 +204,10 @@ impl RepoCache {
             policy: Policy::new(&config),
             max_checkouts: config.max_checkouts,
             timeout_secs: config.clone_timeout_secs,
+            sources: Sources {
+                file: config.credentials_file.clone(),
+                helpers: config.credential_helpers,
+            },
             checkouts_dir,
             tmp_dir,
             state: Mutex::new(State::default()),
@@ -205,6 +224,7 @@ impl RepoCache {
                         gen,
                         pins: 0,
                         last_used,
+                        bytes: None,
                         building: None,
                     },
                 );
@@ -220,7 +240,8 @@ impl RepoCache {
         self.inner.policy.set_allowed_repos(patterns);
     }
 
-    /// Counts of checkouts, for diagnostics and logs.
+    /// Counts of checkouts, for diagnostics and logs; `bytes` counts the checkouts
+    /// measured so far.
     pub fn stats(&self) -> CacheStats {
         let state = self.inner.lock();
         let complete = || state.slots.values().filter(|s| s.building.is_none());
@@ -229,7 +250,59 @@ impl RepoCache {
             cloning: state.slots.len() - complete().count(),
             pinned: complete().filter(|s| s.pins > 0).count(),
             clones: self.inner.clones.load(Ordering::Relaxed),
+            bytes: complete().filter_map(|s| s.bytes).sum(),
         }
+    }
+
+    /// Counts and space of the checkouts, measuring first (off the runtime) the ones
+    /// adopted at start-up and not measured yet.
+    pub async fn usage(&self) -> CacheStats {
+        let unmeasured: Vec<(String, u64)> = {
+            let state = self.inner.lock();
+            state
+                .slots
+                .iter()
+                .filter(|(_, slot)| slot.building.is_none() && slot.bytes.is_none())
+                .map(|(key, slot)| (key.clone(), slot.gen))
+                .collect()
+        };
+        if !unmeasured.is_empty() {
+            let dir = self.inner.checkouts_dir.clone();
+            let measured = tokio::task::spawn_blocking(move || {
+                unmeasured
+                    .into_iter()
+                    .filter_map(|(key, gen)| {
+                        let bytes = disk::tree_size(&dir.join(&key)).ok()?;
+                        Some((key, gen, bytes))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let mut state = self.inner.lock();
+            for (key, gen, bytes) in measured {
+                if let Some(slot) = state.slots.get_mut(&key).filter(|s| s.gen == gen) {
+                    slot.bytes = Some(bytes);
+                }
+            }
+        }
+        self.stats()
+    }
+
+    /// Removes every complete checkout that no procedure uses, at once; returns once
+    /// they are deleted.
+    pub async fn prune(&self) -> Pruned {
+        let removed = {
+            let mut state = self.inner.lock();
+            self.inner.evict_beyond(&mut state, 0)
+        };
+        let pruned = Pruned {
+            count: removed.len() as u64,
+            bytes: removed.iter().filter_map(|(_, bytes)| *bytes).sum(),
+        };
+        let dirs = removed.into_iter().map(|(dir, _)| dir).collect();
+        let _ = tokio::task::spawn_blocking(move || delete(dirs)).await;
+        pruned
     }
 
     /// Checks out `commit` (full or abbreviated hex), else the tip of `branch`, else
@@ -258,33 +331,39 @@ impl RepoCache {
         commit: Option<&str>,
     ) -> Result<Checkout, GitError> {
         let Request {
-            repo,
+            remote,
             branch,
             commit,
         } = self.inner.policy.admit(repo, branch, commit).await?;
         let resolved = {
-            let (remote, tmp_dir) = (repo.clone(), self.inner.tmp_dir.clone());
-            fetch::blocking(&repo, self.inner.timeout_secs, move |abort| {
-                fetch::resolve(&remote, branch, commit, &tmp_dir, abort)
-            })
+            let (remote, tmp_dir) = (remote.clone(), self.inner.tmp_dir.clone());
+            let sources = self.inner.sources.clone();
+            fetch::blocking(
+                &remote.shown.clone(),
+                self.inner.timeout_secs,
+                move |abort| {
+                    let transfer = Transfer::new(&remote, &sources, abort);
+                    fetch::resolve(&transfer, branch, commit, &tmp_dir)
+                },
+            )
             .await?
         };
 
-        let key = format!("{}-{}", repo_hash(&repo), resolved.commit);
+        let key = format!("{}-{}", repo_hash(&remote.url), resolved.commit);
         let dir = self.inner.checkouts_dir.join(&key);
         let (pin, building) = self.inner.pin(&key, || {
             let inner = self.inner.clone();
-            let (repo, dir) = (repo.clone(), dir.clone());
+            let (remote, dir) = (remote.clone(), dir.clone());
             let (commit, hint) = (resolved.commit, resolved.branch.clone());
             let prefetched = resolved.prefetched;
-            start_build(inner, key.clone(), repo, commit, hint, prefetched, dir)
+            start_build(inner, key.clone(), remote, commit, hint, prefetched, dir)
         });
         if let Some(building) = building {
             building.await?;
         }
         touch(&dir);
         Ok(Checkout {
-            repo,
+            repo: remote.shown,
             branch: resolved.branch,
             commit: resolved.commit.to_string(),
             dir,
@@ -298,34 +377,32 @@ impl RepoCache {
 fn start_build(
     inner: Arc<Inner>,
     key: String,
-    repo: String,
+    remote: Remote,
     commit: Oid,
     branch_hint: Option<String>,
     prefetched: Option<TempDir>,
     dir: PathBuf,
 ) -> Build {
     inner.clones.fetch_add(1, Ordering::Relaxed);
-    let failed_repo = repo.clone();
+    let failed_repo = remote.shown.clone();
     let task = tokio::spawn(async move {
         let tmp_dir = inner.tmp_dir.clone();
-        let result = fetch::blocking(&repo.clone(), inner.timeout_secs, move |abort| {
-            fetch::materialize(
-                &repo,
-                commit,
-                branch_hint.as_deref(),
-                prefetched,
-                &tmp_dir,
-                &dir,
-                abort,
-            )
+        let sources = inner.sources.clone();
+        let shown = remote.shown.clone();
+        let result = fetch::blocking(&shown, inner.timeout_secs, move |abort| {
+            let transfer = Transfer::new(&remote, &sources, abort);
+            let hint = branch_hint.as_deref();
+            fetch::materialize(&transfer, commit, hint, prefetched, &tmp_dir, &dir)?;
+            Ok(disk::tree_size(&dir).ok())
         })
         .await;
         let evicted = {
             let mut state = inner.lock();
             match &result {
-                Ok(()) => {
+                Ok(bytes) => {
                     if let Some(slot) = state.slots.get_mut(&key) {
                         slot.building = None;
+                        slot.bytes = *bytes;
                     }
                 }
                 Err(_) => {
@@ -335,7 +412,7 @@ fn start_build(
             inner.evict(&mut state)
         };
         remove_dirs(evicted);
-        result
+        result.map(drop)
     });
     task.map(move |joined| {
         joined.unwrap_or_else(|e| {
@@ -373,6 +450,7 @@ impl Inner {
                         gen,
                         pins: 1,
                         last_used: now,
+                        bytes: None,
                         building: Some(start()),
                     },
                 );
@@ -388,10 +466,25 @@ impl Inner {
         (pin, building)
     }
 
-    /// Removes the least recently used unpinned checkouts beyond `max_checkouts`.
-    /// Each is renamed into the temp area at once (so it can no longer be found) and
-    /// returned for deletion outside the lock.
+    /// Removes the least recently used unpinned checkouts beyond `max_checkouts`,
+    /// returning their directories for deletion outside the lock.
     fn evict(&self, state: &mut State) -> Vec<PathBuf> {
+        let removed = self.evict_beyond(state, self.max_checkouts);
+        if !removed.is_empty() {
+            tracing::info!(
+                "removing {} checkout(s) that no procedure uses, beyond git.max_checkouts ({})",
+                removed.len(),
+                self.max_checkouts
+            );
+        }
+        removed.into_iter().map(|(dir, _)| dir).collect()
+    }
+
+    /// Removes the least recently used unpinned checkouts until at most `keep` complete
+    /// ones are left (or only pinned ones). Each is renamed into the temp area at once
+    /// (so it can no longer be found) and returned, with its size if measured, for
+    /// deletion outside the lock.
+    fn evict_beyond(&self, state: &mut State, keep: usize) -> Vec<(PathBuf, Option<u64>)> {
         let mut removed = Vec::new();
         loop {
             let complete = state
@@ -399,7 +492,7 @@ impl Inner {
                 .values()
                 .filter(|slot| slot.building.is_none())
                 .count();
-            if complete <= self.max_checkouts {
+            if complete <= keep {
                 break;
             }
             let victim = state
@@ -411,11 +504,14 @@ impl Inner {
             let Some(key) = victim else {
                 break;
             };
-            state.slots.remove(&key);
+            let bytes = state.slots.remove(&key).and_then(|slot| slot.bytes);
             let from = self.checkouts_dir.join(&key);
             let to = self.tmp_dir.join(format!("evicted-{key}"));
-            match fs::rename(&from, &to) {
-                Ok(()) => removed.push(to),
+            // The checkout is read-only; moving a directory to another parent needs
+            // write permission on it.
+            let moved = disk::make_dir_writable(&from).and_then(|()| fs::rename(&from, &to));
+            match moved {
+                Ok(()) => removed.push((to, bytes)),
                 Err(e) => tracing::warn!("could not evict checkout {}: {e}", from.display()),
             }
         }
@@ -473,18 +569,19 @@ fn remove_dirs(dirs: Vec<PathBuf>) {
     if dirs.is_empty() {
         return;
     }
-    let work = move || {
-        for dir in dirs {
-            if let Err(e) = fs::remove_dir_all(&dir) {
-                tracing::warn!("could not remove evicted checkout {}: {e}", dir.display());
-            }
-        }
-    };
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            runtime.spawn_blocking(work);
+            runtime.spawn_blocking(move || delete(dirs));
         }
-        Err(_) => work(),
+        Err(_) => delete(dirs),
+    }
+}
+
+fn delete(dirs: Vec<PathBuf>) {
+    for dir in dirs {
+        if let Err(e) = disk::remove_tree(&dir) {
+            tracing::warn!("could not remove evicted checkout {}: {e}", dir.display());
+        }
     }
 }
 

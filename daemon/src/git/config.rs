@@ -24,6 +24,14 @@ pub struct GitConfig {
     /// The branch used when a procedure names neither branch nor commit. Default: none,
     /// meaning the repository's own default branch (its remote HEAD).
     pub default_branch: Option<String>,
+    /// A file of credentials for repositories that ask for them: one URL with userinfo
+    /// per line (`https://user:token@host[/path]`, as `git credential-store` writes
+    /// them), readable by oetd's user alone. Default: none.
+    pub credentials_file: Option<PathBuf>,
+    /// Ask the credential helpers of git's configuration for oetd's user (`credential.helper`
+    /// in its `~/.gitconfig` or `/etc/gitconfig`) when a repository asks for credentials.
+    /// Default: false (a helper is a program oetd would run).
+    pub credential_helpers: bool,
     /// Keys of `[python]` that older files set here, under their old names. They are
     /// still read so that such files keep working; `crate::config::Config::parse` moves
     /// them to `[python]` (with a warning), so after parsing they are always `None`.
@@ -51,6 +59,8 @@ impl Default for GitConfig {
             allowed_repos: Vec::new(),
             default_repo: None,
             default_branch: None,
+            credentials_file: None,
+            credential_helpers: false,
             moved_env_dir: None,
             moved_env_wait_secs: None,
             moved_python: None,

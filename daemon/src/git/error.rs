@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 /// Why a checkout or a script path could not be provided.
 ///
-/// Errors are `Clone` because one clone serves every procedure that asked for it.
+/// Errors are `Clone` because one clone serves every procedure that asked for it. A
+/// `repo` is always the repository as shown (`url::redact_url`), never with its
+/// credentials, and a `reason` from libgit2 is redacted too.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GitError {
     #[error("no git repository was given and git.default_repo is not configured; pass git_repo or set git.default_repo")]
@@ -25,6 +27,10 @@ pub enum GitError {
     UnknownCommit { repo: String, commit: String },
     #[error("commit '{commit}' is ambiguous in repository '{repo}'; give more hexadecimal digits")]
     AmbiguousCommit { repo: String, commit: String },
+    #[error("repository '{repo}' asks for credentials, and {what}; give a user and token in git.credentials_file, or in a git credential helper with git.credential_helpers = true")]
+    Credentials { repo: String, what: String },
+    #[error("git.credentials_file '{path}' cannot be used: {reason}")]
+    CredentialsFile { path: PathBuf, reason: String },
     #[error("fetching from repository '{repo}' failed: {reason}")]
     Fetch { repo: String, reason: String },
     #[error(

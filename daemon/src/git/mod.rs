@@ -5,21 +5,27 @@
 //! (listing refs, resolving branches and abbreviated commits, fetching, checking out),
 //! run off the runtime under a deadline; `cache` keeps one checkout per repository +
 //! commit, pinned while used and evicted least-recently-used, behind [`RepoCache`];
-//! `script` turns a `git://` script URI into a file inside a checkout. `config` is the
-//! section `[git]`, `error` the error type they share.
+//! `script` turns a `git://` script URI into a file inside a checkout. `url` splits the
+//! credentials off a repository URL and redacts them wherever a URL is shown
+//! ([`redact_url`], [`Redacted`]); `credentials` gives them (or those of
+//! `git.credentials_file` or git's credential helpers) to libgit2 when a server asks.
+//! `config` is the section `[git]`, `error` the error type they share.
 
 mod cache;
 mod config;
+mod credentials;
 mod error;
 mod fetch;
 mod policy;
 mod script;
+mod url;
 
 pub(crate) use cache::is_key;
-pub use cache::{CacheStats, Checkout, RepoCache};
+pub use cache::{CacheStats, Checkout, Pruned, RepoCache};
 pub use config::GitConfig;
 pub use error::GitError;
 pub use script::script_path;
+pub use url::{redact_text, redact_url, Redacted};
 
 #[cfg(test)]
 mod tests {

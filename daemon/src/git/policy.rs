@@ -1,19 +1,21 @@
 //! Repository policy: what a checkout request means and whether it may be served. A
-//! repository is a URL, kept as given, or an absolute local path, canonicalized so
-//! that one repository always has one name; `git.allowed_repos` (which a configuration
-//! reload may replace) says which repositories may be used; a commit id must look like
-//! one; `git.default_repo` and `git.default_branch` fill in what a request leaves out.
+//! repository is a URL, kept as given but for the credentials it may carry (split off,
+//! see `url`), or an absolute local path, canonicalized so that one repository always
+//! has one name; `git.allowed_repos` (which a configuration reload may replace) says
+//! which repositories may be used; a commit id must look like one; `git.default_repo`
+//! and `git.default_branch` fill in what a request leaves out.
 
 use std::path::Path;
 use std::sync::{PoisonError, RwLock};
 
 use super::config::GitConfig;
 use super::error::GitError;
+use super::url::{redact_url, Remote};
 
 /// A checkout request the policy has accepted.
 pub(super) struct Request {
     /// The repository, normalized: a URL, or a canonical absolute path.
-    pub repo: String,
+    pub remote: Remote,
     /// The branch asked for; without a commit, `git.default_branch` when none was.
     pub branch: Option<String>,
     /// The commit asked for: 4 to 40 hexadecimal digits.
@@ -53,11 +55,13 @@ impl Policy {
         let repo = repo
             .or(self.default_repo.as_deref())
             .ok_or(GitError::NoRepo)?;
-        let repo = normalize_repo(repo).await?;
+        let remote = Remote::new(&normalize_repo(repo).await?);
         {
             let allowed = self.allowed.read().unwrap_or_else(PoisonError::into_inner);
-            if !allowed.is_empty() && !allowed.iter().any(|p| glob_match(p, &repo)) {
-                return Err(GitError::NotAllowed { repo });
+            if !allowed.is_empty() && !allowed.iter().any(|p| glob_match(p, &remote.url)) {
+                return Err(GitError::NotAllowed {
+                    repo: remote.shown.clone(),
+                });
             }
         }
         if let Some(commit) = commit {
@@ -76,7 +80,7 @@ impl Policy {
                 .flatten()
         });
         Ok(Request {
-            repo,
+            remote,
             branch,
             commit: commit.map(str::to_owned),
         })
@@ -97,19 +101,19 @@ async fn normalize_repo(repo: &str) -> Result<String, GitError> {
     }
     if !Path::new(repo).is_absolute() {
         return Err(GitError::RelativePath {
-            repo: repo.to_owned(),
+            repo: redact_url(repo),
         });
     }
     let path = tokio::fs::canonicalize(repo)
         .await
         .map_err(|e| GitError::Unreachable {
-            repo: repo.to_owned(),
+            repo: redact_url(repo),
             reason: e.to_string(),
         })?;
     path.into_os_string()
         .into_string()
         .map_err(|_| GitError::Unreachable {
-            repo: repo.to_owned(),
+            repo: redact_url(repo),
             reason: "the path is not valid UTF-8".to_owned(),
         })
 }
