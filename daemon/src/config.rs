@@ -394,6 +394,7 @@ mod tests {
                 own_pip: true,
                 pip_index_url: Some("https://pypi.example.org/simple".into()),
                 pip_extra_args: vec!["--no-index".into()],
+                ..PythonConfig::default()
             }
         );
         let git = GitConfig {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use oet_tests::live_processes_mentioning;
 use oetd::git::{Checkout, GitConfig, RepoCache};
-use oetd::python::{EnvError, EnvManager, PythonConfig};
+use oetd::python::{Env, EnvError, EnvManager, PythonConfig};
 use support::{BuildGate, TestRepo, PYPROJECT};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +58,7 @@ impl Fixture {
         &self,
         checkout: &Checkout,
         cancel: &CancellationToken,
-    ) -> tokio::task::JoinHandle<Result<PathBuf, EnvError>> {
+    ) -> tokio::task::JoinHandle<Result<Env, EnvError>> {
         let (envs, checkout, cancel) = (self.envs.clone(), checkout.clone(), cancel.clone());
         tokio::spawn(async move { envs.ensure(&checkout, |_| {}, cancel).await })
     }
@@ -79,11 +79,14 @@ impl Fixture {
         live_processes_mentioning(self.env_dir().to_str().expect("utf-8"))
     }
 
-    /// Environments (not pip's cache) in the environment directory.
+    /// Environments (not pip's cache, not the scratch area) in the environment directory.
     fn envs_on_disk(&self) -> usize {
         std::fs::read_dir(self.env_dir())
             .expect("env dir")
-            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".pip-cache"))
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            })
             .count()
     }
 }
@@ -143,8 +146,9 @@ async fn concurrent_requests_share_one_environment_that_has_the_project() {
         fx.envs
             .ensure(&checkout, second.sink(), CancellationToken::new()),
     );
-    let python = a.expect("first requester gets the environment");
-    assert_eq!(b.expect("second requester gets it too"), python);
+    let env = a.expect("first requester gets the environment");
+    let python = env.python();
+    assert_eq!(b.expect("second requester gets it too").python(), python);
 
     // The second joined the first's build (and hears its output from then on).
     let (creating, waiting) = (
@@ -164,12 +168,12 @@ async fn concurrent_requests_share_one_environment_that_has_the_project() {
     );
     assert!(python.starts_with(fx.env_dir()));
 
-    assert_has_project(&python);
+    assert_has_project(python);
     let system = python_says(Path::new("python3"), "import oettestpkg").expect_err("not installed");
     assert!(system.contains("ModuleNotFoundError"), "{system}");
     // The system site packages are visible inside the environment.
     assert_eq!(
-        python_says(&python, "import sys; print(sys.prefix != sys.base_prefix)").as_deref(),
+        python_says(python, "import sys; print(sys.prefix != sys.base_prefix)").as_deref(),
         Ok("True")
     );
 
@@ -187,7 +191,7 @@ async fn concurrent_requests_share_one_environment_that_has_the_project() {
         .ensure(&checkout, lines.sink(), CancellationToken::new())
         .await
         .expect("reused");
-    assert_eq!(again, python);
+    assert_eq!(again.python(), python);
     assert!(lines.all().is_empty(), "{:?}", lines.all());
 }
 
@@ -228,7 +232,7 @@ async fn a_failed_install_reports_pip_and_is_not_reused() {
         .ensure(&checkout, Lines::default().sink(), CancellationToken::new())
         .await
         .expect("fixed commit installs");
-    assert_has_project(&python);
+    assert_has_project(python.python());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +289,7 @@ async fn one_requester_leaving_does_not_stop_a_shared_build() {
         .await
         .expect("join")
         .expect("the build went on for the second");
-    assert_has_project(&python);
+    assert_has_project(python.python());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use super::handle::ProcedureHandle;
 use super::launch::Context;
 use super::script::Script;
 use crate::git::{script_path, Checkout};
+use crate::python::Env;
 
 /// What a procedure's worker is started with.
 pub(super) struct Prepared {
@@ -22,6 +23,8 @@ pub(super) struct Prepared {
     pub cwd: PathBuf,
     /// Keeps a git script's checkout from being evicted while the procedure lives.
     _checkout: Option<Checkout>,
+    /// Keeps its Python environment from being evicted while the procedure lives.
+    _env: Option<Env>,
 }
 
 /// Prepares `script`. `Ok(None)` says a stop came first and the procedure is already
@@ -38,6 +41,7 @@ pub(super) async fn prepare(
             python: PathBuf::from(context.settings.get(|c| c.python.clone())),
             cwd: context.launcher.work_dir.clone(),
             _checkout: None,
+            _env: None,
         })),
         Script::Git {
             uri,
@@ -83,7 +87,7 @@ async fn prepare_git(
             checkout.repo(),
             checkout.commit()
         );
-        let python = if create_env {
+        let (python, env) = if create_env {
             handle
                 .enter(ProcedureState::Idle)
                 .map_err(|e| e.to_string())?;
@@ -93,18 +97,22 @@ async fn prepare_git(
             let logs = handle.clone();
             let on_line = move |line: &str| logs.output(Stream::Stdout, line.to_owned());
             match git.envs.ensure(&checkout, on_line, cancel.clone()).await {
-                Ok(python) => python,
+                Ok(env) => (env.python().to_owned(), Some(env)),
                 Err(_) if cancel.is_cancelled() => return Ok(None),
                 Err(err) => return Err(err.to_string()),
             }
         } else {
-            PathBuf::from(context.settings.get(|c| c.python.clone()))
+            (
+                PathBuf::from(context.settings.get(|c| c.python.clone())),
+                None,
+            )
         };
         Ok(Some(Prepared {
             path,
             python,
             cwd: checkout.dir().to_owned(),
             _checkout: Some(checkout),
+            _env: env,
         }))
     };
     tokio::pin!(work);

@@ -24,6 +24,17 @@ pub struct PythonConfig {
     /// Extra arguments passed to `pip install` before the project path, e.g.
     /// `["--no-index", "--find-links", "/srv/wheels"]`. Default: none.
     pub pip_extra_args: Vec<String>,
+    /// Environments kept; beyond this, the least recently used ones that no live
+    /// procedure uses (and that are not being built) are removed. 0: no bound.
+    /// Default: 8.
+    pub max_envs: usize,
+    /// Space all environments together may take on disk, in bytes; beyond this, the
+    /// least recently used ones no live procedure uses are removed. 0: no bound.
+    /// Default: 10 GiB.
+    pub max_env_bytes: u64,
+    /// Space pip's download and wheel cache may take, in bytes; beyond this it is
+    /// cleared once no build runs. 0: no bound. Default: 2 GiB.
+    pub max_pip_cache_bytes: u64,
 }
 
 impl Default for PythonConfig {
@@ -35,6 +46,9 @@ impl Default for PythonConfig {
             own_pip: false,
             pip_index_url: None,
             pip_extra_args: Vec::new(),
+            max_envs: 8,
+            max_env_bytes: 10 * 1024 * 1024 * 1024,
+            max_pip_cache_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -1,15 +1,18 @@
 //! Python environments for scripts: one virtual environment per project + commit,
 //! built with `python -m venv` and pip, shared by the procedures that ask for it.
 //!
-//! `envs` owns the builds and the environment directory. What an environment is built
-//! from is any [`Project`] (a git checkout is one), so this module knows nothing of
-//! git. `config` is the section `[python]`.
+//! `envs` owns the builds, the environment directory and pip's cache in it, and keeps
+//! them within their bounds; `slots` is its bookkeeping (who uses which environment,
+//! when it was last used, its size, what eviction may remove). What an environment is
+//! built from is any [`Project`] (a git checkout is one), so this module knows nothing
+//! of git. `config` is the section `[python]`.
 
 mod config;
 mod envs;
+mod slots;
 
 pub use config::PythonConfig;
-pub use envs::{EnvError, EnvManager, Project};
+pub use envs::{Env, EnvError, EnvManager, EnvStats, EnvsPruned, Project};
 
 #[cfg(test)]
 mod tests {
@@ -22,6 +25,9 @@ mod tests {
         assert_eq!(config, PythonConfig::default());
         assert_eq!(config.env_wait_secs, 600);
         assert_eq!(config.interpreter, "python3");
+        assert_eq!(config.max_envs, 8);
+        assert_eq!(config.max_env_bytes, 10 << 30);
+        assert_eq!(config.max_pip_cache_bytes, 2 << 30);
         let state = Path::new("/var/lib/oetd");
         assert_eq!(config.env_dir(state), state.join("envs"));
     }
