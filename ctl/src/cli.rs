@@ -48,6 +48,9 @@ pub enum Action {
     /// Work with the observatory data archive (ODA) oetd uses
     #[command(subcommand)]
     Oda(OdaAction),
+    /// Look after the caches of git scripts: checkouts, Python environments, pip's cache
+    #[command(subcommand)]
+    Cache(CacheAction),
     /// Print every event published in oetd until interrupted
     Listen(ListenArgs),
     /// Show the daemon's state
@@ -302,6 +305,15 @@ pub enum OdaAction {
         /// given one
         file: PathBuf,
     },
+}
+
+/// `oetctl cache ...`
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Remove every git checkout and Python environment that no live procedure uses,
+    /// and pip's cache when no build runs, now (needs the admin role). `oetctl status`
+    /// shows what the caches hold.
+    Prune,
 }
 
 /// The clap command of `oetctl`, for man pages and shell completions.

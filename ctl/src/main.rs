@@ -13,11 +13,11 @@ use oet_protocol::client::{Progress, StreamItem};
 use oet_protocol::summary::now;
 use oet_protocol::{
     paths, topics, ActivityState, ActivitySummary, Client, ClientError, Event, EventStream,
-    FunctionArgs, ProcedureState, ProcedureSummary,
+    FunctionArgs, ProcedureState, ProcedureSummary, PruneCache,
 };
 use oetctl::cli::{
-    self, Action, ActivityAction, ActivityRunArgs, AidArgs, CreateArgs, HistoryArgs, ListenArgs,
-    OdaAction, PidArgs, ProcedureAction, StartArgs, StopArgs,
+    self, Action, ActivityAction, ActivityRunArgs, AidArgs, CacheAction, CreateArgs, HistoryArgs,
+    ListenArgs, OdaAction, PidArgs, ProcedureAction, StartArgs, StopArgs,
 };
 use oetctl::kwargs::{self, ArgError, GitOptions};
 use oetctl::render;
@@ -165,6 +165,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             ActivityAction::Describe(args) => ctl.describe_activity(args).await,
         },
         Action::Oda(OdaAction::PutSbd { file }) => ctl.put_sbd(&file).await,
+        Action::Cache(CacheAction::Prune) => ctl.prune_cache().await,
         Action::Listen(args) => ctl.listen(args).await,
         Action::Status => ctl.status().await,
         Action::Generate { out_dir } => generate(&out_dir),
@@ -502,6 +503,15 @@ impl Ctl {
             print_text(&format!("\nError: {error}\n"))?;
         }
         Ok(())
+    }
+
+    async fn prune_cache(&self) -> anyhow::Result<()> {
+        let pruned = self.connect().await?.call(PruneCache {}).await?;
+        if self.json {
+            print_json(&render::pruned_json(&pruned))
+        } else {
+            print_text(&render::pruned(&pruned))
+        }
     }
 
     async fn status(&self) -> anyhow::Result<()> {

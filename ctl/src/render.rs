@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oet_protocol::summary::Timestamp;
 use oet_protocol::{
-    view, ActivitySummary, DaemonStatus, Event, FunctionArgs, ProcedureLogs, ProcedureSummary,
-    ScriptSpec, Value,
+    view, ActivitySummary, CachePruned, CacheUsage, DaemonStatus, Event, FunctionArgs,
+    ProcedureLogs, ProcedureSummary, ScriptSpec, Value,
 };
 use serde_json::{json, Value as Json};
 
@@ -239,7 +239,10 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
          Socket:      {}\n\
          Started:     {} (up {})\n\
          Procedures:  {} live, running: {}\n\
-         Store:       {}\n",
+         Store:       {}\n\
+         Checkouts:   {}\n\
+         Python envs: {}\n\
+         pip cache:   {}\n",
         status.server,
         status.protocol_version,
         status.pid,
@@ -252,7 +255,68 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
             Some(problem) => format!("{} (FAILING: {problem})", status.store),
             None => status.store.clone(),
         },
+        checkouts(&status.caches),
+        envs(&status.caches),
+        bytes(status.caches.pip_cache_bytes),
     )
+}
+
+fn checkouts(caches: &CacheUsage) -> String {
+    format!(
+        "{} ({} in use), {}",
+        caches.checkouts,
+        caches.checkouts_in_use,
+        bytes(caches.checkout_bytes)
+    )
+}
+
+fn envs(caches: &CacheUsage) -> String {
+    let building = match caches.envs_building {
+        0 => String::new(),
+        n => format!(", {n} being built"),
+    };
+    format!(
+        "{} ({} in use{building}), {}",
+        caches.envs,
+        caches.envs_in_use,
+        bytes(caches.env_bytes)
+    )
+}
+
+/// A size in bytes as people read it: `512 B`, `1.5 KiB`, `310.2 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// What `cache prune` removed and what is left.
+pub fn pruned(pruned: &CachePruned) -> String {
+    let mut text = format!(
+        "removed {} checkout(s) ({}), {} Python environment(s) ({}) and {} of pip's cache\n",
+        pruned.checkouts,
+        bytes(pruned.checkout_bytes),
+        pruned.envs,
+        bytes(pruned.env_bytes),
+        bytes(pruned.pip_cache_bytes),
+    );
+    if let Some(why) = &pruned.pip_cache_kept {
+        text.push_str(&format!("kept pip's cache: {why}\n"));
+    }
+    text.push_str(&format!(
+        "left (in use, or being built): checkouts {}; Python envs {}\n",
+        checkouts(&pruned.left),
+        envs(&pruned.left)
+    ));
+    text
 }
 
 /// The table of activities: ID, Activity, SBD, SBI, Procedure, Creation time, State.
@@ -381,6 +445,35 @@ pub fn status_json(status: &DaemonStatus) -> Json {
         "running": status.running,
         "store": status.store,
         "store_problem": status.store_problem,
+        "caches": caches_json(&status.caches),
+    })
+}
+
+fn caches_json(caches: &CacheUsage) -> Json {
+    json!({
+        "checkouts": caches.checkouts,
+        "checkouts_in_use": caches.checkouts_in_use,
+        "checkout_bytes": caches.checkout_bytes,
+        "envs": caches.envs,
+        "envs_in_use": caches.envs_in_use,
+        "envs_building": caches.envs_building,
+        "env_bytes": caches.env_bytes,
+        "pip_cache_bytes": caches.pip_cache_bytes,
+    })
+}
+
+/// What `cache prune` removed and what is left, as JSON.
+pub fn pruned_json(pruned: &CachePruned) -> Json {
+    json!({
+        "removed": {
+            "checkouts": pruned.checkouts,
+            "checkout_bytes": pruned.checkout_bytes,
+            "envs": pruned.envs,
+            "env_bytes": pruned.env_bytes,
+            "pip_cache_bytes": pruned.pip_cache_bytes,
+        },
+        "pip_cache_kept": pruned.pip_cache_kept,
+        "left": caches_json(&pruned.left),
     })
 }
 
@@ -676,6 +769,16 @@ ValueError: no
             stop_grace_secs: 5.0,
             store: "/var/lib/oet/store/history.sqlite".into(),
             store_problem: None,
+            caches: CacheUsage {
+                checkouts: 3,
+                checkouts_in_use: 1,
+                checkout_bytes: 1536,
+                envs: 2,
+                envs_in_use: 1,
+                envs_building: 1,
+                env_bytes: 310 << 20,
+                pip_cache_bytes: 0,
+            },
         };
         assert_eq!(
             status(&daemon, T0 + 3723.6),
@@ -684,7 +787,10 @@ ValueError: no
              Socket:      /run/oet/oetd.sock\n\
              Started:     2024-05-01T12:00:00Z (up 1h 2m 3s)\n\
              Procedures:  3 live, running: 2\n\
-             Store:       /var/lib/oet/store/history.sqlite\n"
+             Store:       /var/lib/oet/store/history.sqlite\n\
+             Checkouts:   3 (1 in use), 1.5 KiB\n\
+             Python envs: 2 (1 in use, 1 being built), 310.0 MiB\n\
+             pip cache:   0 B\n"
         );
         let failing = DaemonStatus {
             store_problem: Some("the store is full".into()),
@@ -700,5 +806,19 @@ ValueError: no
         )
         .contains("running: none"));
         assert_eq!(status_json(&daemon)["running"], json!([2]));
+        assert_eq!(
+            status_json(&daemon)["caches"]["env_bytes"],
+            json!(310 << 20)
+        );
+    }
+
+    #[test]
+    fn sizes_read_as_people_read_them() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(10 << 30), "10.0 GiB");
+        assert_eq!(bytes(3 << 50), "3.0 PiB");
+        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
     }
 }

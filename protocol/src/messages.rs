@@ -189,6 +189,25 @@ pub struct DaemonStatus {
     pub store: String,
     /// Why the store cannot be written now, if it cannot; creates are refused meanwhile.
     pub store_problem: Option<String>,
+    /// What the git checkouts, the Python environments and pip's cache hold on disk.
+    pub caches: CacheUsage,
+}
+
+/// Counts and sizes (bytes on disk) of what oetd caches for git scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CacheUsage {
+    pub checkouts: u64,
+    /// Checkouts a live procedure uses.
+    pub checkouts_in_use: u64,
+    pub checkout_bytes: u64,
+    /// Complete Python environments.
+    pub envs: u64,
+    /// Environments a live procedure uses.
+    pub envs_in_use: u64,
+    /// Environments being built.
+    pub envs_building: u64,
+    pub env_bytes: u64,
+    pub pip_cache_bytes: u64,
 }
 
 /// Event topics the daemon publishes.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{DaemonStatus, ProcedureLogs};
+use crate::messages::{CacheUsage, DaemonStatus, ProcedureLogs};
 use crate::summary::{
     ActivityState, ActivitySummary, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec,
     Timestamp,
@@ -149,6 +149,9 @@ requests! { $
     ListActivityHistory => Vec<ActivitySummary>, "request.activity.history", Read;
     /// Store an SBD (JSON text) in the ODA.
     PutSbd => SbdStored, "request.oda.put_sbd", Operate;
+    /// Remove every git checkout and Python environment no live procedure uses, and
+    /// pip's cache when no build runs.
+    PruneCache => CachePruned, "request.cache.prune", Admin;
 }
 
 /// Load a script into a new process and call its `init`.
@@ -255,6 +258,24 @@ pub struct PutSbd {
     pub json: String,
 }
 
+/// Prune the caches of git scripts now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PruneCache {}
+
+/// What a prune removed, and what is left (in use, or being built).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CachePruned {
+    pub checkouts: u64,
+    pub checkout_bytes: u64,
+    pub envs: u64,
+    pub env_bytes: u64,
+    /// Bytes freed by clearing pip's cache.
+    pub pip_cache_bytes: u64,
+    /// Why pip's cache was kept, if it was (a build was using it).
+    pub pip_cache_kept: Option<String>,
+    pub left: CacheUsage,
+}
+
 /// An SBD as the ODA stored it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SbdStored {
@@ -286,6 +307,12 @@ mod tests {
             GetStatus::from_response(answer).expect("its own kind"),
             DaemonStatus::default()
         );
+    }
+
+    #[test]
+    fn pruning_the_caches_is_for_admins() {
+        assert_eq!(PruneCache::ROLE, Role::Admin);
+        assert_eq!(PruneCache::TOPIC, "request.cache.prune");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use oet_protocol::{CachePruned, CacheUsage};
+
 use crate::git::{self, Checkout, GitConfig, GitError, RepoCache};
 use crate::python::{EnvError, EnvManager, Project, PythonConfig};
 
@@ -40,6 +42,39 @@ impl GitServices {
             repos: RepoCache::new(git.clone(), cache_base)?,
             envs,
         })
+    }
+}
+
+impl GitServices {
+    /// Counts and sizes of the checkouts, the environments and pip's cache.
+    pub async fn usage(&self) -> CacheUsage {
+        let (checkouts, envs) = tokio::join!(self.repos.usage(), self.envs.usage());
+        CacheUsage {
+            checkouts: checkouts.checkouts as u64,
+            checkouts_in_use: checkouts.pinned as u64,
+            checkout_bytes: checkouts.bytes,
+            envs: envs.envs,
+            envs_in_use: envs.in_use,
+            envs_building: envs.building,
+            env_bytes: envs.bytes,
+            pip_cache_bytes: envs.pip_cache_bytes,
+        }
+    }
+
+    /// Removes every checkout and environment no live procedure uses (environments
+    /// first: a build holds its checkout), and pip's cache if no build runs.
+    pub async fn prune(&self) -> CachePruned {
+        let envs = self.envs.prune().await;
+        let checkouts = self.repos.prune().await;
+        CachePruned {
+            checkouts: checkouts.count,
+            checkout_bytes: checkouts.bytes,
+            envs: envs.envs,
+            env_bytes: envs.env_bytes,
+            pip_cache_bytes: envs.pip_cache_bytes,
+            pip_cache_kept: envs.pip_cache_kept,
+            left: self.usage().await,
+        }
     }
 }
 

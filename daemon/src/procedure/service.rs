@@ -16,6 +16,7 @@ use tracing::{error, warn};
 use super::config::{ProcedureConfig, Settings};
 use super::control::Control;
 use super::error::ProcedureError;
+use super::git_services::GitServices;
 use super::handle::ProcedureHandle;
 use super::launch::{Context, Launcher};
 use super::records::Records;
@@ -117,6 +118,11 @@ impl ProcedureService {
         self.inner.records.bus()
     }
 
+    /// The checkout cache and the environments that git scripts are prepared with.
+    pub fn git(&self) -> &GitServices {
+        &self.inner.launcher.git
+    }
+
     /// Checks, before anything is recorded, that `spec` can be run: its URI fits its kind,
     /// a filesystem script is a file on this host, a git script names a repository (or
     /// one is configured) that may be used.
@@ -148,7 +154,10 @@ impl ProcedureService {
         init_args.check_finite()?;
         let script = self.check(&spec).await?;
         let (control, inbox) = mpsc::unbounded_channel();
-        let summary = self.inner.records.insert(spec, &init_args, control)?;
+        let summary = self
+            .inner
+            .records
+            .insert(script::shown(&spec), &init_args, control)?;
         let handle = ProcedureHandle::new(summary.id, self.inner.records.clone());
         let context = Context {
             launcher: self.inner.launcher.clone(),

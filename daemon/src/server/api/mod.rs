@@ -1,10 +1,11 @@
 //! Requests → services. Every request kind has a [`Handler`] next to the others of its
-//! domain (`procedures`, `activities`, `daemon`): what its announcement on the bus says,
+//! domain (`procedures`, `activities`, `daemon`, `cache`): what its announcement on the bus says,
 //! which procedure it is about, and how it is served. Its topic, role and answer type are
 //! declared once in `oet_protocol::requests`. Every request passes through [`serve`],
 //! the one place where it is announced, logged and (later) authorized.
 
 mod activities;
+mod cache;
 mod daemon;
 mod handler;
 mod procedures;
