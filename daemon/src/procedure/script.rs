@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use oet_protocol::{GitArgs, ScriptSpec};
 
+use crate::git::redact_url;
+
 /// A script the daemon knows how to find.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Script {
@@ -44,6 +46,17 @@ pub async fn check_file(path: &std::path::Path) -> Result<(), ScriptError> {
             reason: err.to_string(),
         }),
     }
+}
+
+/// `spec` as it is recorded and shown (summaries, `describe`, events, the store): a
+/// git repository's URL without the credentials it may carry (`https://***@host/...`).
+/// The spec as given is what the script is fetched with.
+pub fn shown(spec: &ScriptSpec) -> ScriptSpec {
+    let mut shown = spec.clone();
+    if let ScriptSpec::Git { git_args, .. } = &mut shown {
+        git_args.git_repo = git_args.git_repo.as_deref().map(redact_url);
+    }
+    shown
 }
 
 /// Checks a script spec's URI against its kind.
@@ -91,6 +104,31 @@ mod tests {
         assert!(parse(&ScriptSpec::filesystem("/tmp/a.py")).is_err());
         assert!(parse(&ScriptSpec::filesystem("git://a.py")).is_err());
         assert!(parse(&ScriptSpec::filesystem("file://relative.py")).is_err());
+    }
+
+    #[test]
+    fn a_repository_is_recorded_without_its_credentials() {
+        let spec = ScriptSpec::Git {
+            script_uri: "git://scripts/a.py".into(),
+            git_args: GitArgs {
+                git_repo: Some("https://oet:s3cret@git.example.org/obs/scripts.git".into()),
+                git_branch: Some("main".into()),
+                git_commit: None,
+            },
+            create_env: true,
+        };
+        let ScriptSpec::Git { git_args, .. } = shown(&spec) else {
+            panic!("still a git script");
+        };
+        assert_eq!(
+            git_args.git_repo.as_deref(),
+            Some("https://***@git.example.org/obs/scripts.git")
+        );
+        assert_eq!(git_args.git_branch.as_deref(), Some("main"));
+        let Script::Git { args, .. } = parse(&spec).expect("valid") else {
+            panic!("a git script");
+        };
+        assert!(args.git_repo.is_some_and(|repo| repo.contains("s3cret")));
     }
 
     #[test]

@@ -99,6 +99,9 @@ def _load(path, init):
     script_dir = os.path.dirname(path)
     if script_dir not in sys.path:
         sys.path.insert(0, script_dir)
+    # A git script's directory is a checkout shared by every procedure of its commit,
+    # and read-only: Python must not write bytecode into it (nor beside any script).
+    sys.dont_write_bytecode = True
     spec = importlib.util.spec_from_file_location("__oet_script__", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load a Python module from {path}")
