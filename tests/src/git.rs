@@ -1,6 +1,7 @@
 //! Git fixtures for tests: throw-away repositories made with the `git` CLI, a `git daemon`
-//! serving one over the network, and a tiny Python project whose in-tree build backend
-//! lets pip install it with no index and no build tools.
+//! serving one over the network, a smart-HTTP server (`git http-backend`) that demands
+//! basic authentication, and a tiny Python project whose in-tree build backend lets pip
+//! install it with no index and no build tools.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -289,5 +290,257 @@ impl TestRepo {
             ],
             "project",
         )
+    }
+}
+
+/// A git smart-HTTP server: `git http-backend` (the CGI program shipped with git)
+/// behind a small HTTP server that demands basic authentication, serving one repository
+/// at `http://localhost:<port>/<name>`. It accepts only the (user, token) pairs it was
+/// given, and counts the requests each pair authorized. Stopped on drop.
+pub struct GitHttpServer {
+    /// The repository's URL, without credentials.
+    pub url: String,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What one server's handler knows.
+#[derive(Clone)]
+struct HttpBackend {
+    project_root: PathBuf,
+    /// `Basic <base64(user:token)>` of each accepted pair, with the pair's count.
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GitHttpServer {
+    /// Serves `repo` (its parent directory is the project root) to clients that give
+    /// one of `credentials` (user, token), on a port of its own, in a thread of its own
+    /// (so that a test blocked in a command does not block the server).
+    pub fn serve(repo: &Path, credentials: &[(&str, &str)]) -> Self {
+        let name = repo
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("repo name")
+            .to_owned();
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(
+            credentials
+                .iter()
+                .map(|(user, token)| (format!("Basic {}", base64(&format!("{user}:{token}"))), 0))
+                .collect(),
+        ));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backend = HttpBackend {
+            project_root: repo.parent().expect("repo has a parent").to_owned(),
+            accepted: accepted.clone(),
+            refused: refused.clone(),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let port = listener.local_addr().expect("address").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let app = axum::Router::new().fallback(cgi).with_state(backend);
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        GitHttpServer {
+            url: format!("http://localhost:{port}/{name}"),
+            accepted,
+            refused,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The URL with `userinfo` (`user:token`) in it.
+    pub fn url_with(&self, userinfo: &str) -> String {
+        self.url
+            .replacen("http://", &format!("http://{userinfo}@"), 1)
+    }
+
+    /// How many requests the `index`-th accepted pair authorized.
+    pub fn served_with(&self, index: usize) -> usize {
+        self.accepted.lock().expect("lock")[index].1
+    }
+
+    /// How many requests were refused for want of accepted credentials.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for GitHttpServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One request: refused without accepted credentials (401, asking for basic
+/// authentication), else handed to `git http-backend` as CGI.
+async fn cgi(
+    axum::extract::State(backend): axum::extract::State<HttpBackend>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let known = {
+        let mut accepted = backend.accepted.lock().expect("lock");
+        match accepted
+            .iter_mut()
+            .find(|(expected, _)| expected == authorization)
+        {
+            Some((_, count)) => {
+                *count += 1;
+                true
+            }
+            None => false,
+        }
+    };
+    if !known {
+        backend
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"oet-test\"")],
+            "authentication required",
+        )
+            .into_response();
+    }
+    let header_value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut command = tokio::process::Command::new("git");
+    command
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", &backend.project_root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("SERVER_PROTOCOL", "HTTP/1.1")
+        .env("REQUEST_METHOD", method.as_str())
+        .env("PATH_INFO", uri.path())
+        .env("QUERY_STRING", uri.query().unwrap_or(""))
+        .env("CONTENT_TYPE", header_value("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header_value("content-encoding"))
+        .env("GIT_PROTOCOL", header_value("git-protocol"))
+        .env("REMOTE_USER", "oet-test")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = command.spawn().expect("git http-backend starts");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(&body)
+            .await
+            .expect("request body to the backend");
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .expect("git http-backend runs");
+    let out = output.stdout;
+    let (head, body) = match find(&out, b"\r\n\r\n") {
+        Some(at) => (&out[..at], &out[at + 4..]),
+        None => match find(&out, b"\n\n") {
+            Some(at) => (&out[..at], &out[at + 2..]),
+            None => (&out[..], &[][..]),
+        },
+    };
+    let mut response = axum::response::Response::builder().status(StatusCode::OK);
+    for line in String::from_utf8_lossy(head).lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
+            response = response.status(code);
+        } else {
+            response = response.header(name.trim(), value);
+        }
+    }
+    response
+        .body(axum::body::Body::from(body.to_vec()))
+        .expect("a response")
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Standard base64 with padding, for the `Authorization` header.
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_as_http_basic_authentication_writes_it() {
+        assert_eq!(super::base64("oet:t0ken"), "b2V0OnQwa2Vu");
+        assert_eq!(super::base64("a"), "YQ==");
+        assert_eq!(super::base64("ab"), "YWI=");
+        assert_eq!(
+            super::base64("Aladdin:open sesame"),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
     }
 }
