@@ -188,8 +188,9 @@ build-backend = "oetbackend"
 backend-path = ["."]
 "#;
 
-/// A PEP 517 backend that zips `oettestpkg/` into a wheel; with `BLOCK_ON` set, it
-/// first reads that FIFO, so a test decides when (whether) the build goes on.
+/// A PEP 517 backend that zips `oettestpkg/` into a wheel, staging it in `build/` of the
+/// source tree first as setuptools does; with `BLOCK_ON` set, it first reads that FIFO,
+/// so a test decides when (whether) the build goes on.
 pub const BACKEND: &str = r#"
 import base64, hashlib, os, zipfile
 
@@ -208,6 +209,11 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, NAME, "__init__.py"), "rb") as f:
         files = {NAME + "/__init__.py": f.read()}
+    # As setuptools does, stage the build in the source tree.
+    staging = os.path.join(here, "build", "lib", NAME)
+    os.makedirs(staging, exist_ok=True)
+    with open(os.path.join(staging, "__init__.py"), "wb") as f:
+        f.write(files[NAME + "/__init__.py"])
     files[DIST + ".dist-info/METADATA"] = (
         "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (NAME, VERSION)
     ).encode()

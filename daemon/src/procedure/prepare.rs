@@ -21,10 +21,30 @@ pub(super) struct Prepared {
     pub path: PathBuf,
     pub python: PathBuf,
     pub cwd: PathBuf,
-    /// Keeps a git script's checkout from being evicted while the procedure lives.
-    _checkout: Option<Checkout>,
-    /// Keeps its Python environment from being evicted while the procedure lives.
+    /// A git script's checkout and Python environment, kept from eviction while the
+    /// procedure lives.
+    held: Option<Held>,
+}
+
+struct Held {
+    id: u64,
+    _checkout: Checkout,
     _env: Option<Env>,
+}
+
+impl Drop for Prepared {
+    /// Lets go of the checkout and the environment, and says so (eviction may now
+    /// remove them).
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            let id = held.id;
+            drop(held);
+            debug!(
+                procedure_id = id,
+                "procedure {id} no longer uses its checkout and environment"
+            );
+        }
+    }
 }
 
 /// Prepares `script`. `Ok(None)` says a stop came first and the procedure is already
@@ -40,8 +60,7 @@ pub(super) async fn prepare(
             path,
             python: PathBuf::from(context.settings.get(|c| c.python.clone())),
             cwd: context.launcher.work_dir.clone(),
-            _checkout: None,
-            _env: None,
+            held: None,
         })),
         Script::Git {
             uri,
@@ -111,8 +130,11 @@ async fn prepare_git(
             path,
             python,
             cwd: checkout.dir().to_owned(),
-            _checkout: Some(checkout),
-            _env: env,
+            held: Some(Held {
+                id,
+                _checkout: checkout,
+                _env: env,
+            }),
         }))
     };
     tokio::pin!(work);

@@ -664,6 +664,15 @@ impl Inner {
                     pruned.env_bytes += size;
                 }
             }
+            if let Some((count, bytes)) = bounds.and_then(|b| state.slots.beyond(b)) {
+                tracing::info!(
+                    "the Python environments ({count}, {bytes} bytes) are beyond \
+                     python.max_envs ({}) or python.max_env_bytes ({}), but the ones beyond \
+                     are in use or being built; they are removed once no procedure uses them",
+                    self.config.max_envs,
+                    self.config.max_env_bytes
+                );
+            }
             let pip_bytes = state.pip_cache_bytes.unwrap_or(0);
             let over = match bounds {
                 None => true,

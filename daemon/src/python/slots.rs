@@ -192,6 +192,16 @@ impl<B> Slots<B> {
         victims
     }
 
+    /// The count and measured bytes of the complete environments, if beyond `bounds`.
+    pub fn beyond(&self, bounds: Bounds) -> Option<(usize, u64)> {
+        let complete = self.slots.values().filter(|s| s.building.is_none());
+        let count = complete.clone().count();
+        let bytes: u64 = complete.filter_map(|s| s.bytes).sum();
+        let over = (bounds.count > 0 && count > bounds.count)
+            || (bounds.bytes > 0 && bytes > bounds.bytes);
+        over.then_some((count, bytes))
+    }
+
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
@@ -261,6 +271,8 @@ mod tests {
         assert_eq!(slots.unmeasured(), [("d".to_owned(), 4)]);
         let unbounded = Bounds { count: 0, bytes: 0 };
         assert!(slots.victims(Some(unbounded)).is_empty());
+        assert_eq!(slots.beyond(bounds), Some((4, 300)));
+        assert_eq!(slots.beyond(unbounded), None);
     }
 
     #[test]
