@@ -63,7 +63,7 @@ impl GitError {
     pub(super) fn cache(path: &Path, err: impl std::fmt::Display) -> Self {
         GitError::Cache {
             path: path.to_owned(),
-            reason: err.to_string(),
+            reason: super::url::redact_text(&err.to_string()),
         }
     }
 }
