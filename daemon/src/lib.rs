@@ -15,5 +15,6 @@ pub mod process;
 pub mod python;
 pub mod reaper;
 pub mod server;
+pub mod state_dir;
 pub mod systemd;
 pub mod table;

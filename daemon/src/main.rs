@@ -13,6 +13,7 @@ use oetd::procedure::worker::WorkerCommand;
 use oetd::procedure::{GitServices, Launcher, ProcedureService, WORKER_HARNESS};
 use oetd::reaper;
 use oetd::server::{self, Services, Shutdown};
+use oetd::state_dir::StateDir;
 use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -133,9 +134,9 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    // Claimed before anything in it is touched: a second oetd on it stops here.
+    let state = StateDir::claim(&config.state_dir())?;
+    let state_dir = state.path().to_owned();
     let harness = write_harness(&state_dir)?;
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
 

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -39,6 +39,7 @@ use super::oda::{ActivityCall, NewSbi, Oda, OdaError};
 use super::sbd::{Sbd, UnknownActivity};
 use crate::events::{ActivityNews, BusEvent};
 use crate::procedure::{script, ProcedureError, ProcedureService};
+use crate::state_dir::{self, EntryKind, StateDirError};
 use crate::table::IdTable;
 
 /// Why an activity could not be run or found.
@@ -94,14 +95,14 @@ struct Entry {
 
 impl ActivityService {
     /// Creates the service over an ODA and the procedure service. `sb_dir` holds the SBD
-    /// files handed to scripts; it is created (mode 0700) and emptied of files left by an
-    /// earlier run, since no live procedure can refer to them. Must be called inside a
+    /// files handed to scripts; it is created (mode 0700) and emptied of the SBD files an
+    /// earlier run left, since no live procedure can refer to them. Must be called inside a
     /// tokio runtime: it starts the task that forgets activities with their procedures.
     pub fn new(
         oda: Arc<dyn Oda>,
         procedures: ProcedureService,
         sb_dir: PathBuf,
-    ) -> Result<Self, io::Error> {
+    ) -> Result<Self, StateDirError> {
         prepare_sb_dir(&sb_dir)?;
         let service = ActivityService {
             inner: Arc::new(Inner {
@@ -553,20 +554,19 @@ fn check_args(args: &BTreeMap<String, FunctionArgs>) -> Result<(), ActivityError
     Ok(())
 }
 
-/// Creates the SBD file directory for the daemon's user only, and removes files an
-/// earlier run left behind.
-fn prepare_sb_dir(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::remove_file(entry.path())?;
+/// Creates the SBD file directory for the daemon's user only, and removes the SBD files
+/// an earlier run left behind — those alone, and never through a link.
+fn prepare_sb_dir(dir: &Path) -> Result<(), StateDirError> {
+    let own = state_dir::open_own_dir(dir, 0o700)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        StateDirError::Clean {
+            path: dir.to_owned(),
+            source,
         }
-    }
+    })?;
+    own.remove_own_entries(|name, kind| {
+        kind == EntryKind::File && name.starts_with("sb-") && name.ends_with(".json")
+    })?;
     Ok(())
 }
 
