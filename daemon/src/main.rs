@@ -10,7 +10,9 @@ use oetd::activity::{oda, ActivityService};
 use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::procedure::worker::WorkerCommand;
-use oetd::procedure::{GitServices, Launcher, ProcedureService, WORKER_HARNESS};
+use oetd::procedure::{
+    GitServices, Launcher, OutputSink, OutputTarget, ProcedureService, WORKER_HARNESS,
+};
 use oetd::reaper;
 use oetd::server::{self, Services, Shutdown};
 use oetd::state_dir::StateDir;
@@ -139,6 +141,10 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let state_dir = state.path().to_owned();
     let harness = write_harness(&state_dir)?;
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
+    let output = OutputSink::new(match log.target() {
+        systemd::LogTarget::Journald => OutputTarget::Journal,
+        systemd::LogTarget::Stderr => OutputTarget::Stderr,
+    });
 
     let bus = EventBus::new(config.events.clone());
     let git = GitServices::open(
@@ -156,6 +162,7 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         },
         git: git.clone(),
         work_dir: state_dir.clone(),
+        output,
     };
     let procedures = ProcedureService::new(config.procedures.clone(), launcher, bus);
 

@@ -8,7 +8,8 @@ pub mod systemd_sandbox;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use oet_protocol::client::StreamItem;
@@ -91,6 +92,8 @@ pub struct TestDaemon {
     /// oetd's stderr lines not yet read by [`TestDaemon::log_line`] (for daemons
     /// started by [`TestDaemon::start_with`]).
     log: Option<std::sync::Mutex<mpsc::Receiver<String>>>,
+    /// Bytes oetd has written to its stderr (its log, outside journald) so far.
+    log_bytes: Arc<AtomicU64>,
 }
 
 impl TestDaemon {
@@ -142,6 +145,7 @@ impl TestDaemon {
             config_path,
             child: None,
             log: None,
+            log_bytes: Arc::default(),
         }
     }
 
@@ -183,14 +187,47 @@ impl TestDaemon {
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stderr = child.stderr.take().expect("stderr pipe");
         let (tx, rx) = mpsc::channel();
+        let bytes = self.log_bytes.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                bytes.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
                 eprintln!("[oetd] {line}");
                 let _ = tx.send(line);
             }
         });
         self.child = Some(child);
         rx
+    }
+
+    /// oetd's log lines from now on, up to and including the first that contains
+    /// `needle` (waiting for it, bounded by [`DEADLINE`]).
+    pub fn log_lines_until(&self, needle: &str) -> Vec<String> {
+        let lines = self
+            .log
+            .as_ref()
+            .expect("a daemon started with start_with")
+            .lock()
+            .expect("log lock");
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("no line containing {needle:?} from oetd ({e}); saw {seen:#?}"),
+            }
+        }
+    }
+
+    /// How many bytes oetd has logged to its stderr so far.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(Ordering::Relaxed)
     }
 
     /// The daemon's process ID.

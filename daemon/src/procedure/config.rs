@@ -25,6 +25,13 @@ pub struct ProcedureConfig {
     /// Script run by `stop --run-abort`, given the stopped procedure's `subarray_id`.
     /// Empty: aborting is refused with a message saying so.
     pub abort_script: String,
+    /// Lines of one procedure's output sent to the journal (or oetd's stderr) per
+    /// `journal_interval_secs`; beyond that they are counted, and only kept.
+    pub journal_burst: u64,
+    /// Lines of all procedures' output together sent per `journal_interval_secs`.
+    pub journal_burst_total: u64,
+    /// The interval of the two bursts above, in seconds.
+    pub journal_interval_secs: f64,
 }
 
 impl Default for ProcedureConfig {
@@ -37,6 +44,9 @@ impl Default for ProcedureConfig {
             max_running: 1,
             log_lines: 1000,
             abort_script: String::new(),
+            journal_burst: 1000,
+            journal_burst_total: 5000,
+            journal_interval_secs: 30.0,
         }
     }
 }
@@ -50,8 +60,15 @@ impl ProcedureConfig {
         Duration::from_secs_f64(self.kill_wait_secs.max(0.0))
     }
 
+    pub fn journal_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.journal_interval_secs.max(0.0))
+    }
+
     /// Checks the values that types cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
+        if !self.journal_interval_secs.is_finite() || self.journal_interval_secs <= 0.0 {
+            return Err("procedures.journal_interval_secs must be a positive number".into());
+        }
         if self.max_running == 0 {
             return Err("procedures.max_running must be at least 1".into());
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use oet_protocol::{ProcedureState, Stream, Value};
 
 use super::error::ProcedureError;
+use super::output::ProcedureOutput;
 use super::records::Records;
 
 /// One procedure's narrow way into the records. Cheap to clone.
@@ -13,11 +14,16 @@ use super::records::Records;
 pub(super) struct ProcedureHandle {
     id: u64,
     records: Arc<Records>,
+    output: Arc<ProcedureOutput>,
 }
 
 impl ProcedureHandle {
-    pub fn new(id: u64, records: Arc<Records>) -> Self {
-        ProcedureHandle { id, records }
+    pub fn new(id: u64, records: Arc<Records>, output: ProcedureOutput) -> Self {
+        ProcedureHandle {
+            id,
+            records,
+            output: Arc::new(output),
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -35,13 +41,21 @@ impl ProcedureHandle {
         self.records.fail(self.id, stacktrace);
     }
 
-    /// Keeps one line the script (or its environment's build) printed.
+    /// Sends one line the script (or its environment's build) printed out as the
+    /// script's record, within the rate limit, and keeps it.
     pub fn output(&self, stream: Stream, line: String) {
+        self.output.line(stream, &line);
         self.records.append_log(self.id, stream, line);
     }
 
     /// Publishes a message the script sent.
     pub fn publish(&self, topic: String, payload: Value) {
         self.records.publish_script_event(self.id, topic, payload);
+    }
+
+    /// Tells what the procedure's end leaves to tell: output lines suppressed since the
+    /// last notice.
+    pub fn finish(&self) {
+        self.output.finish();
     }
 }

@@ -1,9 +1,11 @@
 //! What supervisors start workers with, and work with while they run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::config::Settings;
 use super::git_services::GitServices;
+use super::output::OutputSink;
 use super::worker::WorkerCommand;
 use crate::events::EventBus;
 
@@ -14,6 +16,8 @@ pub struct Launcher {
     pub git: GitServices,
     /// The working directory of filesystem scripts.
     pub work_dir: PathBuf,
+    /// Where the lines scripts print go.
+    pub output: Arc<OutputSink>,
 }
 
 /// What every supervisor works with.

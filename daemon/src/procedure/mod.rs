@@ -13,6 +13,8 @@
 //!   with what `git_services` opens at start-up.
 //! - `worker` spawns and signals the worker process, `worker_link` is the channel to the
 //!   Python harness in `worker.py`, `script` parses script URIs.
+//! - `output` sends the lines scripts print to the journal as their own records,
+//!   rate-limited.
 
 mod config;
 mod control;
@@ -20,6 +22,7 @@ mod error;
 pub mod git_services;
 mod handle;
 mod launch;
+mod output;
 mod prepare;
 mod records;
 pub mod script;
@@ -33,5 +36,6 @@ pub use config::{ProcedureConfig, Settings};
 pub use error::ProcedureError;
 pub use git_services::GitServices;
 pub use launch::Launcher;
+pub use output::{OutputSink, OutputTarget};
 pub use service::ProcedureService;
 pub use worker::WORKER_HARNESS;

@@ -182,14 +182,8 @@ impl Records {
         }
     }
 
-    /// Keeps and logs one line a script printed.
+    /// Keeps one line a script printed.
     pub fn append_log(&self, id: u64, stream: Stream, line: String) {
-        info!(
-            procedure_id = id,
-            script_stream = stream.as_str(),
-            "[{id} {}] {line}",
-            stream.as_str()
-        );
         let limit = self.settings.get(|c| c.log_lines);
         let mut table = self.table.lock();
         if let Some(entry) = table.entries.get_mut(&id) {

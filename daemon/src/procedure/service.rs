@@ -17,6 +17,7 @@ use super::control::Control;
 use super::error::ProcedureError;
 use super::handle::ProcedureHandle;
 use super::launch::{Context, Launcher};
+use super::output::ProcedureOutput;
 use super::records::Records;
 use super::{script, state, supervisor};
 use crate::events::EventBus;
@@ -67,7 +68,13 @@ impl ProcedureService {
         init_args.check_finite()?;
         let (control, inbox) = mpsc::unbounded_channel();
         let summary = self.inner.records.insert(spec, &init_args, control);
-        let handle = ProcedureHandle::new(summary.id, self.inner.records.clone());
+        let output = ProcedureOutput::new(
+            self.inner.launcher.output.clone(),
+            self.inner.settings.clone(),
+            summary.id,
+            summary.script.uri(),
+        );
+        let handle = ProcedureHandle::new(summary.id, self.inner.records.clone(), output);
         let context = Context {
             launcher: self.inner.launcher.clone(),
             settings: self.inner.settings.clone(),

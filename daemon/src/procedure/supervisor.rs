@@ -38,9 +38,20 @@ pub(super) async fn run(
     context: Context,
     script: Script,
     init: FunctionArgs,
+    control: mpsc::UnboundedReceiver<Control>,
+) {
+    supervise(&handle, context, script, init, control).await;
+    handle.finish();
+}
+
+async fn supervise(
+    handle: &ProcedureHandle,
+    context: Context,
+    script: Script,
+    init: FunctionArgs,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
-    let prepared = match prepare::prepare(&handle, &context, script, &mut control).await {
+    let prepared = match prepare::prepare(handle, &context, script, &mut control).await {
         Ok(Some(prepared)) => prepared,
         // Stopped while preparing: the state is already recorded.
         Ok(None) => return,
@@ -57,8 +68,8 @@ pub(super) async fn run(
         }
     };
     let output = [
-        capture_output(&handle, io.stdout, Stream::Stdout),
-        capture_output(&handle, io.stderr, Stream::Stderr),
+        capture_output(handle, io.stdout, Stream::Stdout),
+        capture_output(handle, io.stderr, Stream::Stderr),
     ];
     let (mut reader, writer) = worker_link::split(io.channel);
     let outbox = Outbox::start(writer);
@@ -74,7 +85,7 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             message = reader.next(), if reader_open => match message {
-                Some(message) => link.handle(&handle, message, &outbox),
+                Some(message) => link.handle(handle, message, &outbox),
                 None => reader_open = false,
             },
             command = control.recv() => match command {
@@ -95,7 +106,7 @@ pub(super) async fn run(
                 None => {}
             },
             status = worker.child.wait() => {
-                drain(&handle, &mut reader, &mut link, &outbox).await;
+                drain(handle, &mut reader, &mut link, &outbox).await;
                 // Whatever the script left running goes now, so that its output ends.
                 worker.kill_group();
                 collect_output(output).await;
