@@ -1,13 +1,20 @@
 //! What a supervisor may do to its own procedure's record, and nothing more: report a
 //! state, fail, keep a line of output, publish a script event.
+//!
+//! Script events on topics only oetd publishes (`procedure.lifecycle.*`,
+//! `activity.lifecycle.*`, `request.*`) are dropped here, noticed once and counted;
+//! the `msg_src` a script puts in its payload goes too, as oetd stamps the source.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use oet_protocol::{ProcedureState, Stream, Value};
+use tracing::{info, warn};
 
 use super::error::ProcedureError;
 use super::output::ProcedureOutput;
 use super::records::Records;
+use crate::events::is_reserved_topic;
 
 /// One procedure's narrow way into the records. Cheap to clone.
 #[derive(Clone)]
@@ -15,6 +22,8 @@ pub(super) struct ProcedureHandle {
     id: u64,
     records: Arc<Records>,
     output: Arc<ProcedureOutput>,
+    /// Script events dropped for their reserved topic.
+    reserved: Arc<AtomicU64>,
 }
 
 impl ProcedureHandle {
@@ -23,6 +32,7 @@ impl ProcedureHandle {
             id,
             records,
             output: Arc::new(output),
+            reserved: Arc::default(),
         }
     }
 
@@ -48,14 +58,37 @@ impl ProcedureHandle {
         self.records.append_log(self.id, stream, line);
     }
 
-    /// Publishes a message the script sent.
-    pub fn publish(&self, topic: String, payload: Value) {
+    /// Publishes a message the script sent, unless its topic is oetd's alone.
+    pub fn publish(&self, topic: String, mut payload: Value) {
+        if is_reserved_topic(&topic) {
+            if self.reserved.fetch_add(1, Ordering::Relaxed) == 0 {
+                let id = self.id;
+                warn!(
+                    procedure_id = id,
+                    "procedure {id} published an event on the reserved topic {topic}, which \
+                     only oetd publishes; it is dropped, as are any more (counted when the \
+                     procedure ends)"
+                );
+            }
+            return;
+        }
+        if let Value::Map(fields) = &mut payload {
+            fields.remove("msg_src");
+        }
         self.records.publish_script_event(self.id, topic, payload);
     }
 
     /// Tells what the procedure's end leaves to tell: output lines suppressed since the
-    /// last notice.
+    /// last notice, and events dropped for their topic.
     pub fn finish(&self) {
         self.output.finish();
+        let dropped = self.reserved.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let id = self.id;
+            info!(
+                procedure_id = id,
+                "procedure {id}: {dropped} events on reserved topics were dropped"
+            );
+        }
     }
 }
