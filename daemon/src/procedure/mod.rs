@@ -12,7 +12,8 @@
 //! - `prepare` makes a script runnable (a git checkout, a Python environment: PREP_ENV),
 //!   with what `git_services` opens at start-up.
 //! - `worker` spawns and signals the worker process, `worker_link` is the channel to the
-//!   Python harness in `worker.py`, `script` parses script URIs.
+//!   Python harness in `worker.py`, `link_check` says which of the worker's messages may
+//!   come when (the channel is untrusted), `script` parses script URIs.
 //! - `output` sends the lines scripts print to the journal as their own records,
 //!   rate-limited.
 
@@ -22,6 +23,7 @@ mod error;
 pub mod git_services;
 mod handle;
 mod launch;
+mod link_check;
 mod output;
 mod prepare;
 mod records;
