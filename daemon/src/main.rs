@@ -7,11 +7,13 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use oetd::activity::{oda, ActivityService};
+use oetd::cgroup::{Containment, Controller};
 use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::procedure::worker::WorkerCommand;
 use oetd::procedure::{
-    GitServices, Launcher, OutputSink, OutputTarget, ProcedureService, WORKER_HARNESS,
+    GitServices, Launcher, OutputSink, OutputTarget, ProcedureConfig, ProcedureService,
+    WORKER_HARNESS,
 };
 use oetd::reaper;
 use oetd::server::{self, Services, Shutdown};
@@ -141,6 +143,7 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let state_dir = state.path().to_owned();
     let harness = write_harness(&state_dir)?;
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
+    let containment = contain(&state_dir, &config.procedures);
     let output = OutputSink::new(match log.target() {
         systemd::LogTarget::Journald => OutputTarget::Journal,
         systemd::LogTarget::Stderr => OutputTarget::Stderr,
@@ -162,6 +165,7 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         },
         git: git.clone(),
         work_dir: state_dir.clone(),
+        containment: containment.clone(),
         output,
     };
     let procedures = ProcedureService::new(config.procedures.clone(), launcher, bus);
@@ -215,7 +219,7 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM received"); break }
             _ = int.recv() => { info!("SIGINT received"); break }
-            _ = hup.recv() => reload(&flags, &mut config, &log, &procedures, &git),
+            _ = hup.recv() => reload(&flags, &mut config, &log, &procedures, &git, &containment),
         }
     }
 
@@ -247,6 +251,7 @@ fn reload(
     log: &systemd::LogControl,
     procedures: &ProcedureService,
     git: &GitServices,
+    containment: &Containment,
 ) {
     info!("SIGHUP received: reloading the configuration");
     let new = match load_config(flags) {
@@ -269,6 +274,9 @@ fn reload(
             error!("log.level not changed: {err}");
         }
     }
+    if let Some(root) = containment.root() {
+        warn_unenforced(root, &new.procedures);
+    }
     procedures.set_config(new.procedures.clone());
     git.repos.set_allowed_repos(new.git.allowed_repos.clone());
     if !changes.live.is_empty() {
@@ -287,6 +295,59 @@ fn reload(
     config.log = new.log;
     config.procedures = new.procedures;
     config.git.allowed_repos = new.git.allowed_repos;
+}
+
+/// Sets up the cgroups procedures run in (or finds why there can be none), says which in
+/// the log, and kills what an oetd that died left running there.
+fn contain(state_dir: &Path, procedures: &ProcedureConfig) -> Containment {
+    let containment = Containment::set_up(state_dir);
+    match &containment {
+        Containment::Cgroups(root) => {
+            let controllers = root.controllers();
+            info!(
+                "each procedure runs in a cgroup of its own under {} (resource controllers: {})",
+                root.dir().display(),
+                if controllers.is_empty() {
+                    "none".to_owned()
+                } else {
+                    controllers.join(", ")
+                }
+            );
+            let killed = root.kill_leftovers(std::time::Duration::from_secs(5));
+            if !killed.is_empty() {
+                warn!(
+                    "killed what procedures {killed:?} of an earlier oetd left running in {}",
+                    root.dir().display()
+                );
+            }
+            warn_unenforced(root, procedures);
+        }
+        Containment::ProcessGroups { reason } => warn!(
+            "procedures are contained by process groups only, because {reason}: a process              that leaves its group (setsid, a double fork) escapes a stop and oetd's death,              and procedures.memory_max, pids_max and cpu_max cannot be applied"
+        ),
+    }
+    containment
+}
+
+/// Warns of each configured limit whose controller procedures do not get.
+fn warn_unenforced(root: &oetd::cgroup::CgroupRoot, procedures: &ProcedureConfig) {
+    let limits = procedures.limits();
+    for (set, controller, key) in [
+        (
+            limits.memory_max_bytes.is_some(),
+            Controller::Memory,
+            "memory_max",
+        ),
+        (limits.pids_max.is_some(), Controller::Pids, "pids_max"),
+        (limits.cpu_max.is_some(), Controller::Cpu, "cpu_max"),
+    ] {
+        if set && !root.has(controller) {
+            warn!(
+                "procedures.{key} is set, but no {} controller is available to oetd's                  cgroups: procedures run without that limit",
+                controller.name()
+            );
+        }
+    }
 }
 
 /// Writes the worker harness into the state directory (atomically, so a worker never

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `daemon/src`, lowest layer first. A module may use the ones
 /// in lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["journal", "process", "state_dir", "table"],
+    &["cgroup", "journal", "process", "table", "state_dir"],
     &["reaper"],
     &["events"],
     &["git", "python"],

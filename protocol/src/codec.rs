@@ -176,6 +176,7 @@ mod tests {
                 }],
                 stacktrace: Some("Traceback".into()),
                 state: ProcedureState::Creating,
+                resources: None,
             })),
         });
         round_trip(ServerMessage::Response {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use oet_protocol::client::StreamItem;
 use oet_protocol::{
-    ActivityState, ActivitySummary, Client, Event, EventStream, FunctionArgs, ProcedureState,
-    ProcedureSummary, ScriptSpec, Value,
+    ActivityState, ActivitySummary, Client, Containment, Event, EventStream, FunctionArgs,
+    ProcedureState, ProcedureSummary, ScriptSpec, Value,
 };
 use tempfile::TempDir;
 
@@ -228,6 +228,33 @@ impl TestDaemon {
     /// How many bytes oetd has logged to its stderr so far.
     pub fn log_bytes(&self) -> u64 {
         self.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// How this daemon contains procedures, as `oetctl status` tells.
+    pub async fn containment(&self) -> Containment {
+        self.client()
+            .await
+            .status()
+            .await
+            .expect("status")
+            .containment
+    }
+
+    /// Whether this daemon gives each procedure a cgroup of its own. Where it cannot
+    /// (no writable cgroup v2), the test is skipped with the reason printed — unless `CI`
+    /// is set, where that fails the test.
+    pub async fn has_cgroups(&self) -> bool {
+        match self.containment().await {
+            Containment::Cgroup { .. } => true,
+            Containment::ProcessGroup { reason } => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI needs a writable cgroup v2 hierarchy: {reason}"
+                );
+                eprintln!("skipped: procedures are not in cgroups here: {reason}");
+                false
+            }
+        }
     }
 
     /// The daemon's process ID.

@@ -1,5 +1,5 @@
 //! What a supervisor may do to its own procedure's record, and nothing more: report a
-//! state, fail, keep a line of output, publish a script event.
+//! state, fail, keep a line of output, publish a script event, record measurements.
 //!
 //! Script events on topics only oetd publishes (`procedure.lifecycle.*`,
 //! `activity.lifecycle.*`, `request.*`) are dropped here, noticed once and counted;
@@ -8,12 +8,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use oet_protocol::{ProcedureState, Stream, Value};
+use oet_protocol::{ProcedureState, ResourceUsage, Stream, Value};
 use tracing::{info, warn};
 
 use super::error::ProcedureError;
 use super::output::ProcedureOutput;
-use super::records::Records;
+use super::records::{Records, UsageProbe};
 use crate::events::is_reserved_topic;
 
 /// One procedure's narrow way into the records. Cheap to clone.
@@ -76,6 +76,16 @@ impl ProcedureHandle {
             fields.remove("msg_src");
         }
         self.records.publish_script_event(self.id, topic, payload);
+    }
+
+    /// Reads the procedure's measurements through `probe` while it runs.
+    pub fn watch_usage(&self, probe: UsageProbe) {
+        self.records.watch_usage(self.id, probe);
+    }
+
+    /// Records the procedure's final measurements.
+    pub fn measured(&self, usage: ResourceUsage) {
+        self.records.set_resources(self.id, usage);
     }
 
     /// Tells what the procedure's end leaves to tell: output lines suppressed since the

@@ -7,6 +7,7 @@ use super::config::Settings;
 use super::git_services::GitServices;
 use super::output::OutputSink;
 use super::worker::WorkerCommand;
+use crate::cgroup::Containment;
 use crate::events::EventBus;
 
 /// How workers are started: given once, at start-up.
@@ -16,6 +17,8 @@ pub struct Launcher {
     pub git: GitServices,
     /// The working directory of filesystem scripts.
     pub work_dir: PathBuf,
+    /// How each procedure's processes are kept together.
+    pub containment: Containment,
     /// Where the lines scripts print go.
     pub output: Arc<OutputSink>,
 }

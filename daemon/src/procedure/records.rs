@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use oet_protocol::{
     now, CallRecord, FunctionArgs, LogLine, ProcedureLogs, ProcedureState, ProcedureSummary,
-    ScriptSpec, StateChange, Stream, Value,
+    ResourceUsage, ScriptSpec, StateChange, Stream, Value,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -29,13 +29,33 @@ pub(super) struct Records {
     changed: watch::Sender<u64>,
 }
 
+/// Reads what a live procedure's cgroup has measured so far.
+pub(super) type UsageProbe = Arc<dyn Fn() -> ResourceUsage + Send + Sync>;
+
 struct Entry {
     summary: ProcedureSummary,
+    /// While the procedure's processes run in a cgroup: its measurements, read when the
+    /// summary is.
+    usage: Option<UsageProbe>,
     logs: LogBuffer,
     /// The supervisor's inbox; closed once the supervisor has ended.
     control: mpsc::UnboundedSender<Control>,
     /// Bumped on every state change of this procedure.
     changed: watch::Sender<()>,
+}
+
+impl Entry {
+    fn snapshot(&self) -> (ProcedureSummary, Option<UsageProbe>) {
+        (self.summary.clone(), self.usage.clone())
+    }
+}
+
+/// A summary with its live measurements, read outside the records' lock.
+fn measured((mut summary, probe): (ProcedureSummary, Option<UsageProbe>)) -> ProcedureSummary {
+    if let Some(probe) = probe {
+        summary.resources = Some(probe());
+    }
+    summary
 }
 
 /// The newest lines a script printed, bounded.
@@ -91,7 +111,9 @@ impl Records {
                     }],
                     stacktrace: None,
                     state: ProcedureState::Creating,
+                    resources: None,
                 },
+                usage: None,
                 logs: LogBuffer::default(),
                 control,
                 changed: watch::Sender::new(()),
@@ -205,21 +227,41 @@ impl Records {
         self.bus.publish(BusEvent::Script { id, topic, payload });
     }
 
+    /// Reads procedure `id`'s measurements through `probe` whenever its summary is read,
+    /// until [`Records::set_resources`] records the last ones.
+    pub fn watch_usage(&self, id: u64, probe: UsageProbe) {
+        if let Some(entry) = self.table.lock().entries.get_mut(&id) {
+            entry.usage = Some(probe);
+        }
+    }
+
+    /// Records what procedure `id`'s cgroup measured in the end.
+    pub fn set_resources(&self, id: u64, usage: ResourceUsage) {
+        if let Some(entry) = self.table.lock().entries.get_mut(&id) {
+            entry.usage = None;
+            entry.summary.resources = Some(usage);
+        }
+    }
+
     /// One procedure's summary.
     pub fn summary(&self, id: u64) -> Result<ProcedureSummary, ProcedureError> {
-        self.table
+        let read = self
+            .table
             .lock()
             .entries
             .get(&id)
-            .map(|e| e.summary.clone())
-            .ok_or(ProcedureError::NotFound(id))
+            .map(Entry::snapshot)
+            .ok_or(ProcedureError::NotFound(id))?;
+        Ok(measured(read))
     }
 
     /// Summaries of the given procedures, or of all live ones when `ids` is empty.
     pub fn list(&self, ids: &[u64]) -> Result<Vec<ProcedureSummary>, ProcedureError> {
-        self.table
+        let read = self
+            .table
             .lock()
-            .select(ids, |entry| entry.summary.clone(), ProcedureError::NotFound)
+            .select(ids, Entry::snapshot, ProcedureError::NotFound)?;
+        Ok(read.into_iter().map(measured).collect())
     }
 
     /// The kept output lines of a procedure.

@@ -112,7 +112,7 @@ impl ProcedureService {
         Ok(summary)
     }
 
-    /// Stops a procedure (SIGTERM, grace, then SIGKILL of its process group) and waits
+    /// Stops a procedure (SIGTERM, grace, then the kill of its cgroup) and waits
     /// until its state is final. With `run_abort`, then runs the configured abort script
     /// for the stopped procedure's subarray and returns its summary too.
     pub async fn stop(
@@ -236,6 +236,11 @@ impl ProcedureService {
     /// The kept output lines of a procedure.
     pub fn logs(&self, id: u64) -> Result<ProcedureLogs, ProcedureError> {
         self.inner.records.logs(id)
+    }
+
+    /// How procedures' processes are kept together, for `oetctl status`.
+    pub fn containment(&self) -> oet_protocol::Containment {
+        self.inner.launcher.containment.to_wire()
     }
 
     /// Procedures in the table, and the IDs of those RUNNING.

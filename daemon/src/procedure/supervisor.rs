@@ -1,16 +1,18 @@
-//! One procedure's supervisor: from preparing the script and spawning its worker to the
-//! final state. It is the only task that talks to the worker: it checks and relays the
-//! worker's reports to the procedure's record (through its [`ProcedureHandle`]), hands
-//! the worker calls and bus events, and carries out stops — SIGTERM, the grace period,
-//! then SIGKILL of the whole process group. A message the harness could not have sent
-//! ends the procedure FAILED as a worker protocol violation.
+//! One procedure's supervisor: from preparing the script and spawning its worker (in the
+//! procedure's cgroup) to the final state. It is the only task that talks to the worker:
+//! it checks and relays the worker's reports to the procedure's record (through its
+//! [`ProcedureHandle`]), hands the worker calls and bus events, and carries out stops —
+//! SIGTERM, the grace period, then `cgroup.kill` of everything in the procedure's cgroup
+//! (SIGKILL of its process group where there is no cgroup). A message the harness could
+//! not have sent ends the procedure FAILED as a worker protocol violation.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use oet_protocol::{FunctionArgs, ProcedureState, Stream};
+use oet_protocol::{bytes_text, FunctionArgs, ProcedureState, ResourceUsage, Stream};
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -24,8 +26,9 @@ use super::launch::Context;
 use super::link_check::{Heard, LastWords, LinkCheck, Violation};
 use super::prepare;
 use super::script::Script;
-use super::worker::{describe_exit, Worker};
+use super::worker::{describe_exit, Confinement, Worker};
 use super::worker_link::{self, FromWorker, JsonArgs, LinkError, LinkReader, LinkWriter, ToWorker};
+use crate::cgroup::ProcedureCgroup;
 use crate::events::{BusEvent, Received};
 use crate::process;
 
@@ -34,7 +37,8 @@ use crate::process;
 const EVENT_BACKLOG: usize = 1024;
 
 /// How long to keep reading a worker's last reports and output after its process has
-/// exited. Only a process that escaped the process group can make this wait matter.
+/// exited. Only a process that escaped the procedure (without a cgroup) can make this
+/// wait matter.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long a worker's process may live on after its final word: the harness exits at
@@ -76,16 +80,27 @@ async fn supervise(
         Err(message) => return handle.fail(message),
     };
     let id = handle.id();
+    let confinement = match confine(id, &context) {
+        Ok(confinement) => confinement,
+        Err(message) => return handle.fail(message),
+    };
+    let cgroup = confinement.as_ref().map(|c| c.cgroup.clone());
     let workers = &context.launcher.workers;
-    let (worker, io) = match workers.spawn(&prepared.python, id, &prepared.cwd) {
+    let spawned = workers.spawn(&prepared.python, id, &prepared.cwd, confinement);
+    let (worker, io) = match spawned {
         Ok(spawned) => spawned,
         Err(err) => {
+            release(&context, cgroup.as_deref());
             return handle.fail(format!(
                 "cannot start the script interpreter '{}': {err}",
                 prepared.python.display()
             ));
         }
     };
+    if let Some(cgroup) = &cgroup {
+        let probe = cgroup.clone();
+        handle.watch_usage(Arc::new(move || probe.usage()));
+    }
     let output = [
         capture_output(handle, io.stdout, Stream::Stdout),
         capture_output(handle, io.stderr, Stream::Stderr),
@@ -105,6 +120,28 @@ async fn supervise(
     running.end(end, output).await;
     // The checkout stays pinned in the cache until the procedure's process is gone.
     drop(prepared);
+}
+
+/// Makes the procedure's cgroup, where procedures get one.
+fn confine(id: u64, context: &Context) -> Result<Option<Confinement>, String> {
+    let Some(root) = context.launcher.containment.root() else {
+        return Ok(None);
+    };
+    let limits = context.settings.get(|c| c.limits());
+    let cgroup = root
+        .procedure(id, &limits)
+        .map_err(|err| format!("cannot make the procedure's cgroup: {err}"))?;
+    Ok(Some(Confinement {
+        cgroup: Arc::new(cgroup),
+        roots: root.made_dirs(),
+    }))
+}
+
+/// Hands a procedure's cgroup back to the root, which removes it.
+fn release(context: &Context, cgroup: Option<&ProcedureCgroup>) {
+    if let (Some(root), Some(cgroup)) = (context.launcher.containment.root(), cgroup) {
+        root.release(cgroup);
+    }
 }
 
 /// A worker being supervised, and what the supervisor knows of it.
@@ -226,9 +263,10 @@ impl Running<'_> {
             End::Exited(status) => {
                 // Whatever the script left running goes now, so that the channel and its
                 // output end; what the worker sent before it exited is still there to read.
-                self.worker.kill_group();
+                self.worker.kill_all();
                 self.drain().await;
                 collect_output(output).await;
+                self.wait_empty().await;
                 let ending = match self.last_words.take() {
                     Some((LastWords::Complete, _)) => Ending::Enter(ProcedureState::Complete),
                     Some((LastWords::Failed(trace), _)) => Ending::Fail(trace),
@@ -244,21 +282,33 @@ impl Running<'_> {
                     procedure_id = id,
                     "procedure {id}: worker protocol violation: {violation}"
                 );
-                self.worker.kill_group();
+                self.worker.kill_all();
                 let _ =
                     tokio::time::timeout(settings.get(|c| c.kill_wait()), self.worker.child.wait())
                         .await;
                 collect_output(output).await;
+                self.wait_empty().await;
                 (
                     Ending::Fail(format!("worker protocol violation: {violation}")),
                     None,
                 )
             }
         };
+        let cgroup = self.worker.cgroup().cloned();
+        let ending = match &cgroup {
+            Some(cgroup) => {
+                let usage = cgroup.usage();
+                let ending = out_of_memory(final_state, cgroup, &usage);
+                self.handle.measured(usage);
+                ending
+            }
+            None => final_state,
+        };
         // Nothing of the procedure is left once its final state is told: its guard is
-        // let go first.
+        // let go and its cgroup removed first.
         self.worker.finish().await;
-        match final_state {
+        release(self.context, cgroup.as_deref());
+        match ending {
             Ending::Enter(state) => {
                 if let Err(err) = self.handle.enter(state) {
                     debug!(procedure_id = id, "the procedure had already ended: {err}");
@@ -294,6 +344,17 @@ impl Running<'_> {
             ));
         }
     }
+
+    /// Waits until nothing is left in the procedure's cgroup (bounded by the kill wait).
+    async fn wait_empty(&self) -> bool {
+        match self.worker.cgroup() {
+            Some(cgroup) => {
+                let within = self.context.settings.get(|c| c.kill_wait());
+                wait_empty(cgroup.clone(), within).await
+            }
+            None => true,
+        }
+    }
 }
 
 /// How a procedure ends.
@@ -302,29 +363,63 @@ enum Ending {
     Fail(String),
 }
 
-/// SIGTERM, a grace period, then SIGKILL of the whole group; says which final state that
-/// amounts to.
+/// A procedure whose processes the out-of-memory killer ended failed for that, whatever
+/// else it said.
+fn out_of_memory(ending: Ending, cgroup: &ProcedureCgroup, usage: &ResourceUsage) -> Ending {
+    let kills = cgroup.oom_kills();
+    if kills == 0 {
+        return ending;
+    }
+    let limit = match usage.limits.memory_max_bytes {
+        Some(bytes) => format!("limit {}", bytes_text(bytes)),
+        None => "no limit of its own".to_owned(),
+    };
+    let what = match kills {
+        1 => "1 process".to_owned(),
+        n => format!("{n} processes"),
+    };
+    let cause = format!("out of memory ({limit}): the kernel killed {what} of the procedure");
+    match ending {
+        Ending::Fail(trace) => Ending::Fail(format!("{cause}\n{trace}")),
+        // A script that got over it (or was stopped) ended so nonetheless.
+        ending @ Ending::Enter(_) => ending,
+    }
+}
+
+/// SIGTERM, a grace period, then the kill of everything; says which final state that
+/// amounts to: STOPPED once nothing is left of the procedure, UNKNOWN if something is.
 async fn stop(id: u64, worker: &mut Worker, settings: &Settings) -> ProcedureState {
     let (grace, kill_wait) = settings.get(|c| (c.stop_grace(), c.kill_wait()));
     worker.terminate();
     let ended = tokio::time::timeout(grace, worker.child.wait())
         .await
         .is_ok();
-    worker.kill_group();
-    if ended
+    worker.kill_all();
+    let worker_gone = ended
         || tokio::time::timeout(kill_wait, worker.child.wait())
             .await
-            .is_ok()
-    {
+            .is_ok();
+    let all_gone = match worker.cgroup() {
+        Some(cgroup) => worker_gone && wait_empty(cgroup.clone(), kill_wait).await,
+        None => worker_gone,
+    };
+    if all_gone {
         ProcedureState::Stopped
     } else {
         warn!(
             procedure_id = id,
-            "script process {} did not end after SIGKILL",
+            "processes of procedure {id} (worker {}) did not end after they were killed",
             worker.pid()
         );
         ProcedureState::Unknown
     }
+}
+
+/// Waits, off the async threads, until `cgroup` has no process left (at most `within`).
+async fn wait_empty(cgroup: Arc<ProcedureCgroup>, within: Duration) -> bool {
+    tokio::task::spawn_blocking(move || cgroup.wait_empty(within))
+        .await
+        .unwrap_or(false)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

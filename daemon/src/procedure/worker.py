@@ -11,7 +11,8 @@ To oetd:    {"state": "IDLE" | "LOADING" | "INITIALISING" | "READY" | "COMPLETE"
             {"event": {"topic": ..., "payload": {...}}}
 
 SIGTERM raises ProcedureStopped inside the script so that its finally: blocks run; oetd
-kills the whole process group if the script does not end within the grace period.
+kills everything in the procedure's cgroup if the script does not end within the grace
+period.
 
 oetd checks every message against what this harness says when: a state out of turn, a
 line that is not a message, or anything after COMPLETE or FAILED fails the procedure.

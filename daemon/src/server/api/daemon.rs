@@ -26,6 +26,7 @@ impl Handler for GetStatus {
                 .unwrap_or(0.0),
             procedures_live: live,
             running,
+            containment: services.procedures.containment(),
         })
     }
 }
