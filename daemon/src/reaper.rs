@@ -121,9 +121,11 @@ pub fn run_reaper(args: &[OsString]) -> i32 {
     }
     match guarded.cgroups.first() {
         Some(cgroup) => {
-            // Everything in the cgroup, whatever its process group; no process group
-            // id is signalled, as it may be reused by then.
-            let _ = files::write(cgroup, "cgroup.kill", "1");
+            // Everything in the cgroup, whatever its process group. The process group
+            // id, which may be reused by now, is signalled only if that fails.
+            if files::write(cgroup, "cgroup.kill", "1").is_err() && cgroup.exists() {
+                guarded.group.kill();
+            }
             let _ = files::wait_empty(cgroup, EMPTY_WAIT);
             for dir in &guarded.cgroups {
                 let _ = files::remove(dir);

@@ -291,6 +291,27 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
     let status = oetctl(&sandbox, &["--json", "status"]);
     let status: Json = serde_json::from_str(&status).expect("status JSON");
     assert_ne!(status["pid"].to_string(), main_pid, "{status}");
+
+    // Without Delegate=yes, oetd keeps process groups, and says so.
+    sandbox
+        .systemctl_ok(&["stop", "oetd.service"])
+        .expect("stop oetd");
+    std::fs::write(drop_in.join("undelegated.conf"), "[Service]\nDelegate=no\n").expect("drop-in");
+    sandbox
+        .systemctl_ok(&["daemon-reload"])
+        .expect("daemon-reload");
+    let status = oetctl(&sandbox, &["--json", "status"]);
+    let status: Json = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(status["containment"]["mode"], "process_group", "{status}");
+    let reason = status["containment"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("Delegate=yes"), "{status}");
+    sandbox
+        .wait_for_journal_entry(
+            &["-u", "oetd.service", "-t", "oetd"],
+            |e| message(e).contains("contained by process groups only"),
+            WAIT,
+        )
+        .expect("the start-up log says so");
     sandbox
         .systemctl_ok(&["stop", "oetd.service", "oetd.socket"])
         .expect("stop both units");

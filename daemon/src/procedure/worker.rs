@@ -86,26 +86,27 @@ impl WorkerCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        process::pass_fd(command.as_std_mut(), their_fd, WORKER_FD);
         // Opened here, so that the child only has to write to them.
         let membership = match &confinement {
             Some(confinement) => Some(confinement.cgroup.membership()?),
             None => None,
         };
         let cgroup_fds = membership.as_ref().map(cgroup::Membership::fds);
-        // SAFETY: only async-signal-safe calls (prctl, write) between fork and exec, on
-        // descriptors that stay open until the child is spawned.
+        // SAFETY: only async-signal-safe calls (write, prctl) between fork and exec, on
+        // descriptors that stay open until the child is spawned. Registered before the
+        // channel is put on its number, which could otherwise be one of these.
         unsafe {
             command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
                 if let Some(fds) = &cgroup_fds {
                     cgroup::join(fds)?;
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
+        process::pass_fd(command.as_std_mut(), their_fd, WORKER_FD);
         let (mut child, group) = ProcessGroup::spawn(&mut command)?;
         drop(membership);
         drop(theirs);
