@@ -327,7 +327,49 @@ impl TestDaemon {
     }
 }
 
+/// A procedure whose script has announced the pids of its processes.
+pub struct Announced {
+    pub id: u64,
+    /// The announcement's payload: pids by name.
+    pub pids: std::collections::BTreeMap<String, u32>,
+    /// Subscribed since before `main` started.
+    pub events: EventStream,
+}
+
+impl Announced {
+    /// The pid announced as `key`.
+    pub fn pid(&self, key: &str) -> u32 {
+        *self
+            .pids
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} pid in {:?}", self.pids))
+    }
+}
+
 impl TestDaemon {
+    /// Writes script `name`, creates its procedure (which must become READY), starts its
+    /// `main` and waits for the script's event on `topic`, whose payload holds pids.
+    pub async fn start_until_announced(&self, name: &str, body: &str, topic: &str) -> Announced {
+        let ready = self.ready_script(name, body).await;
+        assert_state(&ready, ProcedureState::Ready);
+        let mut events = self.events().await;
+        self.start_main(ready.id, FunctionArgs::default()).await;
+        let event = next_event(&mut events, |e| e.topic == topic).await;
+        let map = event.payload.as_map().expect("payload map");
+        let pids = map
+            .iter()
+            .map(|(key, value)| match value {
+                Value::Int(pid) => (key.clone(), *pid as u32),
+                other => panic!("{key} is not a pid: {other:?}"),
+            })
+            .collect();
+        Announced {
+            id: ready.id,
+            pids,
+            events,
+        }
+    }
+
     /// Starts `main` of a READY procedure with `args`, without waiting for it.
     pub async fn start_main(&self, id: u64, args: FunctionArgs) {
         self.client()

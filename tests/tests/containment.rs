@@ -6,10 +6,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oet_protocol::{Containment, FunctionArgs, ProcedureState::*, Value};
+use oet_protocol::{Containment, FunctionArgs, ProcedureState::*};
 use oet_tests::{
-    alive, assert_failed_with, assert_state, live_processes_mentioning, next_event, oetd_bin,
-    wait_for, wait_gone, TestDaemon,
+    alive, assert_failed_with, assert_state, live_processes_mentioning, oetd_bin, wait_for,
+    wait_gone, TestDaemon,
 };
 
 /// Starts processes that leave the worker's process group and ignore SIGTERM: a child in
@@ -71,21 +71,13 @@ impl Escapees {
 
 /// Runs an [`escaping_script`] and waits until it has announced its processes.
 async fn run_escaping(daemon: &TestDaemon, finish: bool) -> Escapees {
-    let uri = daemon.script("escape.py", &escaping_script(finish));
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
-    assert_state(&ready, Ready);
-    let mut events = daemon.events().await;
-    daemon.start_main(ready.id, FunctionArgs::default()).await;
-    let event = next_event(&mut events, |e| e.topic == "test.pids").await;
-    let map = event.payload.as_map().expect("payload map");
-    let pid = |key: &str| match map.get(key) {
-        Some(Value::Int(pid)) => *pid as u32,
-        other => panic!("no {key} pid in {other:?}"),
-    };
+    let announced = daemon
+        .start_until_announced("escape.py", &escaping_script(finish), "test.pids")
+        .await;
     let pids = vec![
-        ("the worker", pid("worker")),
-        ("the child in its own session", pid("session")),
-        ("the double-forked daemon", pid("daemon")),
+        ("the worker", announced.pid("worker")),
+        ("the child in its own session", announced.pid("session")),
+        ("the double-forked daemon", announced.pid("daemon")),
     ];
     // Each pid was announced by its live process; one that returns at once may
     // already be ended by now.
@@ -94,7 +86,10 @@ async fn run_escaping(daemon: &TestDaemon, finish: bool) -> Escapees {
             assert!(alive(*pid), "{what} {pid} is not running");
         }
     }
-    Escapees { id: ready.id, pids }
+    Escapees {
+        id: announced.id,
+        pids,
+    }
 }
 
 #[tokio::test]

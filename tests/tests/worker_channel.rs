@@ -4,8 +4,8 @@
 //! procedure FAILED as a worker protocol violation, with its processes killed, and
 //! leaves the daemon and other procedures alone.
 
-use oet_protocol::{FunctionArgs, ProcedureState::*, ProcedureSummary, Value};
-use oet_tests::{alive, assert_failed_with, assert_state, next_event, wait_for, TestDaemon};
+use oet_protocol::{FunctionArgs, ProcedureState::*, ProcedureSummary};
+use oet_tests::{alive, assert_failed_with, assert_state, wait_for, TestDaemon};
 
 /// A script whose `main` announces its pid, then does `forge` (Python statements with
 /// the channel as `channel`, a socket on the harness's descriptor), then runs on.
@@ -28,24 +28,18 @@ def main():
 /// Runs `forge` in a script's `main` and returns its procedure once it is no longer
 /// RUNNING, with the worker's pid, checking that the worker is gone by then.
 async fn forge(daemon: &TestDaemon, forge: &str) -> ProcedureSummary {
-    let uri = daemon.script("forger.py", &forging_script(forge));
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
-    assert_state(&ready, Ready);
-    let mut events = daemon.events().await;
+    let mut announced = daemon
+        .start_until_announced("forger.py", &forging_script(forge), "test.pid")
+        .await;
+    let worker = announced.pid("worker");
     let mut client = daemon.client().await;
-    daemon.start_main(ready.id, FunctionArgs::default()).await;
-    let announced = next_event(&mut events, |e| e.topic == "test.pid").await;
-    let worker = match announced.payload.as_map().and_then(|m| m.get("worker")) {
-        Some(Value::Int(pid)) => *pid as u32,
-        other => panic!("no worker pid in {other:?}"),
-    };
-    let ended = wait_for(&mut events, &mut client, ready.id, |s| s != Running).await;
+    let id = announced.id;
+    let ended = wait_for(&mut announced.events, &mut client, id, |s| s != Running).await;
     // By the time the procedure is recorded as no longer running, its process is gone,
     // so nothing can run alongside a procedure started next.
     assert!(
         !alive(worker),
-        "worker {worker} still runs although procedure {} is {}",
-        ready.id,
+        "worker {worker} still runs although procedure {id} is {}",
         ended.state
     );
     ended
