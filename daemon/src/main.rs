@@ -7,12 +7,17 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use oetd::activity::{oda, ActivityService};
+use oetd::cgroup::{Containment, Controller};
 use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::procedure::worker::WorkerCommand;
-use oetd::procedure::{GitServices, Launcher, ProcedureService, WORKER_HARNESS};
+use oetd::procedure::{
+    GitServices, Launcher, OutputSink, OutputTarget, ProcedureConfig, ProcedureService,
+    WORKER_HARNESS,
+};
 use oetd::reaper;
 use oetd::server::{self, Services, Shutdown};
+use oetd::state_dir::StateDir;
 use oetd::store::Store;
 use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
@@ -136,11 +141,16 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    // Claimed before anything in it is touched: a second oetd on it stops here.
+    let state = StateDir::claim(&config.state_dir())?;
+    let state_dir = state.path().to_owned();
     let harness = write_harness(&state_dir)?;
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
+    let (containment, cgroups_killed) = contain(&state_dir, &config.procedures);
+    let output = OutputSink::new(match log.target() {
+        systemd::LogTarget::Journald => OutputTarget::Journal,
+        systemd::LogTarget::Stderr => OutputTarget::Stderr,
+    });
 
     let bus = EventBus::new(config.events.clone());
     let git = GitServices::open(
@@ -158,13 +168,15 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         },
         git: git.clone(),
         work_dir: state_dir.clone(),
+        containment: containment.clone(),
+        output,
     };
     let sb_dir = state_dir.join("activities");
     let store_file = config.store.file(&state_dir);
     let store = Store::open(&config.store, &store_file, &sb_dir, bus);
     info!("store: {}", store_file.display());
     let procedures = ProcedureService::new(config.procedures.clone(), launcher, store.clone());
-    procedures.recover().await;
+    procedures.recover(&cgroups_killed).await;
 
     let oda = oda::open(&config.oda, &state_dir).context("cannot open the ODA")?;
     info!("ODA: {} ({:?} backend)", oda.location(), config.oda.backend);
@@ -216,7 +228,7 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM received"); break }
             _ = int.recv() => { info!("SIGINT received"); break }
-            _ = hup.recv() => reload(&flags, &mut config, &log, &procedures, &git),
+            _ = hup.recv() => reload(&flags, &mut config, &log, &procedures, &git, &containment),
         }
     }
 
@@ -251,6 +263,7 @@ fn reload(
     log: &systemd::LogControl,
     procedures: &ProcedureService,
     git: &GitServices,
+    containment: &Containment,
 ) {
     if flags.config.is_none() {
         info!(
@@ -280,6 +293,9 @@ fn reload(
             error!("log.level not changed: {err}");
         }
     }
+    if let Some(root) = containment.root() {
+        warn_unenforced(root, &new.procedures);
+    }
     procedures.set_config(new.procedures.clone());
     git.repos.set_allowed_repos(new.git.allowed_repos.clone());
     if !changes.live.is_empty() {
@@ -298,6 +314,64 @@ fn reload(
     config.log = new.log;
     config.procedures = new.procedures;
     config.git.allowed_repos = new.git.allowed_repos;
+}
+
+/// Sets up the cgroups procedures run in (or finds why there can be none), says which in
+/// the log, and kills what an oetd that died left running there.
+/// Sets up how procedures are contained, killing what procedures of an earlier oetd left
+/// in their cgroups; returns the containment and the IDs of those procedures.
+fn contain(state_dir: &Path, procedures: &ProcedureConfig) -> (Containment, Vec<u64>) {
+    let containment = Containment::set_up(state_dir);
+    let mut killed = Vec::new();
+    match &containment {
+        Containment::Cgroups(root) => {
+            let controllers = root.controllers();
+            info!(
+                "each procedure runs in a cgroup of its own under {} (resource controllers: {})",
+                root.dir().display(),
+                if controllers.is_empty() {
+                    "none".to_owned()
+                } else {
+                    controllers.join(", ")
+                }
+            );
+            killed = root.kill_leftovers(std::time::Duration::from_secs(5));
+            if !killed.is_empty() {
+                warn!(
+                    "killed what procedures {killed:?} of an earlier oetd left running in {}",
+                    root.dir().display()
+                );
+            }
+            warn_unenforced(root, procedures);
+        }
+        Containment::ProcessGroups { reason } => warn!(
+            "procedures are contained by process groups only, because {reason}: a process \
+             that leaves its group (setsid, a double fork) escapes a stop and oetd's death, \
+             and procedures.memory_max, pids_max and cpu_max cannot be applied"
+        ),
+    }
+    (containment, killed)
+}
+
+/// Warns of each configured limit whose controller procedures do not get.
+fn warn_unenforced(root: &oetd::cgroup::CgroupRoot, procedures: &ProcedureConfig) {
+    let limits = procedures.limits();
+    for (set, controller, key) in [
+        (
+            limits.memory_max_bytes.is_some(),
+            Controller::Memory,
+            "memory_max",
+        ),
+        (limits.pids_max.is_some(), Controller::Pids, "pids_max"),
+        (limits.cpu_max.is_some(), Controller::Cpu, "cpu_max"),
+    ] {
+        if set && !root.has(controller) {
+            warn!(
+                "procedures.{key} is set, but no {} controller is available to oetd's                  cgroups: procedures run without that limit",
+                controller.name()
+            );
+        }
+    }
 }
 
 /// Writes the worker harness into the state directory (atomically, so a worker never

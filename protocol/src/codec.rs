@@ -165,7 +165,7 @@ mod tests {
         });
         round_trip(ServerMessage::Response {
             id: 7,
-            result: Ok(ResponseBody::CreateProcedure(ProcedureSummary {
+            result: Ok(CreateProcedure::into_response(ProcedureSummary {
                 id: 1,
                 script,
                 checkout: None,
@@ -178,6 +178,7 @@ mod tests {
                 }],
                 stacktrace: Some("Traceback".into()),
                 state: ProcedureState::Creating,
+                resources: None,
             })),
         });
         round_trip(ServerMessage::Response {

@@ -189,6 +189,32 @@ pub struct DaemonStatus {
     pub store: String,
     /// Why the store cannot be written now, if it cannot; creates are refused meanwhile.
     pub store_problem: Option<String>,
+    /// How the processes of procedures are kept together and ended.
+    pub containment: Containment,
+}
+
+/// How oetd keeps a procedure's processes together, so that stopping it (or oetd's
+/// death) ends every one of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Containment {
+    /// Each procedure has a cgroup of its own under `root`; a stop ends everything in
+    /// it, a process that left its process group (`setsid`) included. `controllers`
+    /// names the resource controllers procedures get and where, e.g. `memory (v1)`.
+    Cgroup {
+        root: String,
+        controllers: Vec<String>,
+    },
+    /// Process groups only: a process that leaves its group escapes a stop and oetd's
+    /// death. `reason` says why no cgroup could be used.
+    ProcessGroup { reason: String },
+}
+
+impl Default for Containment {
+    fn default() -> Self {
+        Containment::ProcessGroup {
+            reason: String::new(),
+        }
+    }
 }
 
 /// Event topics the daemon publishes.

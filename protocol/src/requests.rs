@@ -69,10 +69,12 @@ macro_rules! requests {
             $( $(#[$doc])* $name($name), )*
         }
 
-        /// Every successful answer, as it travels: one variant per request kind.
+        /// Every successful answer, as it travels: one variant per request kind. Boxed, so
+        /// that a small answer is not moved in the room of the largest (the wire form is
+        /// the same).
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         pub enum ResponseBody {
-            $( $name($response), )*
+            $( $name(Box<$response>), )*
         }
 
         impl RequestBody {
@@ -98,12 +100,12 @@ macro_rules! requests {
                 }
 
                 fn into_response(response: $response) -> ResponseBody {
-                    ResponseBody::$name(response)
+                    ResponseBody::$name(Box::new(response))
                 }
 
                 fn from_response(body: ResponseBody) -> Result<$response, Box<ResponseBody>> {
                     match body {
-                        ResponseBody::$name(response) => Ok(response),
+                        ResponseBody::$name(response) => Ok(*response),
                         #[allow(unreachable_patterns)]
                         other => Err(Box::new(other)),
                     }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 pub use event::{ActivityNews, BusEvent, StateChanged};
+pub use wire::is_reserved_topic;
 
 /// The settings of the bus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use oet_protocol::ResourceLimits;
 use serde::{Deserialize, Serialize};
 
 /// How script processes are run and supervised: the `[procedures]` section.
@@ -26,6 +27,20 @@ pub struct ProcedureConfig {
     /// Script run by `stop --run-abort`, given the stopped procedure's `subarray_id`.
     /// Empty: aborting is refused with a message saying so.
     pub abort_script: String,
+    /// `memory.max` of each procedure's cgroup: bytes, or with a suffix K, M, G or T
+    /// (powers of 1024). Empty: no limit.
+    pub memory_max: String,
+    /// `pids.max` of each procedure's cgroup: processes and threads at once. 0: no limit.
+    pub pids_max: u64,
+    /// `cpu.max` of each procedure's cgroup, in CPUs (0.5 is half of one). 0: no limit.
+    pub cpu_max: f64,
+    /// Lines of one procedure's output sent to the journal (or oetd's stderr) per
+    /// `journal_interval_secs`; beyond that they are counted, and only kept.
+    pub journal_burst: u64,
+    /// Lines of all procedures' output together sent per `journal_interval_secs`.
+    pub journal_burst_total: u64,
+    /// The interval of the two bursts above, in seconds.
+    pub journal_interval_secs: f64,
 }
 
 impl Default for ProcedureConfig {
@@ -38,6 +53,12 @@ impl Default for ProcedureConfig {
             max_running: 1,
             log_lines: 1000,
             abort_script: String::new(),
+            memory_max: String::new(),
+            pids_max: 0,
+            cpu_max: 0.0,
+            journal_burst: 1000,
+            journal_burst_total: 5000,
+            journal_interval_secs: 30.0,
         }
     }
 }
@@ -51,8 +72,28 @@ impl ProcedureConfig {
         Duration::from_secs_f64(self.kill_wait_secs.max(0.0))
     }
 
+    pub fn journal_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.journal_interval_secs.max(0.0))
+    }
+
+    /// The limits each procedure's cgroup is to get. Call on a validated configuration.
+    pub fn limits(&self) -> ResourceLimits {
+        ResourceLimits {
+            memory_max_bytes: parse_bytes(&self.memory_max).ok().flatten(),
+            pids_max: (self.pids_max > 0).then_some(self.pids_max),
+            cpu_max: (self.cpu_max > 0.0).then_some(self.cpu_max),
+        }
+    }
+
     /// Checks the values that types cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
+        parse_bytes(&self.memory_max).map_err(|e| format!("procedures.memory_max: {e}"))?;
+        if !self.cpu_max.is_finite() || self.cpu_max < 0.0 {
+            return Err("procedures.cpu_max must be a non-negative number of CPUs".into());
+        }
+        if !self.journal_interval_secs.is_finite() || self.journal_interval_secs <= 0.0 {
+            return Err("procedures.journal_interval_secs must be a positive number".into());
+        }
         if self.max_running == 0 {
             return Err("procedures.max_running must be at least 1".into());
         }
@@ -64,6 +105,41 @@ impl ProcedureConfig {
         }
         Ok(())
     }
+}
+
+/// A size such as `512M`: bytes, or a number with K, M, G or T (powers of 1024, an
+/// optional `iB` or `B` after). Empty is `None`, no limit.
+fn parse_bytes(text: &str) -> Result<Option<u64>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || format!("{text:?} is not a size such as 512M or 2G");
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit
+        .strip_suffix("IB")
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(invalid()),
+    };
+    let bytes = number.checked_mul(1 << shift).ok_or_else(invalid)?;
+    if bytes == 0 {
+        return Err(format!(
+            "{text:?} leaves no memory; leave it empty for no limit"
+        ));
+    }
+    Ok(Some(bytes))
 }
 
 /// The procedure settings in effect, shared by the service and the supervisors; a
@@ -88,5 +164,43 @@ impl Settings {
 
     pub fn set(&self, config: ProcedureConfig) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_bytes_or_binary_units() {
+        assert_eq!(parse_bytes(""), Ok(None));
+        assert_eq!(parse_bytes("4096"), Ok(Some(4096)));
+        assert_eq!(parse_bytes("64M"), Ok(Some(64 << 20)));
+        assert_eq!(parse_bytes("2 GiB"), Ok(Some(2 << 30)));
+        assert_eq!(parse_bytes("512k"), Ok(Some(512 << 10)));
+        for bad in ["64X", "M", "-1", "1.5G", "0", "99999999999T"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_leave_out_what_is_not_set() {
+        let config = ProcedureConfig {
+            memory_max: "1G".into(),
+            cpu_max: 0.5,
+            ..ProcedureConfig::default()
+        };
+        assert_eq!(
+            config.limits(),
+            ResourceLimits {
+                memory_max_bytes: Some(1 << 30),
+                pids_max: None,
+                cpu_max: Some(0.5),
+            }
+        );
+        assert_eq!(
+            ProcedureConfig::default().limits(),
+            ResourceLimits::default()
+        );
     }
 }

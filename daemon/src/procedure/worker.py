@@ -11,7 +11,13 @@ To oetd:    {"state": "IDLE" | "LOADING" | "INITIALISING" | "READY" | "COMPLETE"
             {"event": {"topic": ..., "payload": {...}}}
 
 SIGTERM raises ProcedureStopped inside the script so that its finally: blocks run; oetd
-kills the whole process group if the script does not end within the grace period.
+kills everything in the procedure's cgroup if the script does not end within the grace
+period.
+
+oetd checks every message against what this harness says when: a state out of turn, a
+line that is not a message, or anything after COMPLETE or FAILED fails the procedure.
+So once the final state is sent, nothing more is (a thread the script left behind may
+still publish while the process exits).
 """
 
 import importlib.util
@@ -33,6 +39,7 @@ _fd = int(os.environ.pop("OET_WORKER_FD"))
 os.set_inheritable(_fd, False)
 _channel = socket.socket(fileno=_fd)
 _send_lock = threading.Lock()
+_final_sent = False
 _commands = queue.Queue()
 
 try:
@@ -42,9 +49,13 @@ except ImportError:
 
 
 def _send(message):
+    global _final_sent
     data = (json.dumps(message, default=repr) + "\n").encode("utf-8")
     with _send_lock:
+        if _final_sent:
+            return
         _channel.sendall(data)
+        _final_sent = message.get("state") in ("COMPLETE", "FAILED")
 
 
 def _state(name, **extra):

@@ -33,6 +33,7 @@ impl Handler for GetStatus {
                 .store()
                 .problem()
                 .map(|problem| problem.to_string()),
+            containment: services.procedures.containment(),
         })
     }
 }
