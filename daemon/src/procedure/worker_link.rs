@@ -112,9 +112,17 @@ fn parse(line: &str) -> Result<FromWorker, LinkError> {
             .into_iter()
             .map(|(k, v)| (k, Value::from(v)))
             .collect();
+        let payload = Value::Map(payload);
+        // What oetd passes on, its clients must be able to decode.
+        if payload.depth() > oet_protocol::value::MAX_DEPTH {
+            return Err(LinkError::Malformed(format!(
+                "an event payload nested more than {} levels deep",
+                oet_protocol::value::MAX_DEPTH
+            )));
+        }
         return Ok(FromWorker::Event {
             topic: event.topic,
-            payload: Value::Map(payload),
+            payload,
         });
     }
     let name = raw
