@@ -10,6 +10,7 @@ pub mod activity;
 pub mod config;
 pub mod events;
 pub mod git;
+pub mod limits;
 pub mod procedure;
 pub mod process;
 pub mod python;

@@ -1,18 +1,22 @@
 //! `oetd`: flags, configuration, logging, and the daemon's run from start to shutdown.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
+use oet_protocol::{ProtocolError, Reloaded};
 use oetd::activity::{oda, ActivityService};
 use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::procedure::worker::WorkerCommand;
 use oetd::procedure::{GitServices, Launcher, ProcedureService, WORKER_HARNESS};
 use oetd::reaper;
-use oetd::server::{self, Services, Shutdown};
+use oetd::server::{self, Access, Services, Shutdown};
 use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -87,6 +91,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     for deprecation in config.deprecations() {
         warn!("{deprecation}");
     }
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,6 +103,23 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         activated,
         log,
     }))
+}
+
+/// Raises the soft limit of open files to the hard limit: each live procedure holds a
+/// few descriptors, each connection one, and the soft limit is often a low 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= hard {
+        info!("open-file limit: {soft}");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => info!("open-file limit raised from {soft} to {hard}"),
+        Err(err) => warn!("open-file limit stays at {soft}: cannot raise it to {hard}: {err}"),
+    }
 }
 
 /// Reads the configuration file (or takes the defaults) and applies `--socket`.
@@ -123,7 +145,7 @@ struct Daemon {
 
 async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let Daemon {
-        mut config,
+        config,
         flags,
         notifier,
         activated,
@@ -162,6 +184,10 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     info!("ODA: {} ({:?} backend)", oda.location(), config.oda.backend);
     let activities = ActivityService::new(oda, procedures.clone(), state_dir.join("activities"))
         .context("cannot prepare the directory for activities' SBD files")?;
+    let (access, warnings) = Access::new(&config.access);
+    for warning in warnings {
+        warn!("{warning}");
+    }
 
     // A socket passed by systemd belongs to systemd (it removes it); one we create is ours.
     let (listener, socket, own_socket) = match activated {
@@ -172,11 +198,12 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
                 .and_then(|a| a.as_pathname().map(Path::to_owned))
                 .unwrap_or_else(|| PathBuf::from("(socket passed by systemd)"));
             info!("using the control socket passed by systemd");
+            server::check_socket(&path, &config.server)?;
             (listener, path, false)
         }
         None => {
             let path = config.socket_path();
-            (server::bind(&path, 0o660)?, path, true)
+            (server::bind(&path, &config.server)?, path, true)
         }
     };
     listener.set_nonblocking(true)?;
@@ -184,19 +211,27 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     info!("oetd listening on {}", socket.display());
 
     let shutdown = Shutdown::default();
+    let shutdown_for_server = shutdown.clone();
+    let server_config = config.server.clone();
+    let reloader = Arc::new(Reloader {
+        flags,
+        config: tokio::sync::Mutex::new(config),
+        log,
+        procedures: procedures.clone(),
+        git,
+        access: access.clone(),
+    });
     let services = Services {
         procedures: procedures.clone(),
         activities,
+        access,
+        reload: reloader.clone(),
         socket: socket.display().to_string(),
         started_at: SystemTime::now(),
     };
-    let server = tokio::spawn(server::serve(
-        listener,
-        services,
-        config.server.max_connections,
-        config.server.max_frame_bytes,
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(async move {
+        server::serve(listener, services, &server_config, shutdown_for_server).await
+    });
     if let Err(err) = notifier.ready() {
         warn!("cannot tell systemd that oetd is ready: {err}");
     }
@@ -207,7 +242,15 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM received"); break }
             _ = int.recv() => { info!("SIGINT received"); break }
-            _ = hup.recv() => reload(&flags, &mut config, &log, &procedures, &git),
+            // Off the signal path: the loop goes on taking signals (SIGTERM above all)
+            // while the file is read.
+            _ = hup.recv() => {
+                info!("SIGHUP received: reloading the configuration");
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    let _ = reloader.run().await;
+                });
+            }
         }
     }
 
@@ -230,55 +273,92 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-reads the configuration file and applies what can change safely (log
-/// level, procedure limits, allowed repositories); says in the log what changed and
-/// what needs a restart. A file that no longer parses changes nothing.
-fn reload(
-    flags: &Flags,
-    config: &mut Config,
-    log: &systemd::LogControl,
-    procedures: &ProcedureService,
-    git: &GitServices,
-) {
-    info!("SIGHUP received: reloading the configuration");
-    let new = match load_config(flags) {
-        Ok(new) => new,
-        Err(err) => {
-            error!("configuration not reloaded, keeping the running one: {err:#}");
-            return;
+/// Re-reads the configuration file (on SIGHUP, or `oetctl reload`) and applies what can
+/// change safely (log level, procedure limits, roles, allowed repositories); says in the
+/// log what changed and what needs a restart. A file that no longer parses changes
+/// nothing. One reload at a time.
+struct Reloader {
+    flags: Flags,
+    /// What is in effect, so the next reload compares against it.
+    config: tokio::sync::Mutex<Config>,
+    log: systemd::LogControl,
+    procedures: ProcedureService,
+    git: GitServices,
+    access: Access,
+}
+
+impl server::Reload for Reloader {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Reloaded, ProtocolError>> + Send + '_>> {
+        Box::pin(self.run())
+    }
+}
+
+impl Reloader {
+    async fn run(&self) -> Result<Reloaded, ProtocolError> {
+        let mut config = self.config.lock().await;
+        let path = self.flags.config.clone();
+        let socket = self.flags.socket.clone();
+        // Reading is bounded (a regular file, of limited size); it still blocks, so it
+        // runs on a thread of its own.
+        let read = tokio::task::spawn_blocking(move || match &path {
+            Some(path) => Config::load(path).map_err(|e| format!("{e:#}")),
+            None => Ok(Config::default()),
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|read| read);
+        let mut new = match read {
+            Ok(new) => new,
+            Err(err) => {
+                error!("configuration not reloaded, keeping the running one: {err}");
+                return Err(ProtocolError::invalid_request(format!(
+                    "configuration not reloaded, keeping the running one: {err}"
+                )));
+            }
+        };
+        if let Some(socket) = socket {
+            new.server.socket = socket.display().to_string();
         }
-    };
-    for deprecation in new.deprecations() {
-        warn!("{deprecation}");
-    }
-    let changes = config.changes(&new);
-    if changes.live.is_empty() && changes.restart.is_empty() {
-        info!("configuration unchanged");
-        return;
-    }
-    if new.log != config.log {
-        if let Err(err) = log.set_level(&new.log.level) {
-            error!("log.level not changed: {err}");
+        let mut warnings: Vec<String> = new.deprecations().to_vec();
+        let changes = config.changes(&new);
+        if changes.live.is_empty() && changes.restart.is_empty() {
+            info!("configuration unchanged");
         }
+        if new.log != config.log {
+            if let Err(err) = self.log.set_level(&new.log.level) {
+                warnings.push(format!("log.level not changed: {err}"));
+            }
+        }
+        self.procedures.set_config(new.procedures.clone());
+        self.git
+            .repos
+            .set_allowed_repos(new.git.allowed_repos.clone());
+        warnings.extend(self.access.set(&new.access));
+        for warning in &warnings {
+            warn!("{warning}");
+        }
+        if !changes.live.is_empty() {
+            info!(
+                "configuration reloaded; now in effect: {}",
+                changes.live.join(", ")
+            );
+        }
+        if !changes.restart.is_empty() {
+            warn!(
+                "changed but only in effect after a restart of oetd: {}",
+                changes.restart.join(", ")
+            );
+        }
+        config.log = new.log;
+        config.procedures = new.procedures;
+        config.access = new.access;
+        config.git.allowed_repos = new.git.allowed_repos;
+        Ok(Reloaded {
+            live: changes.live,
+            restart: changes.restart,
+            warnings,
+        })
     }
-    procedures.set_config(new.procedures.clone());
-    git.repos.set_allowed_repos(new.git.allowed_repos.clone());
-    if !changes.live.is_empty() {
-        info!(
-            "configuration reloaded; now in effect: {}",
-            changes.live.join(", ")
-        );
-    }
-    if !changes.restart.is_empty() {
-        warn!(
-            "changed but only in effect after a restart of oetd: {}",
-            changes.restart.join(", ")
-        );
-    }
-    // Remember what is in effect, so the next reload compares against it.
-    config.log = new.log;
-    config.procedures = new.procedures;
-    config.git.allowed_repos = new.git.allowed_repos;
 }
 
 /// Writes the worker harness into the state directory (atomically, so a worker never

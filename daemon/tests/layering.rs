@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `daemon/src`, lowest layer first. A module may use the ones
 /// in lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["process", "table"],
+    &["process", "table", "limits"],
     &["reaper"],
     &["events"],
     &["git", "python"],

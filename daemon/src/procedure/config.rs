@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
+
 /// How script processes are run and supervised: the `[procedures]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,24 +45,30 @@ impl Default for ProcedureConfig {
 
 impl ProcedureConfig {
     pub fn stop_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.stop_grace_secs.max(0.0))
+        limits::secs(self.stop_grace_secs)
     }
 
     pub fn kill_wait(&self) -> Duration {
-        Duration::from_secs_f64(self.kill_wait_secs.max(0.0))
+        limits::secs(self.kill_wait_secs)
     }
 
     /// Checks the values that types cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_running == 0 {
-            return Err("procedures.max_running must be at least 1".into());
-        }
-        if !self.stop_grace_secs.is_finite() || self.stop_grace_secs < 0.0 {
-            return Err("procedures.stop_grace_secs must be a non-negative number".into());
-        }
-        if !self.kill_wait_secs.is_finite() || self.kill_wait_secs < 0.0 {
-            return Err("procedures.kill_wait_secs must be a non-negative number".into());
-        }
+        limits::check("procedures.max_running", self.max_running, 1, 1000)?;
+        limits::check("procedures.history_size", self.history_size, 1, 100_000)?;
+        limits::check("procedures.log_lines", self.log_lines, 1, 1_000_000)?;
+        limits::check_secs(
+            "procedures.stop_grace_secs",
+            self.stop_grace_secs,
+            0.0,
+            3600.0,
+        )?;
+        limits::check_secs(
+            "procedures.kill_wait_secs",
+            self.kill_wait_secs,
+            0.0,
+            3600.0,
+        )?;
         Ok(())
     }
 }
