@@ -7,6 +7,7 @@
 //! bus everything is announced on, and `systemd` is the glue to the service manager.
 
 pub mod activity;
+pub mod bounded;
 pub mod config;
 pub mod events;
 pub mod git;

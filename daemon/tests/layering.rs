@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `daemon/src`, lowest layer first. A module may use the ones
 /// in lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["process", "table", "limits"],
+    &["process", "table", "limits", "bounded"],
     &["reaper"],
     &["events"],
     &["git", "python"],

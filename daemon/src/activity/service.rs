@@ -37,6 +37,7 @@ use tracing::{info, warn};
 
 use super::oda::{ActivityCall, NewSbi, Oda, OdaError};
 use super::sbd::{Sbd, UnknownActivity};
+use crate::bounded;
 use crate::events::{ActivityNews, BusEvent};
 use crate::procedure::{script, ProcedureError, ProcedureService};
 use crate::table::IdTable;
@@ -321,7 +322,7 @@ impl ActivityService {
             .history
             .push(ActivityStateChange { state: to, time });
         if error.is_some() {
-            summary.error = error;
+            summary.error = error.map(|e| bounded::head_and_tail(e, bounded::ERROR));
         }
         let summary = summary.clone();
         self.announce(&summary, ActivityNews::Entered);
@@ -332,7 +333,7 @@ impl ActivityService {
     fn record_error(&self, id: u64, error: String) {
         let mut table = self.inner.table.lock();
         if let Some(entry) = table.entries.get_mut(&id) {
-            entry.summary.error = Some(error);
+            entry.summary.error = Some(bounded::head_and_tail(error, bounded::ERROR));
             let summary = entry.summary.clone();
             self.announce(&summary, ActivityNews::Error);
         }

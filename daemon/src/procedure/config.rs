@@ -24,6 +24,12 @@ pub struct ProcedureConfig {
     pub max_running: usize,
     /// Lines of script output kept per procedure.
     pub log_lines: usize,
+    /// Bytes of script output kept per procedure (the oldest lines go first), so that a
+    /// procedure's logs fit in one answer.
+    pub log_bytes: usize,
+    /// Directories filesystem scripts must lie in, after symbolic links are resolved.
+    /// Empty: anywhere.
+    pub allowed_roots: Vec<String>,
     /// Script run by `stop --run-abort`, given the stopped procedure's `subarray_id`.
     /// Empty: aborting is refused with a message saying so.
     pub abort_script: String,
@@ -38,6 +44,8 @@ impl Default for ProcedureConfig {
             history_size: 10,
             max_running: 1,
             log_lines: 1000,
+            log_bytes: 256 * 1024,
+            allowed_roots: Vec::new(),
             abort_script: String::new(),
         }
     }
@@ -57,6 +65,12 @@ impl ProcedureConfig {
         limits::check("procedures.max_running", self.max_running, 1, 1000)?;
         limits::check("procedures.history_size", self.history_size, 1, 100_000)?;
         limits::check("procedures.log_lines", self.log_lines, 1, 1_000_000)?;
+        limits::check("procedures.log_bytes", self.log_bytes, 1024, 64 << 20)?;
+        if let Some(root) = self.allowed_roots.iter().find(|r| !r.starts_with('/')) {
+            return Err(format!(
+                "procedures.allowed_roots holds {root:?}, which is not an absolute path"
+            ));
+        }
         limits::check_secs(
             "procedures.stop_grace_secs",
             self.stop_grace_secs,

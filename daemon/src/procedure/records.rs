@@ -18,6 +18,7 @@ use super::config::Settings;
 use super::control::Control;
 use super::error::ProcedureError;
 use super::state;
+use crate::bounded;
 use crate::events::{BusEvent, EventBus, StateChanged};
 use crate::table::{IdTable, Rows};
 
@@ -42,6 +43,8 @@ struct Entry {
 #[derive(Default)]
 struct LogBuffer {
     lines: VecDeque<LogLine>,
+    /// Bytes of the kept lines' text.
+    bytes: usize,
     dropped: u64,
 }
 
@@ -75,7 +78,7 @@ impl Records {
             if !init_args.is_empty() {
                 calls.push(CallRecord {
                     function: "init".into(),
-                    args: init_args.clone(),
+                    args: bounded::arguments(init_args, bounded::ARGUMENT),
                     time,
                 });
             }
@@ -141,7 +144,7 @@ impl Records {
         let control = entry.control.clone();
         entry.summary.calls.push(CallRecord {
             function: function.to_owned(),
-            args: args.clone(),
+            args: bounded::arguments(args, bounded::ARGUMENT),
             time: now(),
         });
         let summary =
@@ -167,6 +170,7 @@ impl Records {
         if entry.summary.state.is_final() {
             return;
         }
+        let stacktrace = bounded::head_and_tail(stacktrace, bounded::STACKTRACE);
         entry.summary.stacktrace = Some(stacktrace.clone());
         warn!(
             procedure_id = id,
@@ -184,23 +188,28 @@ impl Records {
 
     /// Keeps and logs one line a script printed.
     pub fn append_log(&self, id: u64, stream: Stream, line: String) {
+        let line = bounded::head(line, bounded::LOG_LINE);
         info!(
             procedure_id = id,
             script_stream = stream.as_str(),
             "[{id} {}] {line}",
             stream.as_str()
         );
-        let limit = self.settings.get(|c| c.log_lines);
+        let (limit, limit_bytes) = self.settings.get(|c| (c.log_lines, c.log_bytes));
         let mut table = self.table.lock();
         if let Some(entry) = table.entries.get_mut(&id) {
             let logs = &mut entry.logs;
+            logs.bytes += line.len();
             logs.lines.push_back(LogLine {
                 time: now(),
                 stream,
                 line,
             });
-            while logs.lines.len() > limit {
-                logs.lines.pop_front();
+            while logs.lines.len() > limit || logs.bytes > limit_bytes {
+                let Some(gone) = logs.lines.pop_front() else {
+                    break;
+                };
+                logs.bytes -= gone.line.len();
                 logs.dropped += 1;
             }
         }
@@ -208,6 +217,7 @@ impl Records {
 
     /// Publishes a message the script of procedure `id` sent with pypubsub.
     pub fn publish_script_event(&self, id: u64, topic: String, payload: Value) {
+        let payload = bounded::payload(payload, bounded::EVENT_PAYLOAD);
         self.bus.publish(BusEvent::Script { id, topic, payload });
     }
 

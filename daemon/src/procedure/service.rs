@@ -63,7 +63,8 @@ impl ProcedureService {
         spec: ScriptSpec,
         init_args: FunctionArgs,
     ) -> Result<ProcedureSummary, ProcedureError> {
-        let script = script::parse(&spec)?;
+        let roots = self.inner.settings.get(|c| c.allowed_roots.clone());
+        let script = script::check_roots(script::parse(&spec)?, &roots)?;
         init_args.check_finite()?;
         let (control, inbox) = mpsc::unbounded_channel();
         let summary = self.inner.records.insert(spec, &init_args, control);
