@@ -23,7 +23,10 @@ pub fn decode_everything(data: &[u8]) {
     frames::<ClientMessage>(data);
     frames::<ServerMessage>(data);
     if let Ok(value) = decode::<Value>(data) {
-        assert!(value.depth() <= MAX_DEPTH, "a value deeper than allowed decoded");
+        assert!(
+            value.depth() <= MAX_DEPTH,
+            "a value deeper than allowed decoded"
+        );
         canonical(&value);
     }
 }

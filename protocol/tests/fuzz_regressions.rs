@@ -15,7 +15,11 @@ fn every_saved_input_decodes_or_is_refused_without_a_crash() {
             .stack_size(2 * 1024 * 1024)
             .spawn(move || oet_protocol::fuzzing::decode_everything(&data))
             .expect("a thread");
-        assert!(worker.join().is_ok(), "{} crashed the decoders", path.display());
+        assert!(
+            worker.join().is_ok(),
+            "{} crashed the decoders",
+            path.display()
+        );
         count += 1;
     }
     assert!(count > 0, "no inputs in {}", dir.display());

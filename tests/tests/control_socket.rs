@@ -408,16 +408,24 @@ fn oetd_raises_its_open_file_limit_to_the_hard_limit() {
     assert_eq!(numbers, ["4096", "4096"], "{open_files}");
 }
 
-/// Starts oetd with its socket at `socket` and returns its exit status and stderr.
+/// Starts oetd with its socket at `socket`, expecting it to refuse to start; returns
+/// what it said.
 fn start_expecting_refusal(daemon: &mut TestDaemon, socket: std::path::PathBuf) -> String {
     daemon.socket = socket;
-    let output = daemon
-        .command(None)
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run oetd");
-    assert!(!output.status.success(), "oetd started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let lines = daemon.launch(daemon.command(None));
+    let mut said = String::new();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("oetd listening on") => panic!("oetd started: {said}"),
+            Ok(line) => said.push_str(&(line + "\n")),
+            // stderr closed: oetd has exited.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(err) => panic!("oetd neither started nor exited: {err}"),
+        }
+    }
+    assert!(!daemon.wait().success(), "{said}");
+    said
 }
 
 #[test]
@@ -506,4 +514,46 @@ fn oetctl_gives_up_on_a_daemon_that_does_not_answer() {
     );
     assert!(started.elapsed() < DEADLINE);
     let _ = std::io::stderr().flush();
+}
+
+/// Descriptors oetd holds now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count()
+}
+
+#[tokio::test]
+async fn a_live_procedure_holds_at_most_six_file_descriptors() {
+    // README: "Each live procedure holds 6 descriptors", which sizes LimitNOFILE.
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("idle.py", "def main():\n    pass\n");
+    let mut client = daemon.client().await;
+    let mut events = daemon.events().await;
+    // Warm up whatever oetd opens once (its runtime's threads, the first procedure).
+    let first = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let before = open_fds(daemon.pid());
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let created = client
+            .create(ScriptSpec::filesystem(&uri), FunctionArgs::default())
+            .await
+            .expect("create");
+        ids.push(created.id);
+    }
+    for id in &ids {
+        let ready = wait_for(&mut events, &mut client, *id, |s| {
+            s == ProcedureState::Ready
+        })
+        .await;
+        assert_eq!(ready.state, ProcedureState::Ready);
+    }
+    let after = open_fds(daemon.pid());
+    let per_procedure = (after - before) as f64 / ids.len() as f64;
+    eprintln!("{before} descriptors with one procedure, {after} with 21: {per_procedure} each");
+    assert!(
+        per_procedure <= 6.0,
+        "{per_procedure} descriptors per procedure"
+    );
+    assert_eq!(first.state, ProcedureState::Ready);
 }
