@@ -312,16 +312,18 @@ async fn an_operator_stops_a_script_while_hundreds_of_connections_are_held_open(
     }
 }
 
-#[test]
-fn running_out_of_file_descriptors_backs_off_instead_of_spinning() {
-    let mut daemon = TestDaemon::prepare("\n[server]\nhandshake_timeout_secs = 60\n");
-    let mut cmd = daemon.command(None);
+/// `cmd` run with the given soft and hard limits of open files.
+fn with_open_file_limit(
+    mut cmd: std::process::Command,
+    soft: u64,
+    hard: u64,
+) -> std::process::Command {
     // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let limit = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -329,7 +331,13 @@ fn running_out_of_file_descriptors_backs_off_instead_of_spinning() {
             Ok(())
         });
     }
-    let lines = daemon.launch(cmd);
+    cmd
+}
+
+#[test]
+fn running_out_of_file_descriptors_backs_off_instead_of_spinning() {
+    let mut daemon = TestDaemon::prepare("\n[server]\nhandshake_timeout_secs = 60\n");
+    let lines = daemon.launch(with_open_file_limit(daemon.command(None), 64, 64));
     wait_for_line(&lines, "oetd listening on").expect("oetd starts");
     let socket = daemon.socket.clone();
     // More connections than oetd has descriptors; those it cannot accept wait in the
@@ -382,21 +390,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn oetd_raises_its_open_file_limit_to_the_hard_limit() {
     let mut daemon = TestDaemon::prepare("");
-    let mut cmd = daemon.command(None);
-    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 256,
-                rlim_max: 4096,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let lines = daemon.launch(cmd);
+    let lines = daemon.launch(with_open_file_limit(daemon.command(None), 256, 4096));
     let raised = wait_for_line(&lines, "open-file limit").expect("logged");
     assert!(raised.contains("raised from 256 to 4096"), "{raised}");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).expect("limits");

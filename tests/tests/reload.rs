@@ -112,27 +112,27 @@ fn a_configuration_that_is_dev_zero_is_refused_and_sigterm_still_works() {
     assert!(daemon.wait().success());
 
     // At start-up too, and for --check-config.
+    let refusal = check_config_refusal(&daemon);
+    assert!(refusal.contains("not a regular file"), "{refusal}");
+}
+
+/// What `oetd --check-config` says about the daemon's configuration; it must refuse it.
+fn check_config_refusal(daemon: &TestDaemon) -> String {
     let out = daemon
         .command(None)
         .arg("--check-config")
         .output()
         .expect("run oetd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("not a regular file"), "{stderr}");
+    stderr
 }
 
 #[test]
 fn check_config_names_a_duration_out_of_range() {
     let daemon = TestDaemon::prepare("stop_grace_secs = 1e20\n");
-    let out = daemon
-        .command(None)
-        .arg("--check-config")
-        .output()
-        .expect("run oetd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("procedures.stop_grace_secs"), "{stderr}");
+    let refusal = check_config_refusal(&daemon);
+    assert!(refusal.contains("procedures.stop_grace_secs"), "{refusal}");
 }
 
 #[tokio::test]

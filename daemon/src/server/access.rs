@@ -228,33 +228,33 @@ impl Roles {
 }
 
 fn resolve_user(name: &str, role: &str, warnings: &mut Vec<String>) -> Option<u32> {
-    if let Ok(uid) = name.parse::<u32>() {
-        return Some(uid);
-    }
-    match User::from_name(name) {
-        Ok(Some(user)) => Some(user.uid.as_raw()),
-        _ => {
-            warnings.push(format!(
-                "access.{role}_users names {name:?}, which is no user on this host"
-            ));
-            None
-        }
-    }
+    let lookup = |name: &str| User::from_name(name).ok().flatten().map(|u| u.uid.as_raw());
+    resolve(name, lookup, || {
+        format!("access.{role}_users names {name:?}, which is no user on this host")
+    })
+    .map_err(|warning| warnings.push(warning))
+    .ok()
 }
 
 fn resolve_group(name: &str, role: &str, warnings: &mut Vec<String>) -> Option<u32> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Some(gid);
-    }
-    match Group::from_name(name) {
-        Ok(Some(group)) => Some(group.gid.as_raw()),
-        _ => {
-            warnings.push(format!(
-                "access.{role}_groups names {name:?}, which is no group on this host"
-            ));
-            None
-        }
-    }
+    let lookup = |name: &str| group_id(name).map(Gid::as_raw);
+    resolve(name, lookup, || {
+        format!("access.{role}_groups names {name:?}, which is no group on this host")
+    })
+    .map_err(|warning| warnings.push(warning))
+    .ok()
+}
+
+/// A numeric id as it is, a name through `lookup`; the warning when it names no one.
+fn resolve(
+    name: &str,
+    lookup: impl Fn(&str) -> Option<u32>,
+    warning: impl FnOnce() -> String,
+) -> Result<u32, String> {
+    name.parse::<u32>()
+        .ok()
+        .or_else(|| lookup(name))
+        .ok_or_else(warning)
 }
 
 /// The id of group `name`, if it exists.
