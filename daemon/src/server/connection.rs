@@ -68,7 +68,7 @@ pub async fn serve(
             debug!(peer_pid = peer.pid, "dropped a connection that had not completed its handshake, to make room");
             return;
         }
-        result = tokio::time::timeout(limits.handshake, handshake(opening, limits.max_frame)) => result,
+        result = tokio::time::timeout(limits.handshake, handshake(opening, &ticket, limits.max_frame)) => result,
     };
     let (mut transport, client) = match handshake {
         Ok(Ok(done)) => done,
@@ -97,7 +97,6 @@ pub async fn serve(
         peer_pid = peer.pid,
         "connection from {client}"
     );
-    ticket.set_phase(Phase::Idle);
     let mut session = Session {
         peer,
         subscription: None,
@@ -162,6 +161,7 @@ pub async fn serve(
 /// name, or why the connection is refused.
 async fn handshake(
     mut opening: OpeningTransport,
+    ticket: &Ticket,
     max_frame: usize,
 ) -> Result<(Transport, String), String> {
     let refused = |message: String| {
@@ -195,6 +195,8 @@ async fn handshake(
         let _ = opening.send(refused(message.clone())).await;
         return Err(message);
     }
+    // Handshaken from now on: a client that has its welcome may count on its place.
+    ticket.set_phase(Phase::Idle);
     opening
         .send(ServerMessage::Welcome(Welcome::Accepted {
             protocol_version: PROTOCOL_VERSION,

@@ -45,6 +45,11 @@ pub trait Handler: Call + Send + 'static {
         None
     }
 
+    /// The procedure a successful answer tells was made (a create's), for the audit.
+    fn made(_answer: &Self::Response) -> Option<u64> {
+        None
+    }
+
     /// What the request's announcement on the bus tells, besides who asked.
     fn announce(&self) -> Vec<(&'static str, Value)> {
         Vec::new()

@@ -45,7 +45,7 @@ async fn serve<R: Handler>(
         audit::<R>(&session.peer, request.procedure_id(), "denied");
         return Err(denied::<R>(&session.peer, role));
     }
-    let peer = &session.peer;
+    let peer = session.peer.clone();
     let mut payload: std::collections::BTreeMap<String, Value> = request
         .announce()
         .into_iter()
@@ -61,13 +61,18 @@ async fn serve<R: Handler>(
         topic: R::TOPIC,
         payload: Value::Map(payload),
     });
+    let procedure_id = request.procedure_id();
+    let result = request.handle(services, session).await;
     if R::ROLE != Role::Read {
-        audit::<R>(peer, request.procedure_id(), "allowed");
+        // Recorded once served, so that a create's record names the procedure it made.
+        let procedure_id = procedure_id.or_else(|| result.as_ref().ok().and_then(R::made));
+        let decision = match &result {
+            Ok(_) => "allowed".to_owned(),
+            Err(err) => format!("allowed, and failed ({})", err.kind.as_str()),
+        };
+        audit::<R>(&peer, procedure_id, &decision);
     }
-    request
-        .handle(services, session)
-        .await
-        .map(R::into_response)
+    result.map(R::into_response)
 }
 
 /// The permission-denied answer: which role the request needs, and which the caller has.
@@ -108,7 +113,7 @@ fn audit<R: Handler>(peer: &Peer, procedure_id: Option<u64>, decision: &str) {
             )
         };
     }
-    if decision == "allowed" {
+    if decision.starts_with("allowed") {
         record!(info);
     } else {
         record!(warn);

@@ -9,6 +9,10 @@ use oet_protocol::{
 use super::handler::{Handler, Services, Session};
 
 impl Handler for CreateProcedure {
+    fn made(answer: &ProcedureSummary) -> Option<u64> {
+        Some(answer.id)
+    }
+
     fn announce(&self) -> Vec<(&'static str, Value)> {
         vec![
             ("script_uri", Value::from(self.script.uri())),
