@@ -191,7 +191,10 @@ held, welcomed, refused = [], 0, 0
 for _ in range(count):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
-    s.sendall(struct.pack(">I", len(hello)) + hello)
+    try:
+        s.sendall(struct.pack(">I", len(hello)) + hello)
+    except OSError:
+        pass  # refused at once: the refusal is already waiting to be read
     answer = s.recv(4096)
     if b"max_connections_per_uid" in answer:
         refused += 1

@@ -17,8 +17,8 @@ use tracing::{error, info, warn};
 use super::access::{group_id, Peer};
 use super::admission::{Admission, Caps};
 use super::api::Services;
+use super::config::{ServerConfig, DEFAULT_SOCKET_GROUP};
 use super::connection::{self, Limits};
-use super::{ServerConfig, DEFAULT_SOCKET_GROUP};
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
