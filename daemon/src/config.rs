@@ -2,7 +2,7 @@
 //! everything. Unknown keys and wrong types are errors that name the key and the line.
 //!
 //! Each section belongs to the module it configures (`server`, `procedure`, `events`,
-//! `activity::oda`, `git`, `python`); this module puts them together, checks them
+//! `activity::oda`, `git`, `python`, `store`); this module puts them together, checks them
 //! without opening anything, and resolves the paths whose defaults depend on the
 //! environment. Keys that moved to another section keep working under their old names,
 //! with a warning naming the new one.
@@ -18,6 +18,7 @@ use crate::git::GitConfig;
 use crate::procedure::ProcedureConfig;
 use crate::python::PythonConfig;
 use crate::server::{AccessConfig, ServerConfig};
+use crate::store::StoreConfig;
 
 /// Everything `oetd` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -32,6 +33,7 @@ pub struct Config {
     pub oda: OdaConfig,
     pub git: GitConfig,
     pub python: PythonConfig,
+    pub store: StoreConfig,
     /// One warning per deprecated key the file used (see [`Config::deprecations`]).
     #[serde(skip)]
     deprecations: Vec<String>,
@@ -41,7 +43,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct PathConfig {
-    /// State directory (worker harness, scratch files). Empty: `$STATE_DIRECTORY`, then
+    /// State directory (worker harness, the durable store, SBD files). Empty: `$STATE_DIRECTORY`, then
     /// `/var/lib/oet` for root, else `$XDG_STATE_HOME/oet`, `~/.local/state/oet` or
     /// `/tmp/oetd-<uid>/state`.
     pub state_dir: String,
@@ -78,7 +80,7 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {}: {source}", path.display())]
+    #[error("cannot read configuration file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -186,7 +188,17 @@ impl Config {
         self.oda.validate()?;
         self.git.validate()?;
         self.python.validate()?;
+        self.store.validate()?;
         Ok(())
+    }
+
+    /// This configuration with the paths whose defaults depend on the environment
+    /// resolved to the ones in effect, for showing.
+    pub fn in_effect(&self) -> Config {
+        let mut shown = self.clone();
+        shown.server.socket = self.socket_path().display().to_string();
+        shown.paths.state_dir = self.state_dir().display().to_string();
+        shown
     }
 
     /// The control socket path, resolving the empty default.
@@ -236,6 +248,7 @@ impl Config {
         note(self.events != new.events, "events", false);
         note(self.paths != new.paths, "paths", false);
         note(self.oda != new.oda, "oda", false);
+        note(self.store != new.store, "store", false);
         changes
     }
 

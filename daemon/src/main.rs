@@ -17,9 +17,12 @@ use oetd::procedure::worker::WorkerCommand;
 use oetd::procedure::{GitServices, Launcher, ProcedureService, WORKER_HARNESS};
 use oetd::reaper;
 use oetd::server::{self, Access, Services, Shutdown};
+use oetd::store::Store;
 use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
+
+mod manual;
 
 /// The Observation Execution Tool daemon: runs observing scripts and supervises them.
 #[derive(Debug, Parser)]
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
 fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(dir) = &flags.generate_man {
         std::fs::create_dir_all(dir)?;
-        clap_mangen::generate_to(Flags::command(), dir)
+        manual::write(Flags::command(), dir)
             .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
         return Ok(());
     }
@@ -76,7 +79,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     if flags.print_config {
         print!(
             "{}",
-            toml::to_string(&config).context("cannot print the configuration")?
+            toml::to_string(&config.in_effect()).context("cannot print the configuration")?
         );
         return Ok(());
     }
@@ -178,12 +181,18 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         git: git.clone(),
         work_dir: state_dir.clone(),
     };
-    let procedures = ProcedureService::new(config.procedures.clone(), launcher, bus);
+    let sb_dir = state_dir.join("activities");
+    let store_file = config.store.file(&state_dir);
+    let store = Store::open(&config.store, &store_file, &sb_dir, bus);
+    info!("store: {}", store_file.display());
+    let procedures = ProcedureService::new(config.procedures.clone(), launcher, store.clone());
+    procedures.recover().await;
 
     let oda = oda::open(&config.oda, &state_dir).context("cannot open the ODA")?;
     info!("ODA: {} ({:?} backend)", oda.location(), config.oda.backend);
-    let activities = ActivityService::new(oda, procedures.clone(), state_dir.join("activities"))
+    let activities = ActivityService::new(oda, procedures.clone(), sb_dir)
         .context("cannot prepare the directory for activities' SBD files")?;
+    activities.recover().await;
     let (access, warnings) = Access::new(&config.access);
     for warning in warnings {
         warn!("{warning}");
@@ -245,6 +254,13 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
             // Off the signal path: the loop goes on taking signals (SIGTERM above all)
             // while the file is read.
             _ = hup.recv() => {
+                if reloader.flags.config.is_none() {
+                    info!(
+                        "SIGHUP received, but oetd was started without --config: there is no \
+                         file to reload, and it keeps running on its embedded defaults"
+                    );
+                    continue;
+                }
                 info!("SIGHUP received: reloading the configuration");
                 let reloader = reloader.clone();
                 tokio::spawn(async move {
@@ -260,6 +276,8 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     info!("shutting down: stopping running scripts");
     shutdown.stop_accepting.cancel();
     procedures.shutdown().await;
+    // Listeners get every final state before their connections close.
+    procedures.durable().await;
     shutdown.close_connections.cancel();
     if let Err(err) = server.await {
         error!("the control server ended abnormally: {err}");
@@ -269,6 +287,7 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
             error!("cannot remove socket {}: {err}", socket.display());
         }
     }
+    store.close().await;
     info!("oetd stopped");
     Ok(())
 }
@@ -295,18 +314,21 @@ impl server::Reload for Reloader {
 
 impl Reloader {
     async fn run(&self) -> Result<Reloaded, ProtocolError> {
+        let Some(path) = self.flags.config.clone() else {
+            return Err(ProtocolError::invalid_state(
+                "oetd was started without --config: there is no file to reload, and it \
+                 keeps running on its embedded defaults",
+            ));
+        };
         let mut config = self.config.lock().await;
-        let path = self.flags.config.clone();
         let socket = self.flags.socket.clone();
         // Reading is bounded (a regular file, of limited size); it still blocks, so it
         // runs on a thread of its own.
-        let read = tokio::task::spawn_blocking(move || match &path {
-            Some(path) => Config::load(path).map_err(|e| format!("{e:#}")),
-            None => Ok(Config::default()),
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|read| read);
+        let read =
+            tokio::task::spawn_blocking(move || Config::load(&path).map_err(|e| format!("{e:#}")))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|read| read);
         let mut new = match read {
             Ok(new) => new,
             Err(err) => {

@@ -184,9 +184,10 @@ async fn silent_half_sent_and_trickling_connections_are_closed_after_their_timeo
 /// how many refused, then holds them until its stdin closes.
 const READER_FLOOD: &str = r#"
 import socket, struct, sys
-path, count = sys.argv[1], int(sys.argv[2])
+path, count, version = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 name = b"reader-flood"
-hello = bytes([0, 2, len(name)]) + name
+# ClientMessage::Hello: variant 0, the version (a one-byte varint), the name.
+hello = bytes([0, version, len(name)]) + name
 held, welcomed, refused = [], 0, 0
 for _ in range(count):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -275,6 +276,7 @@ async fn an_operator_stops_a_script_while_hundreds_of_connections_are_held_open(
             .arg(READER_FLOOD)
             .arg(&daemon.socket)
             .arg("20")
+            .arg(PROTOCOL_VERSION.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

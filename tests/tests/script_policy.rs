@@ -57,15 +57,15 @@ async fn a_script_that_is_not_python_fails_without_its_text_in_the_stack_trace()
         let trace = failed.stacktrace.as_deref().expect("a trace");
         assert!(!trace.contains(SECRET), "{trace}");
     }
-    let unreadable = daemon.ready_script("dir.py", "").await;
-    std::fs::remove_file(daemon.dir.path().join("scripts/dir.py")).expect("rm");
+    // What is not a file at all is refused before any process starts.
     std::fs::create_dir(daemon.dir.path().join("scripts/dir.py")).expect("mkdir");
-    let failed = daemon
-        .create_ready(
-            &format!("file://{}/scripts/dir.py", daemon.dir.path().display()),
-            FunctionArgs::default(),
-        )
-        .await;
-    assert_failed_with(&failed, &["is not a regular file"]);
-    assert_eq!(unreadable.state, ProcedureState::Ready);
+    let uri = format!("file://{}/scripts/dir.py", daemon.dir.path().display());
+    let err = daemon
+        .client()
+        .await
+        .create(ScriptSpec::filesystem(&uri), FunctionArgs::default())
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("is not a file"), "{err}");
 }
