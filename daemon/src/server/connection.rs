@@ -307,7 +307,11 @@ async fn stream_events(
                 continue;
             }
             let message = ServerMessage::Event(event.clone());
+            // Biased: an event that can go out goes out, also when a shutdown has come
+            // meanwhile (listeners see the final states); only a send that would wait
+            // gives way to it.
             let sent = tokio::select! {
+                biased;
                 sent = transport.send(message) => sent,
                 _ = stopped() => return,
             };
@@ -335,14 +339,16 @@ async fn stream_events(
     }
 }
 
-/// Sends `message` unless `stopped` comes first (a subscriber that does not read holds
-/// only its own queue's budget; a shutdown or making room still ends its stream).
+/// Sends `message`, unless the send would wait and `stopped` comes first (a subscriber
+/// that does not read holds only its own queue's budget; a shutdown or making room
+/// still ends its stream).
 async fn send_or_stop(
     transport: &mut Transport,
     message: ServerMessage,
     stopped: impl std::future::Future<Output = ()>,
 ) -> bool {
     tokio::select! {
+        biased;
         sent = transport.send(message) => sent.is_ok(),
         _ = stopped => false,
     }
