@@ -442,6 +442,30 @@ pub fn status_json(status: &DaemonStatus) -> Json {
     })
 }
 
+/// What a reload changed, for people.
+pub fn reloaded(reloaded: &oet_protocol::Reloaded) -> String {
+    let mut text = String::new();
+    if reloaded.live.is_empty() && reloaded.restart.is_empty() {
+        text.push_str("configuration reloaded; nothing changed\n");
+    }
+    if !reloaded.live.is_empty() {
+        text.push_str(&format!(
+            "configuration reloaded; now in effect: {}\n",
+            reloaded.live.join(", ")
+        ));
+    }
+    if !reloaded.restart.is_empty() {
+        text.push_str(&format!(
+            "changed, but in effect only after a restart of oetd: {}\n",
+            reloaded.restart.join(", ")
+        ));
+    }
+    for warning in &reloaded.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

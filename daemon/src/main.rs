@@ -1,11 +1,15 @@
 //! `oetd`: flags, configuration, logging, and the daemon's run from start to shutdown.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
+use oet_protocol::{ProtocolError, Reloaded};
 use oetd::activity::{oda, ActivityService};
 use oetd::cgroup::{Containment, Controller};
 use oetd::config::Config;
@@ -16,7 +20,7 @@ use oetd::procedure::{
     WORKER_HARNESS,
 };
 use oetd::reaper;
-use oetd::server::{self, Services, Shutdown};
+use oetd::server::{self, Access, Services, Shutdown};
 use oetd::state_dir::StateDir;
 use oetd::store::Store;
 use oetd::systemd;
@@ -95,6 +99,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     for deprecation in config.deprecations() {
         warn!("{deprecation}");
     }
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,6 +111,23 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         activated,
         log,
     }))
+}
+
+/// Raises the soft limit of open files to the hard limit: each live procedure holds a
+/// few descriptors, each connection one, and the soft limit is often a low 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= hard {
+        info!("open-file limit: {soft}");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => info!("open-file limit raised from {soft} to {hard}"),
+        Err(err) => warn!("open-file limit stays at {soft}: cannot raise it to {hard}: {err}"),
+    }
 }
 
 /// Reads the configuration file (or takes the defaults) and applies `--socket`.
@@ -131,7 +153,7 @@ struct Daemon {
 
 async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let Daemon {
-        mut config,
+        config,
         flags,
         notifier,
         activated,
@@ -183,6 +205,10 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let activities = ActivityService::new(oda, procedures.clone(), sb_dir)
         .context("cannot prepare the directory for activities' SBD files")?;
     activities.recover().await;
+    let (access, warnings) = Access::new(&config.access);
+    for warning in warnings {
+        warn!("{warning}");
+    }
 
     // A socket passed by systemd belongs to systemd (it removes it); one we create is ours.
     let (listener, socket, own_socket) = match activated {
@@ -193,11 +219,12 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
                 .and_then(|a| a.as_pathname().map(Path::to_owned))
                 .unwrap_or_else(|| PathBuf::from("(socket passed by systemd)"));
             info!("using the control socket passed by systemd");
+            server::check_socket(&path, &config.server)?;
             (listener, path, false)
         }
         None => {
             let path = config.socket_path();
-            (server::bind(&path, 0o660)?, path, true)
+            (server::bind(&path, &config.server)?, path, true)
         }
     };
     listener.set_nonblocking(true)?;
@@ -205,19 +232,28 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     info!("oetd listening on {}", socket.display());
 
     let shutdown = Shutdown::default();
+    let shutdown_for_server = shutdown.clone();
+    let server_config = config.server.clone();
+    let reloader = Arc::new(Reloader {
+        flags,
+        config: tokio::sync::Mutex::new(config),
+        log,
+        procedures: procedures.clone(),
+        git,
+        access: access.clone(),
+        containment: containment.clone(),
+    });
     let services = Services {
         procedures: procedures.clone(),
         activities,
+        access,
+        reload: reloader.clone(),
         socket: socket.display().to_string(),
         started_at: SystemTime::now(),
     };
-    let server = tokio::spawn(server::serve(
-        listener,
-        services,
-        config.server.max_connections,
-        config.server.max_frame_bytes,
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(async move {
+        server::serve(listener, services, &server_config, shutdown_for_server).await
+    });
     if let Err(err) = notifier.ready() {
         warn!("cannot tell systemd that oetd is ready: {err}");
     }
@@ -228,7 +264,22 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM received"); break }
             _ = int.recv() => { info!("SIGINT received"); break }
-            _ = hup.recv() => reload(&flags, &mut config, &log, &procedures, &git, &containment),
+            // Off the signal path: the loop goes on taking signals (SIGTERM above all)
+            // while the file is read.
+            _ = hup.recv() => {
+                if reloader.flags.config.is_none() {
+                    info!(
+                        "SIGHUP received, but oetd was started without --config: there is no \
+                         file to reload, and it keeps running on its embedded defaults"
+                    );
+                    continue;
+                }
+                info!("SIGHUP received: reloading the configuration");
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    let _ = reloader.run().await;
+                });
+            }
         }
     }
 
@@ -254,72 +305,104 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-reads the configuration file and applies what can change safely (log
-/// level, procedure limits, allowed repositories); says in the log what changed and
-/// what needs a restart. A file that no longer parses changes nothing.
-fn reload(
-    flags: &Flags,
-    config: &mut Config,
-    log: &systemd::LogControl,
-    procedures: &ProcedureService,
-    git: &GitServices,
-    containment: &Containment,
-) {
-    if flags.config.is_none() {
-        info!(
-            "SIGHUP received, but oetd was started without --config: there is no file to \
-             reload, and it keeps running on its embedded defaults"
-        );
-        return;
+/// Re-reads the configuration file (on SIGHUP, or `oetctl reload`) and applies what can
+/// change safely (log level, procedure limits, roles, allowed repositories); says in the
+/// log what changed and what needs a restart. A file that no longer parses changes
+/// nothing. One reload at a time.
+struct Reloader {
+    flags: Flags,
+    /// What is in effect, so the next reload compares against it.
+    config: tokio::sync::Mutex<Config>,
+    log: systemd::LogControl,
+    procedures: ProcedureService,
+    git: GitServices,
+    access: Access,
+    containment: Containment,
+}
+
+impl server::Reload for Reloader {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Reloaded, ProtocolError>> + Send + '_>> {
+        Box::pin(self.run())
     }
-    info!("SIGHUP received: reloading the configuration");
-    let new = match load_config(flags) {
-        Ok(new) => new,
-        Err(err) => {
-            error!("configuration not reloaded, keeping the running one: {err:#}");
-            return;
+}
+
+impl Reloader {
+    async fn run(&self) -> Result<Reloaded, ProtocolError> {
+        let Some(path) = self.flags.config.clone() else {
+            return Err(ProtocolError::invalid_state(
+                "oetd was started without --config: there is no file to reload, and it \
+                 keeps running on its embedded defaults",
+            ));
+        };
+        let mut config = self.config.lock().await;
+        let socket = self.flags.socket.clone();
+        // Reading is bounded (a regular file, of limited size); it still blocks, so it
+        // runs on a thread of its own.
+        let read =
+            tokio::task::spawn_blocking(move || Config::load(&path).map_err(|e| format!("{e:#}")))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|read| read);
+        let mut new = match read {
+            Ok(new) => new,
+            Err(err) => {
+                error!("configuration not reloaded, keeping the running one: {err}");
+                return Err(ProtocolError::invalid_request(format!(
+                    "configuration not reloaded, keeping the running one: {err}"
+                )));
+            }
+        };
+        if let Some(socket) = socket {
+            new.server.socket = socket.display().to_string();
         }
-    };
-    for deprecation in new.deprecations() {
-        warn!("{deprecation}");
-    }
-    let changes = config.changes(&new);
-    if changes.live.is_empty() && changes.restart.is_empty() {
-        info!("configuration unchanged");
-        return;
-    }
-    if new.log != config.log {
-        if let Err(err) = log.set_level(&new.log.level) {
-            error!("log.level not changed: {err}");
+        let mut warnings: Vec<String> = new.deprecations().to_vec();
+        let changes = config.changes(&new);
+        if changes.live.is_empty() && changes.restart.is_empty() {
+            info!("configuration unchanged");
         }
+        if new.log != config.log {
+            if let Err(err) = self.log.set_level(&new.log.level) {
+                warnings.push(format!("log.level not changed: {err}"));
+            }
+        }
+        if let Some(root) = self.containment.root() {
+            warnings.extend(unenforced(root, &new.procedures));
+        }
+        self.procedures.set_config(new.procedures.clone());
+        self.git
+            .repos
+            .set_allowed_repos(new.git.allowed_repos.clone());
+        warnings.extend(self.access.set(&new.access));
+        for warning in &warnings {
+            warn!("{warning}");
+        }
+        if !changes.live.is_empty() {
+            info!(
+                "configuration reloaded; now in effect: {}",
+                changes.live.join(", ")
+            );
+        }
+        if !changes.restart.is_empty() {
+            warn!(
+                "changed but only in effect after a restart of oetd: {}",
+                changes.restart.join(", ")
+            );
+        }
+        config.log = new.log;
+        config.procedures = new.procedures;
+        config.access = new.access;
+        config.git.allowed_repos = new.git.allowed_repos;
+        Ok(Reloaded {
+            live: changes.live,
+            restart: changes.restart,
+            warnings,
+        })
     }
-    if let Some(root) = containment.root() {
-        warn_unenforced(root, &new.procedures);
-    }
-    procedures.set_config(new.procedures.clone());
-    git.repos.set_allowed_repos(new.git.allowed_repos.clone());
-    if !changes.live.is_empty() {
-        info!(
-            "configuration reloaded; now in effect: {}",
-            changes.live.join(", ")
-        );
-    }
-    if !changes.restart.is_empty() {
-        warn!(
-            "changed but only in effect after a restart of oetd: {}",
-            changes.restart.join(", ")
-        );
-    }
-    // Remember what is in effect, so the next reload compares against it.
-    config.log = new.log;
-    config.procedures = new.procedures;
-    config.git.allowed_repos = new.git.allowed_repos;
 }
 
 /// Sets up the cgroups procedures run in (or finds why there can be none), says which in
-/// the log, and kills what an oetd that died left running there.
-/// Sets up how procedures are contained, killing what procedures of an earlier oetd left
-/// in their cgroups; returns the containment and the IDs of those procedures.
+/// the log, and kills what procedures of an oetd that died left running there; returns
+/// the containment and the IDs of those procedures.
 fn contain(state_dir: &Path, procedures: &ProcedureConfig) -> (Containment, Vec<u64>) {
     let containment = Containment::set_up(state_dir);
     let mut killed = Vec::new();
@@ -342,7 +425,9 @@ fn contain(state_dir: &Path, procedures: &ProcedureConfig) -> (Containment, Vec<
                     root.dir().display()
                 );
             }
-            warn_unenforced(root, procedures);
+            for warning in unenforced(root, procedures) {
+                warn!("{warning}");
+            }
         }
         Containment::ProcessGroups { reason } => warn!(
             "procedures are contained by process groups only, because {reason}: a process \
@@ -353,10 +438,10 @@ fn contain(state_dir: &Path, procedures: &ProcedureConfig) -> (Containment, Vec<
     (containment, killed)
 }
 
-/// Warns of each configured limit whose controller procedures do not get.
-fn warn_unenforced(root: &oetd::cgroup::CgroupRoot, procedures: &ProcedureConfig) {
+/// A warning for each configured limit whose controller procedures do not get.
+fn unenforced(root: &oetd::cgroup::CgroupRoot, procedures: &ProcedureConfig) -> Vec<String> {
     let limits = procedures.limits();
-    for (set, controller, key) in [
+    [
         (
             limits.memory_max_bytes.is_some(),
             Controller::Memory,
@@ -364,14 +449,17 @@ fn warn_unenforced(root: &oetd::cgroup::CgroupRoot, procedures: &ProcedureConfig
         ),
         (limits.pids_max.is_some(), Controller::Pids, "pids_max"),
         (limits.cpu_max.is_some(), Controller::Cpu, "cpu_max"),
-    ] {
-        if set && !root.has(controller) {
-            warn!(
-                "procedures.{key} is set, but no {} controller is available to oetd's                  cgroups: procedures run without that limit",
-                controller.name()
-            );
-        }
-    }
+    ]
+    .into_iter()
+    .filter(|(set, controller, _)| *set && !root.has(*controller))
+    .map(|(_, controller, key)| {
+        format!(
+            "procedures.{key} is set, but no {} controller is available to oetd's cgroups: \
+             procedures run without that limit",
+            controller.name()
+        )
+    })
+    .collect()
 }
 
 /// Writes the worker harness into the state directory (atomically, so a worker never

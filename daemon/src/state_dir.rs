@@ -18,7 +18,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, Flock, FlockArg, OFlag};
+use nix::fcntl::{fcntl, openat, FcntlArg, OFlag};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
@@ -64,7 +64,8 @@ pub enum StateDirError {
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
-    _lock: Flock<File>,
+    /// Holds the lock while it is open.
+    _lock: File,
 }
 
 impl StateDir {
@@ -100,23 +101,20 @@ impl StateDir {
                 },
                 _ => lock_error(e),
             })?;
-        let mut lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((mut lock, Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = lock.read_to_string(&mut holder);
-                let pid = holder.trim();
-                return Err(StateDirError::InUse {
-                    path: path.to_owned(),
-                    pid: if pid.is_empty() || pid.len() > 20 {
-                        "(unknown)".to_owned()
-                    } else {
-                        pid.to_owned()
-                    },
-                });
-            }
-            Err((_, e)) => return Err(lock_error(e.into())),
-        };
+        let mut lock = lock;
+        if !lock_exclusive(&lock).map_err(lock_error)? {
+            let mut holder = String::new();
+            let _ = lock.read_to_string(&mut holder);
+            let pid = holder.trim();
+            return Err(StateDirError::InUse {
+                path: path.to_owned(),
+                pid: if pid.is_empty() || pid.len() > 20 {
+                    "(unknown)".to_owned()
+                } else {
+                    pid.to_owned()
+                },
+            });
+        }
         lock.set_len(0)
             .and_then(|()| lock.rewind())
             .and_then(|()| writeln!(lock, "{}", std::process::id()))
@@ -129,6 +127,27 @@ impl StateDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Takes an exclusive POSIX record lock on the whole of `file`, if no other process holds
+/// one; says whether it did. Unlike an `flock`, which belongs to the open file and so to
+/// every process sharing it, this lock belongs to this process alone: a child forked to
+/// run a script, which has a copy of the descriptor until it execs, does not hold it too,
+/// so the lock goes the moment oetd does. (The price: closing any descriptor of the lock
+/// file in oetd would let the lock go, so nothing else in oetd opens it.)
+fn lock_exclusive(file: &File) -> io::Result<bool> {
+    let whole = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&whole)) {
+        Ok(_) => Ok(true),
+        Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -348,30 +367,72 @@ fn remove_tree_at(parent: i32, name: &std::ffi::OsStr, kind: EntryKind) -> io::R
 mod tests {
     use super::*;
 
+    /// Whether another process can take the lock on `file` now.
+    fn free_for_another_process(file: &Path) -> bool {
+        let probe = "import fcntl, sys\n\
+                     f = open(sys.argv[1], 'r+')\n\
+                     try:\n    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+                     except OSError:\n    sys.exit(3)\n";
+        let status = std::process::Command::new("python3")
+            .args(["-c", probe])
+            .arg(file)
+            .status()
+            .expect("python3 runs");
+        match status.code() {
+            Some(0) => true,
+            Some(3) => false,
+            other => panic!("the lock probe failed: {other:?}"),
+        }
+    }
+
     #[test]
-    fn a_second_claim_is_refused_naming_the_holder_and_changes_nothing() {
+    fn a_claim_locks_the_directory_for_its_process_alone_and_names_it() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = tmp.path().join("state");
         let first = StateDir::claim(&state).expect("first claim");
-        let pid = std::fs::read_to_string(state.join(LOCK_FILE)).expect("lock file");
-        assert_eq!(pid.trim(), std::process::id().to_string());
-        // flock locks belong to open files, so a second open in this process conflicts
-        // exactly as another process's would.
-        let err = StateDir::claim(&state).expect_err("second claim");
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "state directory {} is in use by oetd PID {}",
-                state.display(),
-                std::process::id()
-            )
-        );
-        assert_eq!(
-            std::fs::read_to_string(state.join(LOCK_FILE)).expect("lock file"),
-            pid
+        let lock = state.join(LOCK_FILE);
+        assert!(
+            !free_for_another_process(&lock),
+            "another process could take the lock"
         );
         drop(first);
-        StateDir::claim(&state).expect("free again once the holder is gone");
+        assert!(
+            free_for_another_process(&lock),
+            "the lock outlived its holder"
+        );
+        // (Read only now: opening the file in the locking process would let the lock go.)
+        let pid = std::fs::read_to_string(&lock).expect("lock file");
+        assert_eq!(pid.trim(), std::process::id().to_string());
+    }
+
+    #[test]
+    fn a_forked_child_does_not_hold_the_lock() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join("state");
+        let claim = StateDir::claim(&state).expect("claim");
+        // A child that has the descriptor (as one forked to run a script has until it
+        // execs) and keeps running after the claim is given up.
+        let mut child = std::process::Command::new("sleep");
+        child.arg("30");
+        // SAFETY: dup2 and fcntl are async-signal-safe; they run between fork and exec.
+        let fd = claim._lock.as_raw_fd();
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut child, move || {
+                if libc::dup2(fd, 9) < 0 || libc::fcntl(9, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = child.spawn().expect("sleep");
+        drop(claim);
+        let free = free_for_another_process(&state.join(LOCK_FILE));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            free,
+            "a child holding the descriptor kept the state directory locked"
+        );
     }
 
     #[test]

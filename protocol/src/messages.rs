@@ -41,6 +41,16 @@ pub enum ClientMessage {
     Request(Request),
 }
 
+/// The first frame a client sends, as a server reads it: a [`ClientMessage`] that can
+/// only be a `Hello` (same variant index, same fields). A server decodes the first frame
+/// as this, so nothing of a request is decoded before the handshake: a request sent
+/// first is an unknown variant and refused as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename = "ClientMessage")]
+pub enum Opening {
+    Hello(Hello),
+}
+
 /// One request from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -121,6 +131,15 @@ impl Event {
         crate::summary::ActivityState::ALL
             .into_iter()
             .find(|state| state.topic() == self.topic)
+    }
+
+    /// For oetd's notice that an event was too large for the frame limit (sent in its
+    /// place), the topic of the event that was left out.
+    pub fn too_large_topic(&self) -> Option<&str> {
+        if self.topic != crate::topics::EVENT_TOO_LARGE || !self.from_daemon() {
+            return None;
+        }
+        self.payload.as_map()?.get("topic")?.as_str()
     }
 
     /// For oetd's `procedure.lifecycle.statechange`, the state entered.
@@ -231,4 +250,7 @@ pub mod topics {
     /// Every `activity.lifecycle.<state>` topic starts with this; see
     /// [`crate::ActivityState::topic`].
     pub const ACTIVITY_PREFIX: &str = "activity.lifecycle.";
+    /// Sent to one subscriber in place of an event too large for a frame: the payload
+    /// names the event's `topic`, its size in `bytes` and the frame limit `max_bytes`.
+    pub const EVENT_TOO_LARGE: &str = "oetd.event.too_large";
 }

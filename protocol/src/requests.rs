@@ -151,6 +151,8 @@ requests! { $
     ListActivityHistory => Vec<ActivitySummary>, "request.activity.history", Read;
     /// Store an SBD (JSON text) in the ODA.
     PutSbd => SbdStored, "request.oda.put_sbd", Operate;
+    /// Re-read the configuration file, as SIGHUP does.
+    Reload => Reloaded, "request.daemon.reload", Admin;
 }
 
 /// Load a script into a new process and call its `init`.
@@ -255,6 +257,21 @@ pub struct ListActivityHistory {
 pub struct PutSbd {
     /// The SBD as JSON text.
     pub json: String,
+}
+
+/// Re-read the configuration file and apply what can change while running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Reload {}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Reloaded {
+    /// Keys or sections whose new values are in effect now.
+    pub live: Vec<String>,
+    /// Keys or sections that changed but take effect only after a restart of oetd.
+    pub restart: Vec<String>,
+    /// Warnings about the new file (deprecated keys, unknown users or groups).
+    pub warnings: Vec<String>,
 }
 
 /// An SBD as the ODA stored it.

@@ -4,6 +4,7 @@
 
 pub mod journal_capture;
 pub mod systemd_sandbox;
+pub mod users;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

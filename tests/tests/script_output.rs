@@ -20,7 +20,9 @@ const FLOOD_LINES: u64 = 200 * 1024 + 1;
 
 #[tokio::test]
 async fn a_script_printing_200_mb_leaves_oetds_log_small_and_says_what_it_suppressed() {
-    let daemon = TestDaemon::start();
+    // Room for the newest 1000 lines of 1000 bytes: here the line count bounds the kept
+    // output, not its bytes.
+    let daemon = TestDaemon::start_with("log_bytes = 4194304");
     let done = daemon.run_script("flood.py", FLOOD).await;
     assert_state(&done, Complete);
     let id = done.id;

@@ -510,11 +510,17 @@ async fn journald_records_tell_a_procedures_story_with_its_fields() {
         "a script line logged as oetd's"
     );
 
-    // Who started it is part of its story.
+    // Who started it is part of its story, as an audit record.
     let request = seen
         .iter()
-        .find(|r| message(r).starts_with("request.procedure.start requested by uid"))
-        .expect("the start request is logged");
+        .find(|r| message(r).starts_with("audit: request.procedure.start by uid"))
+        .expect("the start request is audited");
+    assert_eq!(field(request, "OET_AUDIT"), Some("1"), "{request:#?}");
+    assert_eq!(
+        field(request, "AUDIT_REQUEST"),
+        Some("request.procedure.start"),
+        "{request:#?}"
+    );
     assert_eq!(
         field(request, "PROCEDURE_ID"),
         Some(pid.as_str()),

@@ -42,6 +42,7 @@ use tracing::{info, warn};
 
 use super::oda::{ActivityCall, NewSbi, Oda, OdaError};
 use super::sbd::{Sbd, UnknownActivity};
+use crate::bounded;
 use crate::events::{ActivityNews, BusEvent};
 use crate::procedure::{ProcedureError, ProcedureService};
 use crate::state_dir::{self, EntryKind, StateDirError};
@@ -377,6 +378,7 @@ impl ActivityService {
     /// Moves activity `id` to `to` at `time`, unless it is already final; the one place
     /// an activity's state changes. Returns whether it changed.
     fn advance(&self, id: u64, to: ActivityState, time: Timestamp, error: Option<String>) -> bool {
+        let error = error.map(|e| bounded::head_and_tail(e, bounded::ERROR));
         let mut table = self.inner.table.lock();
         let Some(entry) = table.entries.get_mut(&id) else {
             return false;
@@ -410,6 +412,7 @@ impl ActivityService {
 
     /// Records why an activity did not go on as asked, and tells listeners.
     fn record_error(&self, id: u64, error: String) {
+        let error = bounded::head_and_tail(error, bounded::ERROR);
         let mut table = self.inner.table.lock();
         if let Some(entry) = table.entries.get_mut(&id) {
             entry.summary.error = Some(error.clone());

@@ -43,12 +43,8 @@ impl Default for EventConfig {
 impl EventConfig {
     /// Checks the values that types cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.buffer == 0 {
-            return Err("events.buffer must be at least 1".into());
-        }
-        if self.buffer_bytes < 1024 {
-            return Err("events.buffer_bytes must be at least 1024".into());
-        }
+        crate::limits::check("events.buffer", self.buffer, 1, 1_000_000)?;
+        crate::limits::check("events.buffer_bytes", self.buffer_bytes, 1024, 1 << 30)?;
         Ok(())
     }
 }

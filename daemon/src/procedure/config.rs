@@ -6,6 +6,8 @@ use std::time::Duration;
 use oet_protocol::ResourceLimits;
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
+
 /// How script processes are run and supervised: the `[procedures]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +26,12 @@ pub struct ProcedureConfig {
     pub max_running: usize,
     /// Lines of script output kept per procedure.
     pub log_lines: usize,
+    /// Bytes of script output kept per procedure (the oldest lines go first), so that a
+    /// procedure's logs fit in one answer.
+    pub log_bytes: usize,
+    /// Directories filesystem scripts must lie in, after symbolic links are resolved.
+    /// Empty: anywhere.
+    pub allowed_roots: Vec<String>,
     /// Script run by `stop --run-abort`, given the stopped procedure's `subarray_id`.
     /// Empty: aborting is refused with a message saying so.
     pub abort_script: String,
@@ -52,6 +60,8 @@ impl Default for ProcedureConfig {
             history_size: 10,
             max_running: 1,
             log_lines: 1000,
+            log_bytes: 256 * 1024,
+            allowed_roots: Vec::new(),
             abort_script: String::new(),
             memory_max: String::new(),
             pids_max: 0,
@@ -65,15 +75,15 @@ impl Default for ProcedureConfig {
 
 impl ProcedureConfig {
     pub fn stop_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.stop_grace_secs.max(0.0))
+        limits::secs(self.stop_grace_secs)
     }
 
     pub fn kill_wait(&self) -> Duration {
-        Duration::from_secs_f64(self.kill_wait_secs.max(0.0))
+        limits::secs(self.kill_wait_secs)
     }
 
     pub fn journal_interval(&self) -> Duration {
-        Duration::from_secs_f64(self.journal_interval_secs.max(0.0))
+        limits::secs(self.journal_interval_secs)
     }
 
     /// The limits each procedure's cgroup is to get. Call on a validated configuration.
@@ -88,21 +98,53 @@ impl ProcedureConfig {
     /// Checks the values that types cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         parse_bytes(&self.memory_max).map_err(|e| format!("procedures.memory_max: {e}"))?;
-        if !self.cpu_max.is_finite() || self.cpu_max < 0.0 {
-            return Err("procedures.cpu_max must be a non-negative number of CPUs".into());
+        if !self.cpu_max.is_finite() {
+            return Err(format!(
+                "procedures.cpu_max is {}; it must be a number of CPUs",
+                self.cpu_max
+            ));
         }
-        if !self.journal_interval_secs.is_finite() || self.journal_interval_secs <= 0.0 {
-            return Err("procedures.journal_interval_secs must be a positive number".into());
+        limits::check("procedures.cpu_max", self.cpu_max, 0.0, 4096.0)?;
+        limits::check("procedures.pids_max", self.pids_max, 0, 4_194_304)?;
+        limits::check(
+            "procedures.journal_burst",
+            self.journal_burst,
+            1,
+            10_000_000,
+        )?;
+        limits::check(
+            "procedures.journal_burst_total",
+            self.journal_burst_total,
+            1,
+            100_000_000,
+        )?;
+        limits::check_secs(
+            "procedures.journal_interval_secs",
+            self.journal_interval_secs,
+            0.001,
+            86_400.0,
+        )?;
+        limits::check("procedures.max_running", self.max_running, 1, 1000)?;
+        limits::check("procedures.history_size", self.history_size, 1, 100_000)?;
+        limits::check("procedures.log_lines", self.log_lines, 1, 1_000_000)?;
+        limits::check("procedures.log_bytes", self.log_bytes, 1024, 64 << 20)?;
+        if let Some(root) = self.allowed_roots.iter().find(|r| !r.starts_with('/')) {
+            return Err(format!(
+                "procedures.allowed_roots holds {root:?}, which is not an absolute path"
+            ));
         }
-        if self.max_running == 0 {
-            return Err("procedures.max_running must be at least 1".into());
-        }
-        if !self.stop_grace_secs.is_finite() || self.stop_grace_secs < 0.0 {
-            return Err("procedures.stop_grace_secs must be a non-negative number".into());
-        }
-        if !self.kill_wait_secs.is_finite() || self.kill_wait_secs < 0.0 {
-            return Err("procedures.kill_wait_secs must be a non-negative number".into());
-        }
+        limits::check_secs(
+            "procedures.stop_grace_secs",
+            self.stop_grace_secs,
+            0.0,
+            3600.0,
+        )?;
+        limits::check_secs(
+            "procedures.kill_wait_secs",
+            self.kill_wait_secs,
+            0.0,
+            3600.0,
+        )?;
         Ok(())
     }
 }

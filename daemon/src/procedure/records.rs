@@ -24,6 +24,7 @@ use super::config::Settings;
 use super::control::Control;
 use super::error::ProcedureError;
 use super::state;
+use crate::bounded;
 use crate::events::{BusEvent, EventBus, StateChanged};
 use crate::store::{KeptOutput, Record, Store};
 use crate::table::{IdTable, Rows};
@@ -86,6 +87,8 @@ fn measured((mut summary, probe): (ProcedureSummary, Option<UsageProbe>)) -> Pro
 #[derive(Default)]
 struct LogBuffer {
     lines: VecDeque<LogLine>,
+    /// Bytes of the kept lines' text.
+    bytes: usize,
     dropped: u64,
 }
 
@@ -274,7 +277,7 @@ impl Records {
         let control = entry.control.clone();
         let call = CallRecord {
             function: function.to_owned(),
-            args: args.clone(),
+            args: bounded::arguments(args, bounded::ARGUMENT),
             time: now(),
         };
         let seq = entry.summary.calls.len();
@@ -306,6 +309,7 @@ impl Records {
         if entry.summary.state.is_final() {
             return;
         }
+        let stacktrace = bounded::head_and_tail(stacktrace, bounded::STACKTRACE);
         warn!(
             procedure_id = id,
             script_uri = entry.summary.script.uri(),
@@ -367,16 +371,21 @@ impl Records {
 
     /// Keeps one line a script printed.
     pub fn append_log(&self, id: u64, stream: Stream, line: String) {
-        let limit = self.settings.get(|c| c.log_lines);
+        let line = bounded::head(line, bounded::LOG_LINE);
+        let (limit, limit_bytes) = self.settings.get(|c| (c.log_lines, c.log_bytes));
         let mut table = self.table.lock();
         if let Some(Output::Live(logs)) = table.entries.get_mut(&id).map(|e| &mut e.output) {
+            logs.bytes += line.len();
             logs.lines.push_back(LogLine {
                 time: now(),
                 stream,
                 line,
             });
-            while logs.lines.len() > limit {
-                logs.lines.pop_front();
+            while logs.lines.len() > limit || logs.bytes > limit_bytes {
+                let Some(gone) = logs.lines.pop_front() else {
+                    break;
+                };
+                logs.bytes -= gone.line.len();
                 logs.dropped += 1;
             }
         }
@@ -385,6 +394,7 @@ impl Records {
     /// Publishes a message the script of procedure `id` sent with pypubsub, in order
     /// with the procedure's state changes.
     pub fn publish_script_event(&self, id: u64, topic: String, payload: Value) {
+        let payload = bounded::payload(payload, bounded::EVENT_PAYLOAD);
         self.store.publish(BusEvent::Script { id, topic, payload });
     }
 
@@ -566,7 +576,7 @@ impl Records {
             if let Some(args) = entry.init_args.take() {
                 let call = CallRecord {
                     function: "init".into(),
-                    args,
+                    args: bounded::arguments(&args, bounded::ARGUMENT),
                     time: entered.time,
                 };
                 let seq = entry.summary.calls.len();

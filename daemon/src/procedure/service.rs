@@ -123,7 +123,8 @@ impl ProcedureService {
     /// a filesystem script is a file on this host, a git script names a repository (or
     /// one is configured) that may be used.
     pub async fn check(&self, spec: &ScriptSpec) -> Result<Script, ProcedureError> {
-        let script = script::parse(spec)?;
+        let roots = self.inner.settings.get(|c| c.allowed_roots.clone());
+        let script = script::check_roots(script::parse(spec)?, &roots)?;
         match &script {
             Script::File(path) => script::check_file(path).await?,
             Script::Git { args, .. } => {

@@ -130,14 +130,22 @@ fn parse(line: &str) -> Result<FromWorker, LinkError> {
             if event.topic.is_empty() {
                 return Err(malformed("an event without a topic"));
             }
-            let payload = event
+            let payload: BTreeMap<String, Value> = event
                 .payload
                 .into_iter()
                 .map(|(k, v)| (k, Value::from(v)))
                 .collect();
+            let payload = Value::Map(payload);
+            // What oetd passes on, its clients must be able to decode.
+            if payload.depth() > oet_protocol::value::MAX_DEPTH {
+                return Err(LinkError::Malformed(format!(
+                    "an event payload nested more than {} levels deep",
+                    oet_protocol::value::MAX_DEPTH
+                )));
+            }
             Ok(FromWorker::Event {
                 topic: event.topic,
-                payload: Value::Map(payload),
+                payload,
             })
         }
         RawFromWorker {
