@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oet_protocol::summary::Timestamp;
 use oet_protocol::{
-    view, ActivitySummary, CachePruned, CacheUsage, DaemonStatus, Event, FunctionArgs,
-    ProcedureLogs, ProcedureSummary, ScriptSpec, Value,
+    bytes_text, view, ActivitySummary, CachePruned, CacheUsage, Containment, DaemonStatus, Event,
+    FunctionArgs, ProcedureLogs, ProcedureSummary, ResourceUsage, ScriptSpec, Value,
 };
 use serde_json::{json, Value as Json};
 
@@ -99,7 +99,8 @@ pub fn procedure_table(summaries: &[ProcedureSummary]) -> String {
 }
 
 /// Everything about one procedure: its summary row, where a git script comes from, the
-/// state history, the calls with their arguments, and the stack trace.
+/// state history, the calls with their arguments, what its cgroup measured, and the
+/// stack trace.
 pub fn describe(summary: &ProcedureSummary) -> String {
     let mut out = procedure_table(std::slice::from_ref(summary));
     if let ScriptSpec::Git {
@@ -160,10 +161,39 @@ pub fn describe(summary: &ProcedureSummary) -> String {
         out.push_str(&indent(&calls.render()));
     }
 
+    if let Some(usage) = &summary.resources {
+        out.push_str("\nResources:\n");
+        out.push_str(&indent(&resources(usage)));
+    }
+
     if let Some(trace) = &summary.stacktrace {
         out.push_str("\nStack trace:\n");
         out.push_str(trace.trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// Peak memory and CPU time, each with its limit when there is one.
+fn resources(usage: &ResourceUsage) -> String {
+    let limits = &usage.limits;
+    let limit = |limit: Option<String>| limit.map_or(String::new(), |l| format!(" (limit {l})"));
+    let mut out = format!(
+        "Peak memory:  {}{}\n",
+        usage
+            .peak_memory_bytes
+            .map_or_else(|| "not measured".to_owned(), bytes_text),
+        limit(limits.memory_max_bytes.map(bytes_text)),
+    );
+    out.push_str(&format!(
+        "CPU time:     {}{}\n",
+        usage
+            .cpu_secs
+            .map_or_else(|| "not measured".to_owned(), |secs| format!("{secs:.2} s")),
+        limit(limits.cpu_max.map(|cpus| format!("{cpus} CPU"))),
+    ));
+    if let Some(pids) = limits.pids_max {
+        out.push_str(&format!("Processes:    at most {pids}\n"));
     }
     out
 }
@@ -240,6 +270,7 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
          Started:     {} (up {})\n\
          Procedures:  {} live, running: {}\n\
          Store:       {}\n\
+         Containment: {}\n\
          Checkouts:   {}\n\
          Python envs: {}\n\
          pip cache:   {}\n",
@@ -255,10 +286,26 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
             Some(problem) => format!("{} (FAILING: {problem})", status.store),
             None => status.store.clone(),
         },
+        containment(&status.containment),
         checkouts(&status.caches),
         envs(&status.caches),
-        bytes(status.caches.pip_cache_bytes),
+        bytes_text(status.caches.pip_cache_bytes),
     )
+}
+
+fn containment(containment: &Containment) -> String {
+    match containment {
+        Containment::Cgroup { root, controllers } if controllers.is_empty() => {
+            format!("a cgroup per procedure under {root} (no resource controllers)")
+        }
+        Containment::Cgroup { root, controllers } => format!(
+            "a cgroup per procedure under {root} ({})",
+            controllers.join(", ")
+        ),
+        Containment::ProcessGroup { reason } => {
+            format!("process groups only ({reason})")
+        }
+    }
 }
 
 fn checkouts(caches: &CacheUsage) -> String {
@@ -266,7 +313,7 @@ fn checkouts(caches: &CacheUsage) -> String {
         "{} ({} in use), {}",
         caches.checkouts,
         caches.checkouts_in_use,
-        bytes(caches.checkout_bytes)
+        bytes_text(caches.checkout_bytes)
     )
 }
 
@@ -279,23 +326,8 @@ fn envs(caches: &CacheUsage) -> String {
         "{} ({} in use{building}), {}",
         caches.envs,
         caches.envs_in_use,
-        bytes(caches.env_bytes)
+        bytes_text(caches.env_bytes)
     )
-}
-
-/// A size in bytes as people read it: `512 B`, `1.5 KiB`, `310.2 MiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// What `cache prune` removed and what is left.
@@ -303,10 +335,10 @@ pub fn pruned(pruned: &CachePruned) -> String {
     let mut text = format!(
         "removed {} checkout(s) ({}), {} Python environment(s) ({}) and {} of pip's cache\n",
         pruned.checkouts,
-        bytes(pruned.checkout_bytes),
+        bytes_text(pruned.checkout_bytes),
         pruned.envs,
-        bytes(pruned.env_bytes),
-        bytes(pruned.pip_cache_bytes),
+        bytes_text(pruned.env_bytes),
+        bytes_text(pruned.pip_cache_bytes),
     );
     if let Some(why) = &pruned.pip_cache_kept {
         text.push_str(&format!("kept pip's cache: {why}\n"));
@@ -445,6 +477,17 @@ pub fn status_json(status: &DaemonStatus) -> Json {
         "running": status.running,
         "store": status.store,
         "store_problem": status.store_problem,
+        "containment": match &status.containment {
+            Containment::Cgroup { root, controllers } => json!({
+                "mode": "cgroup",
+                "root": root,
+                "controllers": controllers,
+            }),
+            Containment::ProcessGroup { reason } => json!({
+                "mode": "process_group",
+                "reason": reason,
+            }),
+        },
         "caches": caches_json(&status.caches),
     })
 }
@@ -475,6 +518,30 @@ pub fn pruned_json(pruned: &CachePruned) -> Json {
         "pip_cache_kept": pruned.pip_cache_kept,
         "left": caches_json(&pruned.left),
     })
+}
+
+/// What a reload changed, for people.
+pub fn reloaded(reloaded: &oet_protocol::Reloaded) -> String {
+    let mut text = String::new();
+    if reloaded.live.is_empty() && reloaded.restart.is_empty() {
+        text.push_str("configuration reloaded; nothing changed\n");
+    }
+    if !reloaded.live.is_empty() {
+        text.push_str(&format!(
+            "configuration reloaded; now in effect: {}\n",
+            reloaded.live.join(", ")
+        ));
+    }
+    if !reloaded.restart.is_empty() {
+        text.push_str(&format!(
+            "changed, but in effect only after a restart of oetd: {}\n",
+            reloaded.restart.join(", ")
+        ));
+    }
+    for warning in &reloaded.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -521,6 +588,7 @@ mod tests {
             ],
             stacktrace: None,
             state,
+            resources: None,
         }
     }
 
@@ -567,6 +635,36 @@ Traceback (most recent call last):
 ValueError: no
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn describe_shows_what_the_cgroup_measured_with_the_limits() {
+        let mut done = summary(5, ProcedureState::Failed);
+        done.resources = Some(ResourceUsage {
+            peak_memory_bytes: Some(64 << 20),
+            cpu_secs: Some(1.256),
+            limits: oet_protocol::ResourceLimits {
+                memory_max_bytes: Some(64 << 20),
+                pids_max: Some(100),
+                cpu_max: None,
+            },
+        });
+        let text = describe(&done);
+        assert!(
+            text.contains(
+                "\nResources:\n  Peak memory:  64 MiB (limit 64 MiB)\n  CPU time:     1.26 s\n  \
+                 Processes:    at most 100\n"
+            ),
+            "{text}"
+        );
+        let json = procedure_json(&done);
+        assert_eq!(json["resources"]["peak_memory_bytes"], json!(64 << 20));
+        assert_eq!(json["resources"]["limits"]["cpu_max"], Json::Null);
+        assert_eq!(
+            procedure_json(&summary(6, ProcedureState::Ready))["resources"],
+            Json::Null
+        );
+        assert!(!describe(&summary(6, ProcedureState::Ready)).contains("Resources"));
     }
 
     #[test]
@@ -769,6 +867,10 @@ ValueError: no
             stop_grace_secs: 5.0,
             store: "/var/lib/oet/store/history.sqlite".into(),
             store_problem: None,
+            containment: Containment::Cgroup {
+                root: "/sys/fs/cgroup/system.slice/oetd.service".into(),
+                controllers: vec!["memory".into(), "pids (v1)".into()],
+            },
             caches: CacheUsage {
                 checkouts: 3,
                 checkouts_in_use: 1,
@@ -788,8 +890,10 @@ ValueError: no
              Started:     2024-05-01T12:00:00Z (up 1h 2m 3s)\n\
              Procedures:  3 live, running: 2\n\
              Store:       /var/lib/oet/store/history.sqlite\n\
+             Containment: a cgroup per procedure under /sys/fs/cgroup/system.slice/oetd.service \
+             (memory, pids (v1))\n\
              Checkouts:   3 (1 in use), 1.5 KiB\n\
-             Python envs: 2 (1 in use, 1 being built), 310.0 MiB\n\
+             Python envs: 2 (1 in use, 1 being built), 310 MiB\n\
              pip cache:   0 B\n"
         );
         let failing = DaemonStatus {
@@ -806,19 +910,48 @@ ValueError: no
         )
         .contains("running: none"));
         assert_eq!(status_json(&daemon)["running"], json!([2]));
+        assert_eq!(status_json(&daemon)["containment"]["mode"], "cgroup");
         assert_eq!(
             status_json(&daemon)["caches"]["env_bytes"],
             json!(310 << 20)
         );
+        let fallback = DaemonStatus {
+            containment: Containment::ProcessGroup {
+                reason: "no cgroup v2 hierarchy is mounted".into(),
+            },
+            ..daemon.clone()
+        };
+        assert!(status(&fallback, T0)
+            .contains("Containment: process groups only (no cgroup v2 hierarchy is mounted)"));
+        assert_eq!(
+            status_json(&fallback)["containment"]["mode"],
+            "process_group"
+        );
     }
 
     #[test]
-    fn sizes_read_as_people_read_them() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1024), "1.0 KiB");
-        assert_eq!(bytes(10 << 30), "10.0 GiB");
-        assert_eq!(bytes(3 << 50), "3.0 PiB");
-        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
+    fn a_prune_says_what_it_removed_and_what_is_left() {
+        let pruned = CachePruned {
+            checkouts: 2,
+            checkout_bytes: 2048,
+            envs: 1,
+            env_bytes: 3 << 20,
+            pip_cache_bytes: 0,
+            pip_cache_kept: Some("a build is using it".into()),
+            left: CacheUsage {
+                envs: 1,
+                envs_building: 1,
+                ..CacheUsage::default()
+            },
+        };
+        assert_eq!(
+            super::pruned(&pruned),
+            "removed 2 checkout(s) (2 KiB), 1 Python environment(s) (3 MiB) and 0 B of pip's cache\n\
+             kept pip's cache: a build is using it\n\
+             left (in use, or being built): checkouts 0 (0 in use), 0 B; Python envs 1 (0 in use, \
+             1 being built), 0 B\n"
+        );
+        assert_eq!(pruned_json(&pruned)["removed"]["env_bytes"], json!(3 << 20));
+        assert_eq!(pruned_json(&pruned)["left"]["envs_building"], json!(1));
     }
 }

@@ -8,7 +8,16 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `daemon/src`, lowest layer first. A module may use the ones
 /// in lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["disk", "process", "table"],
+    &[
+        "bounded",
+        "cgroup",
+        "disk",
+        "journal",
+        "limits",
+        "process",
+        "state_dir",
+        "table",
+    ],
     &["reaper"],
     &["events"],
     &["git", "python", "store"],
