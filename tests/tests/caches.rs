@@ -1,6 +1,7 @@
 //! Months on one host: the Python environments of git scripts are bounded (least
 //! recently used first, never one a live procedure uses or one being built), pip's
-//! cache too; builds leave the shared checkout as it was fetched; `oetctl status` tells
+//! cache too; builds leave the shared checkout as it was fetched, and scripts cannot
+//! write into it when oetd runs as a user, as a service does; `oetctl status` tells
 //! what the caches hold and `oetctl cache prune` (admins only) empties what is unused.
 
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use oet_protocol::{FunctionArgs, GitArgs, ProcedureState::*, ScriptSpec};
-use oet_tests::git::{BuildGate, TestRepo, PYPROJECT};
+use oet_tests::git::{BuildGate, GitDaemon, TestRepo, PYPROJECT};
 use oet_tests::{assert_failed_with, assert_state, wait_for, TestDaemon, DEADLINE};
 
 /// pip must not look for an index: the test project builds with its own backend.
@@ -484,4 +485,130 @@ async fn cache_prune_as_a_non_admin_is_denied() {
         "{kept}"
     );
     assert_eq!(envs_on_disk(&daemon), [commit]);
+}
+
+/// Tries to add a file to its working directory (the checkout's top) and to its own
+/// directory, and to change its own file.
+const WRITES_INTO_ITS_CHECKOUT: &str = r#"import os
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    targets = ["written-by-the-script.txt", os.path.join(here, "beside.txt"), __file__]
+    refused = 0
+    for target in targets:
+        try:
+            with open(target, "a") as f:
+                f.write("x")
+        except PermissionError:
+            refused += 1
+    print(f"refused {refused} of {len(targets)}")
+"#;
+
+#[tokio::test]
+async fn run_as_a_user_oetd_keeps_scripts_out_of_their_checkout_and_still_removes_it() {
+    let Some(user) = other_user() else {
+        return;
+    };
+    // The test's interpreter lives in root's home; the user runs the system's.
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() {
+        oet_tests::skip_unless_ci("/usr/bin/python3 is not installed");
+        return;
+    }
+    let repo = TestRepo::new();
+    let commit = repo.commit(
+        &[("scripts/observe.py", WRITES_INTO_ITS_CHECKOUT)],
+        "a script that tries to write into its checkout",
+    );
+    // Served over the network: libgit2 refuses a local repository another user owns.
+    let served = GitDaemon::serve(repo.path());
+
+    let mut daemon = TestDaemon::prepare("");
+    let state = daemon.dir.path().join("state");
+    std::fs::write(
+        &daemon.config_path,
+        format!(
+            "[paths]\nstate_dir = {state:?}\n\n[procedures]\npython = {python:?}\n\n\
+             [log]\nlevel = \"debug\"\n"
+        ),
+    )
+    .expect("config");
+    let (uid, gid) = user;
+    let owned = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(daemon.dir.path())
+        .status()
+        .expect("chown");
+    assert!(owned.success());
+    let as_user = [
+        "setpriv".to_owned(),
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--clear-groups".to_owned(),
+        "--".to_owned(),
+    ];
+    let as_user: Vec<&str> = as_user.iter().map(String::as_str).collect();
+    let start = |daemon: &TestDaemon| {
+        let mut cmd = daemon.command_under(&as_user);
+        // The user's own home, as the service has (git reads its configuration there).
+        cmd.env("HOME", daemon.dir.path());
+        cmd
+    };
+    daemon.launch_listening(start(&daemon));
+
+    let script = ScriptSpec::Git {
+        script_uri: "git://scripts/observe.py".into(),
+        git_args: GitArgs {
+            git_repo: Some(served.url.clone()),
+            git_branch: None,
+            git_commit: Some(commit.clone()),
+        },
+        create_env: false,
+    };
+    let ready = daemon
+        .create_script_ready(script, FunctionArgs::default())
+        .await;
+    assert_state(&ready, Ready);
+    let checkout = entry_for(&state.join("git/checkouts"), &commit);
+    let before = snapshot(&checkout);
+    let done = daemon.run_main(ready.id, FunctionArgs::default()).await;
+    assert_state(&done, Complete);
+    assert_eq!(daemon.output(ready.id).await, ["refused 3 of 3"]);
+    assert_eq!(
+        snapshot(&checkout),
+        before,
+        "the script changed its checkout"
+    );
+    daemon
+        .log_line(&format!(
+            "procedure {} no longer uses its checkout",
+            ready.id
+        ))
+        .expect("the procedure lets go of its checkout");
+
+    // oetd (not root) removes the read-only checkout it made.
+    let pruned = ok(&daemon.oetctl(&["--json", "cache", "prune"]));
+    let pruned: serde_json::Value = serde_json::from_str(&pruned).expect("JSON");
+    assert_eq!(pruned["removed"]["checkouts"], 1, "{pruned}");
+    assert!(!checkout.exists());
+
+    // A read-only tree left in the scratch area by a crash is removed at start-up.
+    daemon.kill();
+    let leftover = state.join("git/tmp/evicted-0123456789abcdef-leftover");
+    std::fs::create_dir_all(leftover.join("sub")).expect("leftover");
+    std::fs::write(leftover.join("sub/file.py"), "x = 1\n").expect("leftover file");
+    let owned = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(&leftover)
+        .status()
+        .expect("chown");
+    assert!(owned.success());
+    for dir in [leftover.join("sub"), leftover.clone()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    }
+    daemon.launch_listening(start(&daemon));
+    assert!(!leftover.exists(), "the read-only leftover is removed");
 }
