@@ -94,6 +94,28 @@ impl JournalCapture {
         }
     }
 
+    /// Reads the capture on its own thread (journald's socket queue is short, and a full
+    /// queue would block the program's logging) until oetd's last record ("oetd
+    /// stopped"), handing each record on as it comes.
+    pub fn until_oetd_stops(self) -> std::sync::mpsc::Receiver<JournalRecord> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || loop {
+            match self.next_record(crate::DEADLINE) {
+                Ok(record) => {
+                    let last = field(&record, "MESSAGE") == Some("oetd stopped");
+                    if tx.send(record).is_err() || last {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    eprintln!("journal capture ended: {err}");
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     /// Records until one satisfies `wanted` (returned last), waiting at most `timeout`.
     pub fn records_until(
         &self,

@@ -165,7 +165,7 @@ fn story(journal: Option<JournalCapture>) -> Story {
             cmd.stdin(std::process::Stdio::null());
             // Its stderr is echoed to the test's output; its records go to the capture.
             drop(daemon.launch(cmd));
-            let records = collect(capture);
+            let records = capture.until_oetd_stops();
             let deadline = Instant::now() + DEADLINE;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -199,26 +199,6 @@ fn host_of(server: &GitHttpServer) -> String {
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-/// Reads the capture on its own thread until oetd's last record.
-fn collect(capture: JournalCapture) -> mpsc::Receiver<JournalRecord> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || loop {
-        match capture.next_record(DEADLINE) {
-            Ok(record) => {
-                let last = field(&record, "MESSAGE") == Some("oetd stopped");
-                if tx.send(record).is_err() || last {
-                    return;
-                }
-            }
-            Err(err) => {
-                eprintln!("journal capture ended: {err}");
-                return;
-            }
-        }
-    });
-    rx
 }
 
 impl Story {

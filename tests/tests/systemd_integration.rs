@@ -10,7 +10,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use oet_protocol::{ActivityState, Client, FunctionArgs, ProcedureState, ScriptSpec};
@@ -313,27 +312,6 @@ fn the_shipped_example_configuration_is_valid_and_changes_nothing() {
 
 const SAMPLE_SBD: &str = include_str!("../fixtures/sbd/testfile_sample_mid_sb.json");
 
-/// Reads the capture on its own thread (journald's socket queue is short, and a full
-/// queue would block oetd's logging) until oetd's last record.
-fn collect(capture: JournalCapture) -> mpsc::Receiver<JournalRecord> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || loop {
-        match capture.next_record(DEADLINE) {
-            Ok(record) => {
-                let last = field(&record, "MESSAGE") == Some("oetd stopped");
-                if tx.send(record).is_err() || last {
-                    return;
-                }
-            }
-            Err(err) => {
-                eprintln!("journal capture ended: {err}");
-                return;
-            }
-        }
-    });
-    rx
-}
-
 fn message(record: &JournalRecord) -> &str {
     field(record, "MESSAGE").unwrap_or("")
 }
@@ -353,7 +331,7 @@ async fn journald_records_tell_a_procedures_story_with_its_fields() {
     }
     cmd.stdin(std::process::Stdio::null());
     let _stderr = daemon.launch(cmd);
-    let records = collect(capture);
+    let records = capture.until_oetd_stops();
     let mut seen = Vec::new();
     let wait_record = |seen: &mut Vec<JournalRecord>, wanted: &dyn Fn(&JournalRecord) -> bool| {
         let deadline = Instant::now() + DEADLINE;
