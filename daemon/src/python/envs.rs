@@ -640,83 +640,13 @@ impl Inner {
     /// with `None`) and no build runs. Returns once the removed trees are deleted.
     async fn pass(&self, bounds: Option<Bounds>) -> EnvsPruned {
         self.measure().await;
-        let max_pip = self.config.max_pip_cache_bytes;
         let mut pruned = EnvsPruned::default();
-        let mut doomed: Vec<(PathBuf, String)> = Vec::new();
-        {
+        let doomed = {
             let mut state = self.lock();
-            for (key, reason) in state.slots.victims(bounds) {
-                let Some(slot) = state.slots.get(&key) else {
-                    continue;
-                };
-                let (gen, bytes) = (slot.gen, slot.bytes.unwrap_or(0));
-                state.moves += 1;
-                let from = self.env_dir.join(&key);
-                let to = self.tmp_dir.join(format!("evicted-{key}-{}", state.moves));
-                if let Err(e) = fs::rename(&from, &to) {
-                    tracing::warn!("could not remove environment {}: {e}", from.display());
-                    continue;
-                }
-                if let Some(slot) = state.slots.remove_gen(&key, gen) {
-                    let size = bytes;
-                    doomed.push((
-                        to,
-                        format!(
-                            "removed the Python environment {} ({size} bytes): {reason}",
-                            slot.label
-                        ),
-                    ));
-                    pruned.envs += 1;
-                    pruned.env_bytes += size;
-                }
-            }
-            if let Some((count, bytes)) = bounds.and_then(|b| state.slots.beyond(b)) {
-                tracing::info!(
-                    "the Python environments ({count}, {bytes} bytes) are beyond \
-                     python.max_envs ({}) or python.max_env_bytes ({}), but the ones beyond \
-                     are in use or being built; they are removed once no procedure uses them",
-                    self.config.max_envs,
-                    self.config.max_env_bytes
-                );
-            }
-            let pip_bytes = state.pip_cache_bytes.unwrap_or(0);
-            let over = match bounds {
-                None => true,
-                Some(_) => max_pip > 0 && pip_bytes > max_pip,
-            };
-            if over && pip_bytes > 0 {
-                if state.slots.any_building() {
-                    pruned.pip_cache_kept =
-                        Some("a build is using it; it is cleared once no build runs".to_owned());
-                } else {
-                    state.moves += 1;
-                    let to = self.tmp_dir.join(format!("pip-cache-{}", state.moves));
-                    match fs::rename(&self.pip_cache, &to) {
-                        Ok(()) => {
-                            let why = match bounds {
-                                None => "the caches were pruned".to_owned(),
-                                Some(_) => {
-                                    format!("beyond python.max_pip_cache_bytes ({max_pip} bytes)")
-                                }
-                            };
-                            doomed.push((
-                                to,
-                                format!("cleared the pip cache ({pip_bytes} bytes): {why}"),
-                            ));
-                            state.pip_cache_bytes = Some(0);
-                            pruned.pip_cache_bytes = pip_bytes;
-                        }
-                        Err(e) if e.kind() == ErrorKind::NotFound => {
-                            state.pip_cache_bytes = Some(0);
-                        }
-                        Err(e) => tracing::warn!(
-                            "could not clear the pip cache {}: {e}",
-                            self.pip_cache.display()
-                        ),
-                    }
-                }
-            }
-        }
+            let mut doomed = self.evict(&mut state, bounds, &mut pruned);
+            doomed.extend(self.clear_pip_cache(&mut state, bounds, &mut pruned));
+            doomed
+        };
         if !doomed.is_empty() {
             let _ = tokio::task::spawn_blocking(move || {
                 for (dir, done) in doomed {
@@ -729,6 +659,95 @@ impl Inner {
             .await;
         }
         pruned
+    }
+
+    /// Moves the environments beyond `bounds` (every one nobody uses, with `None`) out
+    /// of the way, so that no request finds them; returns them with what to log once
+    /// they are deleted.
+    fn evict(
+        &self,
+        state: &mut State,
+        bounds: Option<Bounds>,
+        pruned: &mut EnvsPruned,
+    ) -> Vec<(PathBuf, String)> {
+        let mut doomed = Vec::new();
+        for (key, reason) in state.slots.victims(bounds) {
+            let Some(gen) = state.slots.get(&key).map(|slot| slot.gen) else {
+                continue;
+            };
+            state.moves += 1;
+            let from = self.env_dir.join(&key);
+            let to = self.tmp_dir.join(format!("evicted-{key}-{}", state.moves));
+            if let Err(e) = fs::rename(&from, &to) {
+                tracing::warn!("could not remove environment {}: {e}", from.display());
+                continue;
+            }
+            if let Some(slot) = state.slots.remove_gen(&key, gen) {
+                let bytes = slot.bytes.unwrap_or(0);
+                let done = format!(
+                    "removed the Python environment {} ({bytes} bytes): {reason}",
+                    slot.label
+                );
+                doomed.push((to, done));
+                pruned.envs += 1;
+                pruned.env_bytes += bytes;
+            }
+        }
+        if let Some((count, bytes)) = bounds.and_then(|b| state.slots.beyond(b)) {
+            tracing::info!(
+                "the Python environments ({count}, {bytes} bytes) are beyond \
+                 python.max_envs ({}) or python.max_env_bytes ({}), but the ones beyond \
+                 are in use or being built; they are removed once no procedure uses them",
+                self.config.max_envs,
+                self.config.max_env_bytes
+            );
+        }
+        doomed
+    }
+
+    /// Moves pip's cache out of the way when it is beyond `python.max_pip_cache_bytes`
+    /// (or always, with `None`) and no build uses it.
+    fn clear_pip_cache(
+        &self,
+        state: &mut State,
+        bounds: Option<Bounds>,
+        pruned: &mut EnvsPruned,
+    ) -> Option<(PathBuf, String)> {
+        let max = self.config.max_pip_cache_bytes;
+        let bytes = state.pip_cache_bytes.unwrap_or(0);
+        let why = match bounds {
+            None => "the caches were pruned".to_owned(),
+            Some(_) if max > 0 && bytes > max => {
+                format!("beyond python.max_pip_cache_bytes ({max} bytes)")
+            }
+            Some(_) => return None,
+        };
+        if bytes == 0 {
+            return None;
+        }
+        if state.slots.any_building() {
+            pruned.pip_cache_kept =
+                Some("a build is using it; it is cleared once no build runs".to_owned());
+            return None;
+        }
+        state.moves += 1;
+        let to = self.tmp_dir.join(format!("pip-cache-{}", state.moves));
+        match fs::rename(&self.pip_cache, &to) {
+            Ok(()) => {
+                state.pip_cache_bytes = Some(0);
+                pruned.pip_cache_bytes = bytes;
+                Some((to, format!("cleared the pip cache ({bytes} bytes): {why}")))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                state.pip_cache_bytes = Some(0);
+                None
+            }
+            Err(e) => {
+                let cache = self.pip_cache.display();
+                tracing::warn!("could not clear the pip cache {cache}: {e}");
+                None
+            }
+        }
     }
 }
 
