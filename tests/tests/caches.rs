@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use oet_protocol::{FunctionArgs, GitArgs, ProcedureState::*, ScriptSpec};
 use oet_tests::git::{BuildGate, GitDaemon, TestRepo, PYPROJECT};
+use oet_tests::users::{self, TestUser};
 use oet_tests::{assert_failed_with, assert_state, wait_for, TestDaemon, DEADLINE};
 
 /// pip must not look for an index: the test project builds with its own backend.
@@ -409,51 +410,24 @@ async fn status_shows_the_counts_and_sizes_of_checkouts_environments_and_pips_ca
     assert!(!checkout.exists() && !env.exists());
 }
 
-/// A user other than root for this test, created if need be; `None` (the test is
-/// skipped, or fails under CI) where that cannot be done.
-fn other_user() -> Option<(u32, u32)> {
-    const NAME: &str = "oettest-cache";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        oet_tests::skip_unless_ci("running oetctl as another user needs root");
+/// A user other than root for these tests (created if need be), or `None` where that
+/// cannot be (the test is then skipped; under CI it fails).
+fn other_user() -> Option<TestUser> {
+    if let Some(reason) = users::skip_reason() {
+        eprintln!("skipped: {reason}");
         return None;
     }
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, NAME]).output().ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
-    if id("-u").is_none() {
-        let created = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                NAME,
-            ])
-            .status();
-        // A parallel test may have created it first; what matters is that it exists.
-        if id("-u").is_none() {
-            oet_tests::skip_unless_ci(&format!("cannot create user {NAME}: {created:?}"));
-            return None;
-        }
-    }
-    Some((id("-u")?, id("-g")?))
+    Some(users::user("oettest-cache", "oettest", &[]))
 }
 
-/// `oetctl --socket <daemon's> args...` run as `uid`:`gid`, with no other group.
-fn oetctl_as((uid, gid): (u32, u32), daemon: &TestDaemon, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups")
-        .arg("--")
-        .arg(oet_tests::oetctl_bin())
+/// `oetctl --socket <daemon's> args...` run as `user`.
+fn oetctl_as(user: &TestUser, daemon: &TestDaemon, args: &[&str]) -> Output {
+    user.command(oet_tests::oetctl_bin())
         .arg("--socket")
         .arg(&daemon.socket)
         .args(args)
         .output()
-        .expect("run setpriv")
+        .expect("run oetctl as another user")
 }
 
 #[tokio::test]
@@ -471,9 +445,9 @@ async fn cache_prune_as_a_non_admin_is_denied() {
     let id = ready(&daemon, &repo, &commit).await;
     complete(&daemon, id).await;
 
-    let status = oetctl_as(user, &daemon, &["status"]);
+    let status = oetctl_as(&user, &daemon, &["status"]);
     assert!(status.status.success(), "a reader reads: {status:?}");
-    let refused = oetctl_as(user, &daemon, &["cache", "prune"]);
+    let refused = oetctl_as(&user, &daemon, &["cache", "prune"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "not refused: {refused:?}");
     assert!(stderr.contains("permission denied"), "{stderr}");
@@ -534,7 +508,7 @@ async fn run_as_a_user_oetd_keeps_scripts_out_of_their_checkout_and_still_remove
         ),
     )
     .expect("config");
-    let (uid, gid) = user;
+    let (uid, gid) = (user.uid, user.gid);
     let owned = Command::new("chown")
         .arg("-R")
         .arg(format!("{uid}:{gid}"))
@@ -546,7 +520,7 @@ async fn run_as_a_user_oetd_keeps_scripts_out_of_their_checkout_and_still_remove
         "setpriv".to_owned(),
         format!("--reuid={uid}"),
         format!("--regid={gid}"),
-        "--clear-groups".to_owned(),
+        "--init-groups".to_owned(),
         "--".to_owned(),
     ];
     let as_user: Vec<&str> = as_user.iter().map(String::as_str).collect();
