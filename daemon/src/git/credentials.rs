@@ -48,12 +48,14 @@ impl Source {
 pub(super) struct Credentials<'a> {
     remote: &'a Remote,
     sources: &'a Sources,
-    /// The next source to offer.
+    /// The next source to offer on this connection.
     next: Cell<usize>,
-    /// The sources whose credentials were offered (and, if asked again, refused).
-    offered: RefCell<Vec<Source>>,
-    /// The server asked for credentials.
-    asked: Cell<bool>,
+    /// The source offered last on this connection: refused if the server asks again.
+    offered: Cell<Option<Source>>,
+    /// The sources whose credentials the server refused, in order.
+    refused: RefCell<Vec<Source>>,
+    /// The server asked, and there was nothing left to offer.
+    exhausted: Cell<bool>,
     /// Why `git.credentials_file` could not be read.
     file_problem: RefCell<Option<String>>,
 }
@@ -64,8 +66,9 @@ impl<'a> Credentials<'a> {
             remote,
             sources,
             next: Cell::new(0),
-            offered: RefCell::new(Vec::new()),
-            asked: Cell::new(false),
+            offered: Cell::new(None),
+            refused: RefCell::new(Vec::new()),
+            exhausted: Cell::new(false),
             file_problem: RefCell::new(None),
         }
     }
@@ -73,12 +76,18 @@ impl<'a> Credentials<'a> {
     /// Starts over for one more connection: every source may be offered again.
     pub fn restart(&self) {
         self.next.set(0);
+        self.offered.set(None);
     }
 
     /// libgit2's credentials callback: the next source's credentials, or an error once
-    /// there are none left.
+    /// there are none left. Being asked again means the last ones were refused.
     pub fn provide(&self, allowed: CredentialType) -> Result<Cred, git2::Error> {
-        self.asked.set(true);
+        if let Some(refused) = self.offered.take() {
+            let mut list = self.refused.borrow_mut();
+            if !list.contains(&refused) {
+                list.push(refused);
+            }
+        }
         while let Some(source) = Source::ALL.get(self.next.get()).copied() {
             self.next.set(self.next.get() + 1);
             let found = match source {
@@ -94,9 +103,10 @@ impl<'a> Credentials<'a> {
             } else {
                 continue;
             };
-            self.offered.borrow_mut().push(source);
+            self.offered.set(Some(source));
             return cred;
         }
+        self.exhausted.set(true);
         Err(git2::Error::from_str("no more credentials to offer"))
     }
 
@@ -124,21 +134,21 @@ impl<'a> Credentials<'a> {
         helper.map(|(username, password)| UserInfo { username, password })
     }
 
-    /// The error to report for a failed transfer, if credentials are why: the
-    /// credentials file could not be read, or the server asked and nothing (more) was
-    /// accepted.
+    /// The error to report for a failed transfer, if credentials are why: the server
+    /// kept asking after every source was used up (the credentials file could not be
+    /// read, none was found, or the server refused them).
     pub fn failure(&self) -> Option<GitError> {
+        if !self.exhausted.get() {
+            return None;
+        }
         if let Some(reason) = self.file_problem.borrow().clone() {
             return Some(GitError::CredentialsFile {
                 path: self.sources.file.clone().unwrap_or_default(),
                 reason,
             });
         }
-        if !self.asked.get() {
-            return None;
-        }
-        let offered = self.offered.borrow();
-        let what = if offered.is_empty() {
+        let refused = self.refused.borrow();
+        let what = if refused.is_empty() {
             let helpers = if self.sources.helpers {
                 "git's credential helpers gave none"
             } else {
@@ -150,8 +160,7 @@ impl<'a> Credentials<'a> {
             };
             format!("none were found: the URL has none, {file}, {helpers}")
         } else {
-            let mut names: Vec<&str> = offered.iter().map(|s| s.name()).collect();
-            names.dedup();
+            let names: Vec<&str> = refused.iter().map(|s| s.name()).collect();
             format!("the server refused those from {}", names.join(", then "))
         };
         Some(GitError::Credentials {
@@ -252,6 +261,11 @@ mod tests {
         let credentials = Credentials::new(&remote, &sources);
         assert!(credentials.failure().is_none(), "not asked yet");
         let allowed = CredentialType::USER_PASS_PLAINTEXT;
+        assert!(credentials.provide(allowed).is_ok());
+        assert!(credentials.provide(allowed).is_ok());
+        assert!(credentials.failure().is_none(), "the file's may yet be accepted");
+        // A new connection offers them again; being asked once more refuses the last.
+        credentials.restart();
         assert!(credentials.provide(allowed).is_ok());
         assert!(credentials.provide(allowed).is_ok());
         assert!(credentials.provide(allowed).is_err());
