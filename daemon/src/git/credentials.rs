@@ -263,7 +263,10 @@ mod tests {
         let allowed = CredentialType::USER_PASS_PLAINTEXT;
         assert!(credentials.provide(allowed).is_ok());
         assert!(credentials.provide(allowed).is_ok());
-        assert!(credentials.failure().is_none(), "the file's may yet be accepted");
+        assert!(
+            credentials.failure().is_none(),
+            "the file's may yet be accepted"
+        );
         // A new connection offers them again; being asked once more refuses the last.
         credentials.restart();
         assert!(credentials.provide(allowed).is_ok());
