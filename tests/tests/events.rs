@@ -1,8 +1,15 @@
 //! Events: what scripts publish reaches listeners and other scripts; lifecycle and
 //! request events are on the same bus.
 
-use oet_protocol::{FunctionArgs, ProcedureState, Value};
+use futures::{SinkExt, StreamExt};
+use oet_protocol::codec::FrameCodec;
+use oet_protocol::{
+    ClientMessage, FunctionArgs, Hello, ListProcedures, ProcedureState, Request, RequestBody,
+    ServerMessage, Value, PROTOCOL_VERSION,
+};
 use oet_tests::{next_event, positional, wait_for, TestDaemon};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
 
 const ANNOUNCER: &str = r#"
 from pubsub import pub
@@ -77,9 +84,41 @@ async fn requests_are_announced_on_the_bus() {
     let uri = daemon.script("noop.py", "def main():\n    pass\n");
     daemon.create_ready(&uri, FunctionArgs::default()).await;
     let request = next_event(&mut events, |e| e.topic == "request.procedure.create").await;
+    let payload = request.payload.as_map().expect("a map");
+    assert_eq!(payload.get("script_uri"), Some(&Value::from(uri.as_str())));
+    let script = payload.get("script").and_then(Value::as_map).expect("script");
+    assert_eq!(script.get("script_type"), Some(&Value::from("filesystem")));
+    assert!(matches!(payload.get("request_id"), Some(Value::Int(_))));
+}
+
+#[tokio::test]
+async fn a_request_is_announced_with_the_id_its_client_gave_it() {
+    let daemon = TestDaemon::start();
+    let mut events = daemon.events().await;
+    let stream = UnixStream::connect(&daemon.socket).await.expect("connect");
+    let mut framed: Framed<UnixStream, FrameCodec<ServerMessage, ClientMessage>> =
+        Framed::new(stream, FrameCodec::new(1 << 20));
+    framed
+        .send(ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client: "events test".into(),
+        }))
+        .await
+        .expect("hello");
+    assert!(matches!(
+        framed.next().await,
+        Some(Ok(ServerMessage::Welcome(_)))
+    ));
+    let body = RequestBody::ListProcedures(ListProcedures::default());
+    let id = 4_242_424_242;
+    framed
+        .send(ClientMessage::Request(Request { id, body }))
+        .await
+        .expect("request");
+    let request = next_event(&mut events, |e| e.topic == "request.procedure.list").await;
     assert_eq!(
-        request.payload.as_map().and_then(|m| m.get("script_uri")),
-        Some(&Value::from(uri.as_str()))
+        request.payload.as_map().and_then(|m| m.get("request_id")),
+        Some(&Value::Int(id as i64))
     );
 }
 

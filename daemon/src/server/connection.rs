@@ -61,7 +61,7 @@ pub async fn serve(
                 return;
             }
         };
-        let result = api::dispatch(&services, &mut session, request.body).await;
+        let result = api::dispatch(&services, &mut session, request.id, request.body).await;
         let answer = ServerMessage::Response {
             id: request.id,
             result,

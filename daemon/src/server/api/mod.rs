@@ -15,26 +15,30 @@ use tracing::info;
 use crate::events::BusEvent;
 pub use handler::{Handler, Peer, Services, Session};
 
-/// Serves one request of any kind.
+/// Serves one request of any kind; `id` is the ID its client gave it.
 pub async fn dispatch(
     services: &Services,
     session: &mut Session,
+    id: u64,
     body: RequestBody,
 ) -> Result<ResponseBody, ProtocolError> {
     macro_rules! route {
         ($($name:ident),*) => {
             match body {
-                $( RequestBody::$name(request) => serve(services, session, request).await, )*
+                $( RequestBody::$name(request) => serve(services, session, id, request).await, )*
             }
         };
     }
     oet_protocol::for_each_request!(route)
 }
 
-/// Announces a request, logs who asked for a state-changing one, and serves it.
+/// Announces a request, logs who asked for a state-changing one, and serves it. The
+/// announcement carries the request's ID as `request_id` (as upstream's did), so that a
+/// client watching the events, such as the HTTP shim's stream, can tell its own requests.
 async fn serve<R: Handler>(
     services: &Services,
     session: &mut Session,
+    id: u64,
     request: R,
 ) -> Result<ResponseBody, ProtocolError> {
     let peer = session.peer;
@@ -43,6 +47,7 @@ async fn serve<R: Handler>(
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
         .collect();
+    payload.insert("request_id".into(), Value::from(id));
     if let Some(uid) = peer.uid {
         payload.insert("peer_uid".into(), Value::from(u64::from(uid)));
     }

@@ -1,6 +1,6 @@
 //! The procedure requests: create, start, stop, list and logs.
 
-use oet_protocol::view::function_args;
+use oet_protocol::view::{function_args, script};
 use oet_protocol::{
     CreateProcedure, GetLogs, ListProcedures, ProcedureLogs, ProcedureSummary, ProtocolError,
     StartProcedure, StopProcedure, Value,
@@ -12,6 +12,7 @@ impl Handler for CreateProcedure {
     fn announce(&self) -> Vec<(&'static str, Value)> {
         vec![
             ("script_uri", Value::from(self.script.uri())),
+            ("script", script(&self.script)),
             ("init_args", function_args(&self.init_args)),
         ]
     }
