@@ -1,0 +1,180 @@
+//! `/procedures`: list, describe, create (answering once the procedure is READY), start
+//! and stop — upstream's semantics over oetd's requests.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use oet_protocol::{
+    topics, view, CreateProcedure, ListProcedures, ProcedureState, ProcedureSummary, Role,
+    StartProcedure, StopProcedure,
+};
+use serde_json::{json, Value as Json};
+use tracing::warn;
+
+use super::{id_segment, with_uri, AppState, Base};
+use crate::auth::Caller;
+use crate::body::{self, ProcedurePost};
+use crate::error::{json_body, ApiError};
+use crate::oetd::Oetd;
+
+/// Upstream's 404 detail for a procedure ID.
+fn missing(shown: &str) -> Json {
+    Json::String(format!("No information available for PID={shown}"))
+}
+
+fn summary_json(base: &Base, summary: &ProcedureSummary) -> Json {
+    with_uri(view::procedure(summary), base.procedure(summary.id))
+}
+
+/// `GET /procedures`: every procedure oetd keeps in its list.
+pub async fn list(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    base: Base,
+) -> Result<Response, ApiError> {
+    let summaries = app
+        .oetd
+        .call(caller, ListProcedures::default(), None)
+        .await?;
+    let views = summaries.iter().map(|s| summary_json(&base, s)).collect();
+    Ok(json_body(&Json::Array(views)))
+}
+
+/// `GET /procedures/{id}`
+pub async fn get(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    base: Base,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let id = body::path_id(id_segment(&uri), "procedure_id")?;
+    let summary = describe(&app, caller, id).await?;
+    Ok(json_body(&summary_json(&base, &summary)))
+}
+
+/// One procedure's summary, or upstream's 404.
+async fn describe(
+    app: &AppState,
+    caller: Role,
+    id: Result<u64, String>,
+) -> Result<ProcedureSummary, ApiError> {
+    let id = id.map_err(|shown| ApiError::NotFound(missing(&shown)))?;
+    let shown = id.to_string();
+    let request = ListProcedures { ids: vec![id] };
+    let found = app
+        .oetd
+        .call(caller, request, Some(missing(&shown)))
+        .await?;
+    found
+        .into_iter()
+        .find(|summary| summary.id == id)
+        .ok_or_else(|| ApiError::NotFound(missing(&shown)))
+}
+
+/// `POST /procedures`: loads the script, and answers 201 with its summary once it is READY
+/// (or failed, or `oetd.ready_wait_secs` passed).
+pub async fn create(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    base: Base,
+    headers: HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
+    Oetd::allow(caller, Role::Operate, "creating a procedure")?;
+    let json = body::read_json(&headers, request, app.max_body, app.oetd.timeout()).await?;
+    let post = body::procedure_post(&json)?;
+    let summary = create_ready(&app, caller, post).await?;
+    Ok((
+        StatusCode::CREATED,
+        json_body(&summary_json(&base, &summary)),
+    )
+        .into_response())
+}
+
+async fn create_ready(
+    app: &AppState,
+    caller: Role,
+    post: ProcedurePost,
+) -> Result<ProcedureSummary, ApiError> {
+    let oetd = &app.oetd;
+    let _permit = oetd.permit(Role::Operate).await?;
+    // Subscribed before the procedure exists, so that no state change can slip by.
+    let mut events = oetd.subscribe(vec![topics::STATECHANGE.into()]).await?;
+    let mut client = oetd.connect().await?;
+    let request = CreateProcedure {
+        script: post.script,
+        init_args: post.init,
+    };
+    let created = oetd.call_on(&mut client, caller, request, None).await?;
+    let id = created.id;
+    let waiting = events.wait_for(&mut client, id, |state| state == ProcedureState::Ready);
+    match tokio::time::timeout(app.ready_wait, waiting).await {
+        Ok(Ok(summary)) => Ok(summary),
+        Ok(Err(err)) => {
+            warn!("procedure {id} was created, but following it failed: {err}");
+            Ok(created)
+        }
+        Err(_) => {
+            let now = ListProcedures { ids: vec![id] };
+            let found = oetd.call_on(&mut client, caller, now, None).await?;
+            Ok(found.into_iter().next().unwrap_or(created))
+        }
+    }
+}
+
+/// `PUT /procedures/{id}`: `RUNNING` starts `main`, `STOPPED` stops (and with `abort`, runs
+/// the abort script), no state changes nothing.
+pub async fn update(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    base: Base,
+    uri: Uri,
+    headers: HeaderMap,
+    request: Body,
+) -> Result<Response, ApiError> {
+    Oetd::allow(caller, Role::Operate, "changing a procedure")?;
+    let id = body::path_id(id_segment(&uri), "procedure_id")?;
+    let json = body::read_json(&headers, request, app.max_body, app.oetd.timeout()).await?;
+    let put = body::procedure_put(&json)?;
+    let summary = describe(&app, caller, id).await?;
+    let id = summary.id;
+    let shown = id.to_string();
+    match put.state {
+        None => Ok(json_body(&summary_json(&base, &summary))),
+        Some(ProcedureState::Running) => {
+            let start = StartProcedure {
+                id,
+                function: "main".into(),
+                args: put.main,
+            };
+            let started = app.oetd.call(caller, start, Some(missing(&shown))).await?;
+            Ok(json_body(&summary_json(&base, &started)))
+        }
+        Some(ProcedureState::Stopped) => {
+            let not_running = || format!("Cannot stop script with ID {id}: Script is not running");
+            let message = if summary.state != ProcedureState::Running {
+                not_running()
+            } else {
+                let stop = StopProcedure {
+                    id,
+                    run_abort: put.abort,
+                };
+                match app.oetd.call(caller, stop, Some(missing(&shown))).await {
+                    Ok(stopped) if stopped.len() > 1 => format!(
+                        "Successfully stopped script with ID {id} and aborted subarray activity"
+                    ),
+                    Ok(_) => format!("Successfully stopped script with ID {id}"),
+                    // It ended on its own between the look and the stop.
+                    Err(ApiError::Conflict(_)) => not_running(),
+                    Err(err) => return Err(err),
+                }
+            };
+            Ok(json_body(&json!({"abort_message": message})))
+        }
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "a procedure cannot be put into {other}: ask for RUNNING to start it or STOPPED to \
+             stop it"
+        ))),
+    }
+}
