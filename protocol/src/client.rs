@@ -65,10 +65,9 @@ impl Client {
             }))
             .await?;
         match transport.next().await {
-            Some(Ok(ServerMessage::Welcome(Welcome::Accepted { server, .. }))) => Ok(Client {
-                transport,
-                server,
-            }),
+            Some(Ok(ServerMessage::Welcome(Welcome::Accepted { server, .. }))) => {
+                Ok(Client { transport, server })
+            }
             Some(Ok(ServerMessage::Welcome(Welcome::Refused(err)))) => {
                 Err(ClientError::Refused(err.message))
             }

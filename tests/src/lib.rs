@@ -2,6 +2,7 @@
 //! directory, killed when the test ends; helpers to write scripts, talk to the daemon,
 //! run the real `oetctl`, and wait for processes to disappear.
 
+pub mod http;
 pub mod journal_capture;
 pub mod systemd_sandbox;
 

@@ -86,7 +86,10 @@ async fn requests_are_announced_on_the_bus() {
     let request = next_event(&mut events, |e| e.topic == "request.procedure.create").await;
     let payload = request.payload.as_map().expect("a map");
     assert_eq!(payload.get("script_uri"), Some(&Value::from(uri.as_str())));
-    let script = payload.get("script").and_then(Value::as_map).expect("script");
+    let script = payload
+        .get("script")
+        .and_then(Value::as_map)
+        .expect("script");
     assert_eq!(script.get("script_type"), Some(&Value::from("filesystem")));
     assert!(matches!(payload.get("request_id"), Some(Value::Int(_))));
 }
