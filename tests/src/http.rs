@@ -211,11 +211,12 @@ impl Api {
             Some(token) => response.bearer_auth(token),
             None => response,
         };
-        // No overall timeout: a stream lasts; each read below is bounded instead.
-        let response = response
-            .timeout(Duration::from_secs(24 * 3600))
-            .send()
+        // No timeout for the whole response: a stream lasts. Its opening, and each read
+        // below, is bounded instead.
+        let opening = response.timeout(Duration::from_secs(24 * 3600)).send();
+        let response = tokio::time::timeout(DEADLINE, opening)
             .await
+            .unwrap_or_else(|_| panic!("GET {url} did not answer within {DEADLINE:?}"))
             .expect("open /stream");
         assert_eq!(response.status().as_u16(), 200, "GET {url}");
         let content_type = response
