@@ -1,6 +1,6 @@
 //! The Debian package builds from the workspace's binaries and holds what an operator
-//! installs: both binaries, the units, sysusers/tmpfiles snippets, the configuration as a
-//! conffile, man pages, completions, and maintainer scripts that are valid shell.
+//! installs: the three binaries, the units, sysusers/tmpfiles snippets, the configurations
+//! as conffiles, man pages, completions, and maintainer scripts that are valid shell.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -52,13 +52,17 @@ fn the_debian_package_holds_what_an_operator_installs() {
     let expected = vec![
         "./usr/bin/oetd",
         "./usr/bin/oetctl",
+        "./usr/bin/oet-http",
         "./lib/systemd/system/oetd.service",
         "./lib/systemd/system/oetd.socket",
+        "./lib/systemd/system/oet-http.service",
         "./usr/lib/sysusers.d/oet.conf",
         "./usr/lib/tmpfiles.d/oet.conf",
         "./etc/oet/oetd.toml",
+        "./etc/oet/oet-http.toml",
         "./usr/share/man/man1/oetd.1.gz",
         "./usr/share/man/man1/oetctl.1.gz",
+        "./usr/share/man/man1/oet-http.1.gz",
         "./usr/share/bash-completion/completions/oetctl",
         "./usr/share/zsh/vendor-completions/_oetctl",
         "./usr/share/fish/vendor_completions.d/oetctl.fish",
@@ -84,11 +88,16 @@ fn the_debian_package_holds_what_an_operator_installs() {
         fs::read_to_string(u.join("DEBIAN/conffiles"))
             .unwrap()
             .trim(),
-        "/etc/oet/oetd.toml"
+        "/etc/oet/oetd.toml\n/etc/oet/oet-http.toml"
     );
     for (shipped, source) in [
         ("lib/systemd/system/oetd.service", "systemd/oetd.service"),
         ("lib/systemd/system/oetd.socket", "systemd/oetd.socket"),
+        (
+            "lib/systemd/system/oet-http.service",
+            "systemd/oet-http.service",
+        ),
+        ("etc/oet/oet-http.toml", "config/oet-http.toml"),
         ("usr/lib/sysusers.d/oet.conf", "systemd/sysusers.d/oet.conf"),
         ("usr/lib/tmpfiles.d/oet.conf", "systemd/tmpfiles.d/oet.conf"),
     ] {
@@ -107,9 +116,18 @@ fn the_debian_package_holds_what_an_operator_installs() {
     for step in ["systemd-sysusers", "systemd-tmpfiles", "enable oetd.socket"] {
         assert!(postinst.contains(step), "postinst lacks {step}");
     }
-    // The shipped configuration is one oetd accepts.
+    // The shipped configurations are ones oetd and oet-http accept.
     run(Command::new(u.join("usr/bin/oetd"))
         .arg("--check-config")
         .arg("--config")
         .arg(u.join("etc/oet/oetd.toml")));
+    run(Command::new(u.join("usr/bin/oet-http"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(u.join("etc/oet/oet-http.toml")));
+    let man = run(Command::new("sh").arg("-c").arg(format!(
+        "gzip -dc {} | grep -c oetd",
+        u.join("usr/share/man/man1/oet-http.1.gz").display()
+    )));
+    assert_ne!(man.trim(), "0", "oet-http(1) says how it reaches oetd");
 }

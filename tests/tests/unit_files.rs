@@ -1,5 +1,6 @@
-//! The shipped systemd files are valid: `systemd-analyze verify` is silent on the units, and
-//! `systemd-sysusers` / `systemd-tmpfiles` apply the snippets to a scratch root.
+//! The shipped systemd files are valid: `systemd-analyze verify` is silent on the units
+//! (oetd's and the HTTP shim's), and `systemd-sysusers` / `systemd-tmpfiles` apply the
+//! snippets to a scratch root.
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
@@ -45,10 +46,10 @@ fn scratch_root() -> tempfile::TempDir {
         .arg(r.join("usr/lib/systemd/system")));
     assert!(ok, "copy the standard units: {out}");
     // Stand-ins for the executables the unit runs; verify checks they exist.
-    for exe in ["oetd", "kill"] {
+    for exe in ["oetd", "oet-http", "kill"] {
         fs::copy("/bin/true", r.join("usr/bin").join(exe)).unwrap();
     }
-    for unit in ["oetd.service", "oetd.socket"] {
+    for unit in ["oetd.service", "oetd.socket", "oet-http.service"] {
         fs::copy(
             repo().join("systemd").join(unit),
             r.join("etc/systemd/system").join(unit),
@@ -70,7 +71,7 @@ fn systemd_analyze_verify_is_clean() {
         // man pages are installed by the package, not present in the scratch root
         .arg("--man=no")
         .arg(format!("--root={}", root.path().display()))
-        .args(["oetd.service", "oetd.socket"]));
+        .args(["oetd.service", "oetd.socket", "oet-http.service"]));
     assert!(
         ok && out.trim().is_empty(),
         "systemd-analyze verify:\n{out}"
