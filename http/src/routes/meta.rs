@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use oet_protocol::Role;
 use serde_json::json;
 
 use super::AppState;
@@ -11,6 +12,7 @@ use crate::error::{json_body, ApiError};
 
 /// `GET /health`: 200 with oetd's name when oetd completes a handshake, else 503.
 pub async fn health(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let _permit = app.oetd.permit(Role::Read).await?;
     let client = app.oetd.connect().await?;
     Ok(json_body(&json!({"status": "ok", "oetd": client.server()})))
 }

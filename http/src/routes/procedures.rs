@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use oet_protocol::{
-    topics, view, CreateProcedure, ListProcedures, ProcedureState, ProcedureSummary, Role,
+    topics, view, Client, CreateProcedure, ListProcedures, ProcedureState, ProcedureSummary, Role,
     StartProcedure, StopProcedure,
 };
 use serde_json::{json, Value as Json};
@@ -49,23 +49,34 @@ pub async fn get(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let id = body::path_id(id_segment(&uri), "procedure_id")?;
-    let summary = describe(&app, caller, id).await?;
+    let summary = describe(&app, caller, id, None).await?;
     Ok(json_body(&summary_json(&base, &summary)))
 }
 
-/// One procedure's summary, or upstream's 404.
+/// One procedure's summary, or upstream's 404: asked on `client` when one is given (an
+/// operation's own connection, so that reads queued by others cannot hold it up),
+/// otherwise on a reading connection of its own.
 async fn describe(
     app: &AppState,
     caller: Role,
     id: Result<u64, String>,
+    client: Option<&mut Client>,
 ) -> Result<ProcedureSummary, ApiError> {
     let id = id.map_err(|shown| ApiError::NotFound(missing(&shown)))?;
     let shown = id.to_string();
     let request = ListProcedures { ids: vec![id] };
-    let found = app
-        .oetd
-        .call(caller, request, Some(missing(&shown)))
-        .await?;
+    let found = match client {
+        Some(client) => {
+            app.oetd
+                .call_on(client, caller, request, Some(missing(&shown)))
+                .await?
+        }
+        None => {
+            app.oetd
+                .call(caller, request, Some(missing(&shown)))
+                .await?
+        }
+    };
     found
         .into_iter()
         .find(|summary| summary.id == id)
@@ -137,7 +148,10 @@ pub async fn update(
     let id = body::path_id(id_segment(&uri), "procedure_id")?;
     let json = body::read_json(&headers, request, app.max_body, app.oetd.timeout()).await?;
     let put = body::procedure_put(&json)?;
-    let summary = describe(&app, caller, id).await?;
+    let oetd = &app.oetd;
+    let _permit = oetd.permit(Role::Operate).await?;
+    let mut client = oetd.connect().await?;
+    let summary = describe(&app, caller, id, Some(&mut client)).await?;
     let id = summary.id;
     let shown = id.to_string();
     match put.state {
@@ -148,7 +162,9 @@ pub async fn update(
                 function: "main".into(),
                 args: put.main,
             };
-            let started = app.oetd.call(caller, start, Some(missing(&shown))).await?;
+            let started = oetd
+                .call_on(&mut client, caller, start, Some(missing(&shown)))
+                .await?;
             Ok(json_body(&summary_json(&base, &started)))
         }
         Some(ProcedureState::Stopped) => {
@@ -160,7 +176,10 @@ pub async fn update(
                     id,
                     run_abort: put.abort,
                 };
-                match app.oetd.call(caller, stop, Some(missing(&shown))).await {
+                match oetd
+                    .call_on(&mut client, caller, stop, Some(missing(&shown)))
+                    .await
+                {
                     Ok(stopped) if stopped.len() > 1 => format!(
                         "Successfully stopped script with ID {id} and aborted subarray activity"
                     ),
