@@ -219,12 +219,7 @@ impl Api {
             .unwrap_or_else(|_| panic!("GET {url} did not answer within {DEADLINE:?}"))
             .expect("open /stream");
         assert_eq!(response.status().as_u16(), 200, "GET {url}");
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let content_type = content_type(&response);
         assert!(
             content_type.starts_with("text/event-stream"),
             "{content_type}"
@@ -243,12 +238,7 @@ impl Api {
 async fn answer(request: reqwest::RequestBuilder) -> Answer {
     let response = request.send().await.expect("HTTP request");
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type = content_type(&response);
     let text = response.text().await.expect("HTTP body");
     let json = serde_json::from_str(&text).unwrap_or(Json::Null);
     Answer {
@@ -257,6 +247,15 @@ async fn answer(request: reqwest::RequestBuilder) -> Answer {
         json,
         text,
     }
+}
+
+fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// One server-sent message.

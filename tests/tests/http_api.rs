@@ -6,63 +6,129 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use oet_tests::http::{conforms, names_field, upstream_openapi, Answer, Api, TestShim, PREFIX};
+use oet_tests::http::{
+    conforms, names_field, oet_http_bin, upstream_openapi, Answer, Api, SseStream, TestShim, PREFIX,
+};
 use oet_tests::TestDaemon;
 use serde_json::{json, Value as Json};
 
-/// Both OpenAPI documents, to check answers against.
-struct Documents {
+/// A client of the shim whose every answer is checked against both OpenAPI documents.
+struct Checked<'a> {
+    shim: &'a TestShim,
+    api: Api,
     upstream: Json,
     ours: Json,
 }
 
-impl Documents {
-    async fn of(shim: &TestShim) -> Documents {
+impl<'a> Checked<'a> {
+    async fn new(shim: &'a TestShim, token: Option<&str>) -> Checked<'a> {
         let ours = Api::default().get(&shim.url("/openapi.json")).await;
         assert_eq!(ours.status, 200);
-        Documents {
+        Checked {
+            shim,
+            api: Api::new(token),
             upstream: upstream_openapi(),
             ours: ours.json,
         }
     }
 
-    /// Checks an answer to `method` on `path` (below the prefix, as the documents write
-    /// it) against the shim's document, and against upstream's wherever upstream
-    /// documents that status; returns the answer for more checks.
-    fn check(&self, answer: Answer, method: &str, path: &str) -> Answer {
-        let template = format!("{PREFIX}{path}");
+    async fn get(&self, path: &str) -> Answer {
+        self.check("get", path, self.api.get(&self.shim.url(path)).await)
+    }
+
+    async fn post(&self, path: &str, body: &Json) -> Answer {
+        self.check(
+            "post",
+            path,
+            self.api.post(&self.shim.url(path), body).await,
+        )
+    }
+
+    async fn put(&self, path: &str, body: &Json) -> Answer {
+        self.check("put", path, self.api.put(&self.shim.url(path), body).await)
+    }
+
+    /// A request built by `build`, checked as `method` on `path`.
+    async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Answer {
+        let name = method.as_str().to_ascii_lowercase();
+        let answer = self.api.raw(method, &self.shim.url(path), build).await;
+        self.check(&name, path, answer)
+    }
+
+    async fn stream(&self) -> SseStream {
+        self.api.stream(&self.shim.url("/stream")).await
+    }
+
+    /// Creates a procedure of `uri` with `subarray_id`, answering its summary.
+    async fn create(&self, uri: &str, subarray_id: i64) -> Json {
+        let body = json!({
+            "script": {"script_type": "filesystem", "script_uri": uri},
+            "script_args": {"init": {"args": [], "kwargs": {"subarray_id": subarray_id}}},
+        });
+        let created = self.post("/procedures/", &body).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        created.json
+    }
+
+    /// Creates a procedure of `uri` and starts its `main`, answering its ID.
+    async fn running(&self, uri: &str, subarray_id: i64) -> u64 {
+        let id = self.create(uri, subarray_id).await["id"]
+            .as_u64()
+            .expect("an id");
+        let run = json!({"state": "RUNNING", "script_args": {"main": {"args": [], "kwargs": {}}}});
+        let started = self.put(&format!("/procedures/{id}"), &run).await;
+        assert_eq!(started.status, 200, "{}", started.text);
+        id
+    }
+
+    /// Checks an answer to `method` on `path` (below the prefix) against upstream's
+    /// document wherever it describes the endpoint, and against the shim's own.
+    fn check(&self, method: &str, path: &str, answer: Answer) -> Answer {
+        let template = format!("{PREFIX}{}", template(path));
         assert!(
             answer.content_type.starts_with("application/json"),
             "{method} {path}: content type {:?}",
             answer.content_type
         );
         let upstream = &self.upstream["paths"][&template][method];
+        let status = answer.status;
         if upstream.is_null() {
             // An endpoint of the shim's own (health, the document).
-        } else if !upstream["responses"][answer.status.to_string()].is_null() {
-            if let Err(err) = conforms(
-                &self.upstream,
-                &template,
-                method,
-                answer.status,
-                &answer.json,
-            ) {
+        } else if !upstream["responses"][status.to_string()].is_null() {
+            if let Err(err) = conforms(&self.upstream, &template, method, status, &answer.json) {
                 panic!("against the original OET's document: {err}");
             }
         } else {
             // Upstream's document lists its successes and 422 only; its other errors were
             // FastAPI's HTTPException: {"detail": ...}.
             assert!(
-                answer.status >= 400 && answer.json.get("detail").is_some(),
-                "{method} {path}: the original OET's document has no {} answer like {}",
-                answer.status,
+                status >= 400 && answer.json.get("detail").is_some(),
+                "{method} {path}: the original OET's document has no {status} answer like {}",
                 answer.text
             );
         }
-        if let Err(err) = conforms(&self.ours, &template, method, answer.status, &answer.json) {
+        if let Err(err) = conforms(&self.ours, &template, method, status, &answer.json) {
             panic!("against the shim's own document: {err}");
         }
         answer
+    }
+}
+
+/// The documents' path for a concrete one: `/procedures/7/` is `/procedures/{procedure_id}`,
+/// `/procedures` is `/procedures/`.
+fn template(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["procedures"] => "/procedures/".into(),
+        ["activities"] => "/activities/".into(),
+        ["procedures", _] => "/procedures/{procedure_id}".into(),
+        ["activities", _] => "/activities/{activity_id}".into(),
+        _ => path.trim_end_matches('/').into(),
     }
 }
 
@@ -106,13 +172,6 @@ fn states(summary: &Json) -> Vec<&str> {
         .collect()
 }
 
-fn post_script(uri: &str, subarray_id: i64) -> Json {
-    json!({
-        "script": {"script_type": "filesystem", "script_uri": uri},
-        "script_args": {"init": {"args": [], "kwargs": {"subarray_id": subarray_id}}},
-    })
-}
-
 #[tokio::test]
 async fn the_original_workflow_over_http() {
     let scripts = tempfile::tempdir().expect("temp dir");
@@ -120,25 +179,15 @@ async fn the_original_workflow_over_http() {
     std::fs::write(&abort, ABORT).expect("abort script");
     let daemon = TestDaemon::start_with(&format!("abort_script = \"file://{}\"", abort.display()));
     let shim = TestShim::start(&daemon.socket);
-    let docs = Documents::of(&shim).await;
-    let api = Api::default();
-    let mut stream = api.stream(&shim.url("/stream")).await;
+    let http = Checked::new(&shim, None).await;
+    let mut stream = http.stream().await;
 
     // Create: 201 and a READY summary in upstream's shape.
     let uri = daemon.script("observation.py", OBSERVATION);
-    let created = docs.check(
-        api.post(&shim.url("/procedures/"), &post_script(&uri, 1))
-            .await,
-        "post",
-        "/procedures/",
-    );
-    assert_eq!(created.status, 201, "{}", created.text);
-    let summary = &created.json;
+    let summary = http.create(&uri, 1).await;
     let id = summary["id"].as_u64().expect("an id");
-    assert_eq!(
-        summary["uri"],
-        json!(shim.url(&format!("/procedures/{id}")))
-    );
+    let path = format!("/procedures/{id}");
+    assert_eq!(summary["uri"], json!(shim.url(&path)));
     assert_eq!(summary["state"], "READY", "{summary:#}");
     assert_eq!(
         summary["script"],
@@ -149,7 +198,7 @@ async fn the_original_workflow_over_http() {
         json!({"args": [], "kwargs": {"subarray_id": 1}})
     );
     assert_eq!(
-        states(summary),
+        states(&summary),
         [
             "CREATING",
             "IDLE",
@@ -162,25 +211,17 @@ async fn the_original_workflow_over_http() {
     assert_eq!(summary["history"]["stacktrace"], Json::Null);
 
     // Listed, with and without upstream's trailing slash.
-    for path in ["/procedures/", "/procedures"] {
-        let listed = docs.check(api.get(&shim.url(path)).await, "get", "/procedures/");
+    for list in ["/procedures/", "/procedures"] {
+        let listed = http.get(list).await;
         assert_eq!(listed.status, 200);
-        assert!(listed
-            .json
-            .as_array()
-            .expect("a list")
-            .iter()
-            .any(|p| p["id"] == id));
+        let procedures = listed.json.as_array().expect("a list");
+        assert!(procedures.iter().any(|p| p["id"] == id));
     }
 
     // Start: RUNNING, then COMPLETE as GET sees it.
-    let start = json!({"state": "RUNNING", "script_args": {"main": {"args": [], "kwargs": {"target": "M83", "scans": 2}}}});
-    let started = docs.check(
-        api.put(&shim.url(&format!("/procedures/{id}")), &start)
-            .await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    let start = json!({"state": "RUNNING",
+                       "script_args": {"main": {"args": [], "kwargs": {"target": "M83", "scans": 2}}}});
+    let started = http.put(&path, &start).await;
     assert_eq!(started.status, 200, "{}", started.text);
     assert_eq!(started.json["id"], id);
     assert!(matches!(
@@ -195,11 +236,7 @@ async fn the_original_workflow_over_http() {
                 && e["new_state"] == "COMPLETE"
         })
         .await;
-    let done = docs.check(
-        api.get(&shim.url(&format!("/procedures/{id}/"))).await,
-        "get",
-        "/procedures/{procedure_id}",
-    );
+    let done = http.get(&format!("{path}/")).await;
     assert_eq!(done.status, 200);
     assert_eq!(done.json["state"], "COMPLETE");
     assert_eq!(states(&done.json)[6..], ["RUNNING", "COMPLETE"]);
@@ -209,126 +246,59 @@ async fn the_original_workflow_over_http() {
     );
 
     // Starting it again is refused with the reason.
-    let again = docs.check(
-        api.put(&shim.url(&format!("/procedures/{id}")), &start)
-            .await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    let again = http.put(&path, &start).await;
     assert_eq!(again.status, 409, "{}", again.text);
-    assert!(
-        again.json["detail"]
-            .as_str()
-            .expect("a reason")
-            .contains("COMPLETE"),
-        "{}",
-        again.text
-    );
+    let reason = again.json["detail"].as_str().expect("a reason");
+    assert!(reason.contains("COMPLETE"), "{reason}");
 
     // No state changes nothing; a state that cannot be asked for is refused.
-    let same = docs.check(
-        api.put(&shim.url(&format!("/procedures/{id}")), &json!({}))
-            .await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    let same = http.put(&path, &json!({})).await;
     assert_eq!(
         (same.status, &same.json["state"]),
         (200, &json!("COMPLETE"))
     );
-    let ready = docs.check(
-        api.put(
-            &shim.url(&format!("/procedures/{id}")),
-            &json!({"state": "READY"}),
-        )
-        .await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    let ready = http.put(&path, &json!({"state": "READY"})).await;
     assert_eq!(ready.status, 400, "{}", ready.text);
 
     // Stop a looping script: the abort message, and STOPPED.
     let looping = daemon.script("looping.py", LOOPING);
-    let created = docs.check(
-        api.post(&shim.url("/procedures/"), &post_script(&looping, 3))
-            .await,
-        "post",
-        "/procedures/",
-    );
-    let looping_id = created.json["id"].as_u64().expect("an id");
-    let url = shim.url(&format!("/procedures/{looping_id}"));
-    let run = json!({"state": "RUNNING", "script_args": {"main": {"args": [], "kwargs": {}}}});
-    assert_eq!(
-        docs.check(
-            api.put(&url, &run).await,
-            "put",
-            "/procedures/{procedure_id}"
-        )
-        .status,
-        200
-    );
-    let stop = docs.check(
-        api.put(&url, &json!({"state": "STOPPED", "abort": false}))
-            .await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    let looping_id = http.running(&looping, 3).await;
+    let path = format!("/procedures/{looping_id}");
+    let stop = http
+        .put(&path, &json!({"state": "STOPPED", "abort": false}))
+        .await;
     assert_eq!(stop.status, 200);
     assert_eq!(
         stop.json,
         json!({"abort_message": format!("Successfully stopped script with ID {looping_id}")})
     );
-    let stopped = docs.check(api.get(&url).await, "get", "/procedures/{procedure_id}");
-    assert_eq!(stopped.json["state"], "STOPPED");
-    let not_running = docs.check(
-        api.put(&url, &json!({"state": "STOPPED"})).await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    assert_eq!(http.get(&path).await.json["state"], "STOPPED");
+    let not_running = http.put(&path, &json!({"state": "STOPPED"})).await;
     assert_eq!(
         not_running.json,
         json!({"abort_message": format!("Cannot stop script with ID {looping_id}: Script is not running")})
     );
 
     // Stop with abort: the abort script runs for the stopped procedure's subarray.
-    let created = docs.check(
-        api.post(&shim.url("/procedures/"), &post_script(&looping, 3))
-            .await,
-        "post",
-        "/procedures/",
-    );
-    let aborted_id = created.json["id"].as_u64().expect("an id");
-    let url = shim.url(&format!("/procedures/{aborted_id}"));
-    assert_eq!(
-        docs.check(
-            api.put(&url, &run).await,
-            "put",
-            "/procedures/{procedure_id}"
+    let aborted_id = http.running(&looping, 3).await;
+    let stop = http
+        .put(
+            &format!("/procedures/{aborted_id}"),
+            &json!({"state": "STOPPED", "abort": true}),
         )
-        .status,
-        200
-    );
-    let stop = docs.check(
-        api.put(&url, &json!({"state": "STOPPED", "abort": true}))
-            .await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+        .await;
     assert_eq!(
         stop.json,
         json!({"abort_message": format!("Successfully stopped script with ID {aborted_id} and aborted subarray activity")})
     );
-    let all = docs.check(
-        api.get(&shim.url("/procedures/")).await,
-        "get",
-        "/procedures/",
-    );
+    let all = http.get("/procedures/").await;
+    let abort_uri = json!(format!("file://{}", abort.display()));
     let abort_procedure = all
         .json
         .as_array()
         .expect("a list")
         .iter()
-        .find(|p| p["script"]["script_uri"] == json!(format!("file://{}", abort.display())))
+        .find(|p| p["script"]["script_uri"] == abort_uri)
         .expect("the abort procedure is listed");
     assert_eq!(
         abort_procedure["script_args"]["init"]["kwargs"],
@@ -336,24 +306,15 @@ async fn the_original_workflow_over_http() {
     );
 
     // An unknown ID: upstream's exact detail.
-    for path in ["/procedures/999999", "/procedures/-4", "/procedures/0"] {
-        let missing = docs.check(
-            api.get(&shim.url(path)).await,
-            "get",
-            "/procedures/{procedure_id}",
-        );
-        let shown = path.rsplit('/').next().expect("id");
+    for shown in ["999999", "-4", "0"] {
+        let missing = http.get(&format!("/procedures/{shown}")).await;
         assert_eq!(missing.status, 404);
         assert_eq!(
             missing.json,
             json!({"detail": format!("No information available for PID={shown}")})
         );
     }
-    let missing = docs.check(
-        api.put(&shim.url("/procedures/999999"), &start).await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    let missing = http.put("/procedures/999999", &start).await;
     assert_eq!(
         missing.json,
         json!({"detail": "No information available for PID=999999"})
@@ -364,13 +325,11 @@ async fn the_original_workflow_over_http() {
 async fn bad_requests_get_the_status_that_says_why() {
     let daemon = TestDaemon::start();
     let shim = TestShim::start_with(&daemon.socket, "[server]\nmax_body_bytes = 2048\n");
-    let docs = Documents::of(&shim).await;
-    let api = Api::default();
-    let url = shim.url("/procedures/");
+    let http = Checked::new(&shim, None).await;
 
     // 422 naming the field.
     let missing_uri = json!({"script": {"script_type": "filesystem"}});
-    let invalid = docs.check(api.post(&url, &missing_uri).await, "post", "/procedures/");
+    let invalid = http.post("/procedures/", &missing_uri).await;
     assert_eq!(invalid.status, 422);
     assert!(
         names_field(&invalid, &["script", "script_uri"]),
@@ -379,7 +338,7 @@ async fn bad_requests_get_the_status_that_says_why() {
     );
     let wrong_type = json!({"script": {"script_type": "filesystem", "script_uri": "file:///x.py"},
                             "script_args": {"init": {"args": {}, "kwargs": []}}});
-    let invalid = docs.check(api.post(&url, &wrong_type).await, "post", "/procedures/");
+    let invalid = http.post("/procedures/", &wrong_type).await;
     assert!(
         names_field(&invalid, &["script_args", "init", "args"]),
         "{}",
@@ -390,31 +349,19 @@ async fn bad_requests_get_the_status_that_says_why() {
         "{}",
         invalid.text
     );
-    let invalid = docs.check(
-        api.put(&shim.url("/procedures/1"), &json!({"state": "SLEEPING"}))
-            .await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    let invalid = http
+        .put("/procedures/1", &json!({"state": "SLEEPING"}))
+        .await;
     assert!(names_field(&invalid, &["state"]), "{}", invalid.text);
-    let not_json = docs.check(
-        api.raw(reqwest::Method::POST, &url, |r| {
+    let not_json = http
+        .raw(reqwest::Method::POST, "/procedures/", |r| {
             r.header("content-type", "application/json")
                 .body("{\"script\": ")
         })
-        .await,
-        "post",
-        "/procedures/",
-    );
-    assert_eq!(
-        (not_json.status, &not_json.json["detail"][0]["type"]),
-        (422, &json!("json_invalid"))
-    );
-    let bad_id = docs.check(
-        api.get(&shim.url("/procedures/one")).await,
-        "get",
-        "/procedures/{procedure_id}",
-    );
+        .await;
+    assert_eq!(not_json.status, 422);
+    assert_eq!(not_json.json["detail"][0]["type"], "json_invalid");
+    let bad_id = http.get("/procedures/one").await;
     assert_eq!(bad_id.status, 422);
     assert_eq!(
         bad_id.json["detail"][0]["loc"],
@@ -422,82 +369,55 @@ async fn bad_requests_get_the_status_that_says_why() {
     );
 
     // 415 for a body not sent as JSON (a web page elsewhere could send that unasked).
-    let form = docs.check(
-        api.raw(reqwest::Method::POST, &url, |r| {
+    let form = http
+        .raw(reqwest::Method::POST, "/procedures/", |r| {
             r.header("content-type", "text/plain")
                 .body(missing_uri.to_string())
         })
-        .await,
-        "post",
-        "/procedures/",
-    );
+        .await;
     assert_eq!(form.status, 415);
 
     // 413 for a body over the limit, whether its length is announced or not.
     let big = json!({"script": {"script_type": "filesystem", "script_uri": "file:///x.py"},
-                     "script_args": {"init": {"args": ["x".repeat(4096)]}}});
+                     "script_args": {"init": {"args": ["x".repeat(4096)]}}})
+    .to_string();
     assert_eq!(
-        docs.check(api.post(&url, &big).await, "post", "/procedures/")
+        http.post("/procedures/", &serde_json::from_str(&big).expect("JSON"))
+            .await
             .status,
         413
     );
-    let chunks: Vec<Result<String, std::io::Error>> = vec![
-        Ok(big.to_string()[..1500].into()),
-        Ok(big.to_string()[1500..].into()),
-    ];
-    let chunked = docs.check(
-        api.raw(reqwest::Method::POST, &url, |r| {
+    let chunks: Vec<Result<String, std::io::Error>> =
+        vec![Ok(big[..1500].into()), Ok(big[1500..].into())];
+    let chunked = http
+        .raw(reqwest::Method::POST, "/procedures/", |r| {
             r.header("content-type", "application/json")
                 .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         })
-        .await,
-        "post",
-        "/procedures/",
-    );
+        .await;
     assert_eq!(chunked.status, 413);
 
     // 400: oetd refuses the script, saying why.
-    let refused = docs.check(
-        api.post(
-            &url,
-            &json!({"script": {"script_type": "filesystem", "script_uri": "/no/scheme.py"}}),
-        )
-        .await,
-        "post",
-        "/procedures/",
-    );
+    let no_scheme = json!({"script": {"script_type": "filesystem", "script_uri": "/no/scheme.py"}});
+    let refused = http.post("/procedures/", &no_scheme).await;
     assert_eq!(refused.status, 400, "{}", refused.text);
-    assert!(
-        refused.json["detail"]
-            .as_str()
-            .expect("a reason")
-            .contains("/no/scheme.py"),
-        "{}",
-        refused.text
-    );
+    let reason = refused.json["detail"].as_str().expect("a reason");
+    assert!(reason.contains("/no/scheme.py"), "{reason}");
 
     // An unknown SBD or activity: 404 with oetd's reason; an unknown activity ID:
     // upstream's detail object.
     let run = json!({"sbd_id": "sbd-none-1", "activity_name": "observe"});
-    let unknown = docs.check(
-        api.post(&shim.url("/activities/"), &run).await,
-        "post",
-        "/activities/",
-    );
+    let unknown = http.post("/activities/", &run).await;
     assert_eq!(unknown.status, 404, "{}", unknown.text);
-    let unknown = docs.check(
-        api.get(&shim.url("/activities/77")).await,
-        "get",
-        "/activities/{activity_id}",
-    );
+    let unknown = http.get("/activities/77").await;
     assert_eq!(
         unknown.json,
         json!({"detail": {"type": "ResourceNotFound", "Message": "No information available for ID=77"}})
     );
 
     // A Host header the shim was not given (DNS rebinding) is refused.
-    let rebound = api
-        .raw(reqwest::Method::GET, &url, |r| {
+    let rebound = http
+        .raw(reqwest::Method::GET, "/procedures/", |r| {
             r.header("host", "attacker.example.com")
         })
         .await;
@@ -509,7 +429,10 @@ async fn bad_requests_get_the_status_that_says_why() {
     );
 
     // A method the path does not have.
-    let delete = api.raw(reqwest::Method::DELETE, &url, |r| r).await;
+    let delete = http
+        .api
+        .raw(reqwest::Method::DELETE, &shim.url("/procedures/"), |r| r)
+        .await;
     assert_eq!(
         (delete.status, delete.json),
         (405, json!({"detail": "Method Not Allowed"}))
@@ -520,34 +443,21 @@ async fn bad_requests_get_the_status_that_says_why() {
 async fn without_oetd_the_api_answers_503_and_health_says_so() {
     let dir = tempfile::tempdir().expect("temp dir");
     let shim = TestShim::start(&dir.path().join("no-oetd.sock"));
-    let docs = Documents::of(&shim).await;
-    let api = Api::default();
-    let listed = docs.check(
-        api.get(&shim.url("/procedures/")).await,
-        "get",
-        "/procedures/",
-    );
+    let http = Checked::new(&shim, None).await;
+    let listed = http.get("/procedures/").await;
     assert_eq!(listed.status, 503);
-    assert!(
-        listed.json["detail"]
-            .as_str()
-            .expect("a reason")
-            .contains("no-oetd.sock"),
-        "{}",
-        listed.text
-    );
-    let health = docs.check(api.get(&shim.url("/health")).await, "get", "/health");
-    assert_eq!(health.status, 503);
+    let reason = listed.json["detail"].as_str().expect("a reason");
+    assert!(reason.contains("no-oetd.sock"), "{reason}");
+    assert_eq!(http.get("/health").await.status, 503);
 
-    // Once oetd is there, the same shim serves.
+    // With an oetd, a shim is healthy.
     let daemon = TestDaemon::start();
     let shim = TestShim::start(&daemon.socket);
-    let health = docs.check(api.get(&shim.url("/health")).await, "get", "/health");
+    let http = Checked::new(&shim, None).await;
+    let health = http.get("/health").await;
     assert_eq!(health.status, 200);
-    assert!(health.json["oetd"]
-        .as_str()
-        .expect("oetd's name")
-        .starts_with("oetd "));
+    let oetd = health.json["oetd"].as_str().expect("oetd's name");
+    assert!(oetd.starts_with("oetd "), "{oetd}");
 }
 
 const READ_TOKEN: &str = "read-0123456789abcdef";
@@ -569,79 +479,57 @@ async fn tokens_decide_who_may_read_and_who_may_operate() {
         &format!("# role per token\n{READ_TOKEN} read\n{OPERATE_TOKEN} operate\n"),
         0o600,
     );
-    let shim = TestShim::start_with(
-        &daemon.socket,
-        &format!("[auth]\ntokens_file = {:?}\n", tokens),
-    );
-    let docs = Documents::of(&shim).await;
-    assert_eq!(docs.ours["security"], json!([{"bearerAuth": []}]));
+    let config = format!("[auth]\ntokens_file = {tokens:?}\n");
+    let shim = TestShim::start_with(&daemon.socket, &config);
     let uri = daemon.script("observation.py", OBSERVATION);
-    let body = post_script(&uri, 1);
-    let url = shim.url("/procedures/");
+    let body = json!({"script": {"script_type": "filesystem", "script_uri": uri}});
 
     // No token, or an unknown one: 401, saying how to authenticate.
-    for api in [Api::default(), Api::new(Some("not-a-token-0123456789"))] {
-        for answer in [api.get(&url).await, api.post(&url, &body).await] {
-            assert_eq!(answer.status, 401, "{}", answer.text);
-        }
-        let raw = api
+    for token in [None, Some("not-a-token-0123456789")] {
+        let anyone = Checked::new(&shim, token).await;
+        assert_eq!(anyone.ours["security"], json!([{"bearerAuth": []}]));
+        assert_eq!(anyone.get("/procedures/").await.status, 401);
+        assert_eq!(anyone.post("/procedures/", &body).await.status, 401);
+        let stream = anyone
+            .api
             .raw(reqwest::Method::GET, &shim.url("/stream"), |r| r)
             .await;
-        assert_eq!(raw.status, 401);
+        assert_eq!(stream.status, 401);
+        // Health and the document need no token.
+        assert_eq!(anyone.get("/health").await.status, 200);
     }
-    let unauthenticated = Api::default().raw(reqwest::Method::GET, &url, |r| r).await;
-    docs.check(unauthenticated, "get", "/procedures/");
 
     // A read token reads, and may not create or start.
-    let reader = Api::new(Some(READ_TOKEN));
-    assert_eq!(
-        docs.check(reader.get(&url).await, "get", "/procedures/")
-            .status,
-        200
-    );
-    let refused = docs.check(reader.post(&url, &body).await, "post", "/procedures/");
+    let reader = Checked::new(&shim, Some(READ_TOKEN)).await;
+    assert_eq!(reader.get("/procedures/").await.status, 200);
+    let refused = reader.post("/procedures/", &body).await;
     assert_eq!(refused.status, 403, "{}", refused.text);
     assert!(refused.text.contains("operate"), "{}", refused.text);
-    reader.stream(&shim.url("/stream")).await;
+    reader.stream().await;
 
     // An operate token creates; a read token still cannot start what it created.
-    let operator = Api::new(Some(OPERATE_TOKEN));
-    let created = docs.check(operator.post(&url, &body).await, "post", "/procedures/");
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.json["id"].as_u64().expect("an id");
-    let start = json!({"state": "RUNNING"});
-    let refused = docs.check(
-        reader
-            .put(&shim.url(&format!("/procedures/{id}")), &start)
-            .await,
-        "put",
-        "/procedures/{procedure_id}",
-    );
+    let operator = Checked::new(&shim, Some(OPERATE_TOKEN)).await;
+    let id = operator.create(&uri, 1).await["id"]
+        .as_u64()
+        .expect("an id");
+    let path = format!("/procedures/{id}");
+    let refused = reader.put(&path, &json!({"state": "RUNNING"})).await;
     assert_eq!(refused.status, 403);
-    let listed = docs.check(
-        reader.get(&shim.url(&format!("/procedures/{id}"))).await,
-        "get",
-        "/procedures/{procedure_id}",
-    );
+    let unchanged = reader.get(&path).await;
     assert_eq!(
-        listed.json["state"], "READY",
+        unchanged.json["state"], "READY",
         "the refused start changed nothing"
     );
 
-    // Health and the document need no token.
-    assert_eq!(Api::default().get(&shim.url("/health")).await.status, 200);
-
     // A token added to the file works after SIGHUP.
     let added = "added-0123456789abcdef";
-    std::fs::write(
-        &tokens,
-        format!("{READ_TOKEN} read\n{OPERATE_TOKEN} operate\n{added} read\n"),
-    )
-    .expect("rewrite");
+    let text = format!("{READ_TOKEN} read\n{OPERATE_TOKEN} operate\n{added} read\n");
+    std::fs::write(&tokens, text).expect("rewrite");
     shim.signal(libc::SIGHUP);
     shim.log_line("re-read the tokens file")
         .expect("the shim re-reads its tokens");
-    assert_eq!(Api::new(Some(added)).get(&url).await.status, 200);
+    let newcomer = Checked::new(&shim, Some(added)).await;
+    assert_eq!(newcomer.get("/procedures/").await.status, 200);
 }
 
 #[test]
@@ -650,7 +538,7 @@ fn a_tokens_file_others_may_read_is_refused() {
     let tokens = tokens_file(dir.path(), &format!("{OPERATE_TOKEN} operate\n"), 0o644);
     let config = dir.path().join("oet-http.toml");
     std::fs::write(&config, format!("[auth]\ntokens_file = {tokens:?}\n")).expect("config");
-    let out = std::process::Command::new(oet_tests::http::oet_http_bin())
+    let out = std::process::Command::new(oet_http_bin())
         .arg("--config")
         .arg(&config)
         .arg("--check-config")
@@ -668,11 +556,12 @@ fn a_tokens_file_others_may_read_is_refused() {
 async fn an_activity_of_an_original_sbd_runs_to_completion_over_http() {
     let daemon = TestDaemon::start();
     let shim = TestShim::start(&daemon.socket);
-    let docs = Documents::of(&shim).await;
-    let api = Api::default();
+    let http = Checked::new(&shim, None).await;
     let script = daemon.script(
         "observe.py",
-        "def init(subarray_id):\n    pass\n\ndef main(*args, sb_json=None, sbi_id=None, **kwargs):\n    print(f'observing {sbi_id} from {sb_json}')\n",
+        "def init(subarray_id):\n    pass\n\n\
+         def main(*args, sb_json=None, sbi_id=None, **kwargs):\n    \
+         print(f'observing {sbi_id} from {sb_json}')\n",
     );
     let mut sbd: Json =
         serde_json::from_str(include_str!("../fixtures/sbd/low_sb_example.json")).expect("fixture");
@@ -683,28 +572,17 @@ async fn an_activity_of_an_original_sbd_runs_to_completion_over_http() {
         .await
         .expect("store the SBD");
 
-    let mut stream = api.stream(&shim.url("/stream")).await;
+    let mut stream = http.stream().await;
     let run = json!({"sbd_id": sbd_id, "activity_name": "observe",
                      "script_args": {"init": {"args": [], "kwargs": {"subarray_id": 2}}}});
-    let started = docs.check(
-        api.post(&shim.url("/activities/"), &run).await,
-        "post",
-        "/activities/",
-    );
+    let started = http.post("/activities/", &run).await;
     assert_eq!(started.status, 201, "{}", started.text);
     let summary = &started.json;
     let id = summary["id"].as_u64().expect("an activity id");
-    assert_eq!(
-        summary["uri"],
-        json!(shim.url(&format!("/activities/{id}")))
-    );
-    assert_eq!(
-        (
-            summary["sbd_id"].as_str(),
-            summary["activity_name"].as_str()
-        ),
-        (Some(sbd_id.as_str()), Some("observe"))
-    );
+    let path = format!("/activities/{id}");
+    assert_eq!(summary["uri"], json!(shim.url(&path)));
+    assert_eq!(summary["sbd_id"], json!(sbd_id));
+    assert_eq!(summary["activity_name"], "observe");
     assert_eq!(summary["prepare_only"], false);
     assert_eq!(summary["activity_states"][0][0], "REQUESTED");
     assert!(summary["sbi_id"].is_string(), "{summary:#}");
@@ -716,11 +594,7 @@ async fn an_activity_of_an_original_sbd_runs_to_completion_over_http() {
     stream
         .next_where(|e| e["topic"] == "activity.lifecycle.complete" && e["activity_id"] == id)
         .await;
-    let done = docs.check(
-        api.get(&shim.url(&format!("/activities/{id}"))).await,
-        "get",
-        "/activities/{activity_id}",
-    );
+    let done = http.get(&path).await;
     assert_eq!(done.json["state"], "COMPLETE", "{:#}", done.json);
     let states: Vec<&str> = done.json["activity_states"]
         .as_array()
@@ -730,27 +604,14 @@ async fn an_activity_of_an_original_sbd_runs_to_completion_over_http() {
         .collect();
     assert_eq!(states, ["REQUESTED", "PREPARED", "RUNNING", "COMPLETE"]);
     let procedure_id = done.json["procedure_id"].as_u64().expect("its procedure");
-    let procedure = docs.check(
-        api.get(&shim.url(&format!("/procedures/{procedure_id}")))
-            .await,
-        "get",
-        "/procedures/{procedure_id}",
-    );
+    let procedure = http.get(&format!("/procedures/{procedure_id}")).await;
     assert_eq!(procedure.json["state"], "COMPLETE");
     assert_eq!(procedure.json["script"]["script_uri"], json!(script));
     assert_eq!(
         procedure.json["script_args"]["main"]["kwargs"]["sbi_id"],
         done.json["sbi_id"]
     );
-    let listed = docs.check(
-        api.get(&shim.url("/activities")).await,
-        "get",
-        "/activities/",
-    );
-    assert!(listed
-        .json
-        .as_array()
-        .expect("a list")
-        .iter()
-        .any(|a| a["id"] == id));
+    let listed = http.get("/activities").await;
+    let activities = listed.json.as_array().expect("a list");
+    assert!(activities.iter().any(|a| a["id"] == id));
 }

@@ -5,6 +5,7 @@
 //! state, the `Host` check, and where a summary's `uri` points.
 
 mod activities;
+mod listed;
 mod meta;
 mod procedures;
 mod stream;
@@ -23,9 +24,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use bytes::Bytes;
-use serde_json::{json, Value as Json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use oet_protocol::{ActivitySummary, ProcedureSummary};
+
+use self::listed::{get, list};
 use crate::auth::{host_allowed, Auth};
 use crate::error::{json_body, ApiError};
 use crate::hub::Hub;
@@ -108,13 +112,18 @@ where
 pub fn table() -> Vec<Route> {
     use Verb::{Get, Post, Put};
     vec![
-        route("/procedures/", Get, "get_procedures", procedures::list),
+        route(
+            "/procedures/",
+            Get,
+            "get_procedures",
+            list::<ProcedureSummary>,
+        ),
         route("/procedures/", Post, "create_procedure", procedures::create),
         route(
             "/procedures/{procedure_id}",
             Get,
             "get_procedure",
-            procedures::get,
+            get::<ProcedureSummary>,
         ),
         route(
             "/procedures/{procedure_id}",
@@ -122,13 +131,18 @@ pub fn table() -> Vec<Route> {
             "update_procedure",
             procedures::update,
         ),
-        route("/activities/", Get, "get_activities", activities::list),
+        route(
+            "/activities/",
+            Get,
+            "get_activities",
+            list::<ActivitySummary>,
+        ),
         route("/activities/", Post, "run_activity", activities::run),
         route(
             "/activities/{activity_id}",
             Get,
             "get_activity",
-            activities::get,
+            get::<ActivitySummary>,
         ),
         route("/stream", Get, "stream", stream::stream),
         route("/openapi.json", Get, "openapi", meta::openapi),
@@ -228,20 +242,12 @@ fn id_segment(uri: &Uri) -> &str {
         .unwrap_or("")
 }
 
-/// A summary's view with its `uri`.
-fn with_uri(view: oet_protocol::Value, uri: String) -> Json {
-    let mut json = view.to_json_lossy();
-    if let Json::Object(map) = &mut json {
-        map.insert("uri".into(), Json::String(uri));
-    }
-    json
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
     use axum::http::{Method, Request};
+    use serde_json::Value as Json;
     use tower::ServiceExt;
 
     /// A router whose oetd is not there.

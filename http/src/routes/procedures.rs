@@ -1,87 +1,23 @@
-//! `/procedures`: list, describe, create (answering once the procedure is READY), start
-//! and stop — upstream's semantics over oetd's requests.
+//! `/procedures`: create (answering once the procedure is READY), start and stop —
+//! upstream's semantics over oetd's requests. (Listing and describing is `listed`'s.)
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use oet_protocol::{
-    topics, view, Client, CreateProcedure, ListProcedures, ProcedureState, ProcedureSummary, Role,
+    topics, CreateProcedure, ListProcedures, ProcedureState, ProcedureSummary, Role,
     StartProcedure, StopProcedure,
 };
-use serde_json::{json, Value as Json};
+use serde_json::json;
 use tracing::warn;
 
-use super::{id_segment, with_uri, AppState, Base};
+use super::listed::{find, path_id, Listed};
+use super::{AppState, Base};
 use crate::auth::Caller;
 use crate::body::{self, ProcedurePost};
 use crate::error::{json_body, ApiError};
 use crate::oetd::Oetd;
-
-/// Upstream's 404 detail for a procedure ID.
-fn missing(shown: &str) -> Json {
-    Json::String(format!("No information available for PID={shown}"))
-}
-
-fn summary_json(base: &Base, summary: &ProcedureSummary) -> Json {
-    with_uri(view::procedure(summary), base.procedure(summary.id))
-}
-
-/// `GET /procedures`: every procedure oetd keeps in its list.
-pub async fn list(
-    State(app): State<AppState>,
-    Caller(caller): Caller,
-    base: Base,
-) -> Result<Response, ApiError> {
-    let summaries = app
-        .oetd
-        .call(caller, ListProcedures::default(), None)
-        .await?;
-    let views = summaries.iter().map(|s| summary_json(&base, s)).collect();
-    Ok(json_body(&Json::Array(views)))
-}
-
-/// `GET /procedures/{id}`
-pub async fn get(
-    State(app): State<AppState>,
-    Caller(caller): Caller,
-    base: Base,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let id = body::path_id(id_segment(&uri), "procedure_id")?;
-    let summary = describe(&app, caller, id, None).await?;
-    Ok(json_body(&summary_json(&base, &summary)))
-}
-
-/// One procedure's summary, or upstream's 404: asked on `client` when one is given (an
-/// operation's own connection, so that reads queued by others cannot hold it up),
-/// otherwise on a reading connection of its own.
-async fn describe(
-    app: &AppState,
-    caller: Role,
-    id: Result<u64, String>,
-    client: Option<&mut Client>,
-) -> Result<ProcedureSummary, ApiError> {
-    let id = id.map_err(|shown| ApiError::NotFound(missing(&shown)))?;
-    let shown = id.to_string();
-    let request = ListProcedures { ids: vec![id] };
-    let found = match client {
-        Some(client) => {
-            app.oetd
-                .call_on(client, caller, request, Some(missing(&shown)))
-                .await?
-        }
-        None => {
-            app.oetd
-                .call(caller, request, Some(missing(&shown)))
-                .await?
-        }
-    };
-    found
-        .into_iter()
-        .find(|summary| summary.id == id)
-        .ok_or_else(|| ApiError::NotFound(missing(&shown)))
-}
 
 /// `POST /procedures`: loads the script, and answers 201 with its summary once it is READY
 /// (or failed, or `oetd.ready_wait_secs` passed).
@@ -96,11 +32,7 @@ pub async fn create(
     let json = body::read_json(&headers, request, app.max_body, app.oetd.timeout()).await?;
     let post = body::procedure_post(&json)?;
     let summary = create_ready(&app, caller, post).await?;
-    Ok((
-        StatusCode::CREATED,
-        json_body(&summary_json(&base, &summary)),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, json_body(&summary.json(&base))).into_response())
 }
 
 async fn create_ready(
@@ -145,17 +77,17 @@ pub async fn update(
     request: Body,
 ) -> Result<Response, ApiError> {
     Oetd::allow(caller, Role::Operate, "changing a procedure")?;
-    let id = body::path_id(id_segment(&uri), "procedure_id")?;
+    let id = path_id::<ProcedureSummary>(&uri)?;
     let json = body::read_json(&headers, request, app.max_body, app.oetd.timeout()).await?;
     let put = body::procedure_put(&json)?;
     let oetd = &app.oetd;
     let _permit = oetd.permit(Role::Operate).await?;
     let mut client = oetd.connect().await?;
-    let summary = describe(&app, caller, id, Some(&mut client)).await?;
+    let summary: ProcedureSummary = find(&app, caller, id, Some(&mut client)).await?;
     let id = summary.id;
     let shown = id.to_string();
     match put.state {
-        None => Ok(json_body(&summary_json(&base, &summary))),
+        None => Ok(json_body(&summary.json(&base))),
         Some(ProcedureState::Running) => {
             let start = StartProcedure {
                 id,
@@ -163,9 +95,14 @@ pub async fn update(
                 args: put.main,
             };
             let started = oetd
-                .call_on(&mut client, caller, start, Some(missing(&shown)))
+                .call_on(
+                    &mut client,
+                    caller,
+                    start,
+                    Some(ProcedureSummary::missing(&shown)),
+                )
                 .await?;
-            Ok(json_body(&summary_json(&base, &started)))
+            Ok(json_body(&started.json(&base)))
         }
         Some(ProcedureState::Stopped) => {
             let not_running = || format!("Cannot stop script with ID {id}: Script is not running");
@@ -177,7 +114,12 @@ pub async fn update(
                     run_abort: put.abort,
                 };
                 match oetd
-                    .call_on(&mut client, caller, stop, Some(missing(&shown)))
+                    .call_on(
+                        &mut client,
+                        caller,
+                        stop,
+                        Some(ProcedureSummary::missing(&shown)),
+                    )
                     .await
                 {
                     Ok(stopped) if stopped.len() > 1 => format!(
