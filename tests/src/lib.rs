@@ -54,6 +54,20 @@ pub fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
+/// The repository's root, for the files a test checks (units, configurations, fixtures).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// A file of the repository, as text.
+pub fn repo_file(relative: &str) -> String {
+    let path = repo().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 pub fn oetd_bin() -> PathBuf {
     bin_dir().join("oetd")
 }

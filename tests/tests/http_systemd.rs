@@ -5,28 +5,16 @@
 //! the tokens; stop is clean.
 
 use std::os::unix::fs::chown;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oet_tests::http::oet_http_bin;
-use oet_tests::oetd_bin;
 use oet_tests::systemd_sandbox::{skip_reason, Sandbox, SandboxBuilder};
+use oet_tests::{oetd_bin, repo, repo_file};
 
 const TOKEN: &str = "operate-0123456789abcdef";
 const SCRIPT: &str = "/usr/share/oet-test/hello.py";
 const API: &str = "http://127.0.0.1:5000/ska-oso-oet/oet/api/v7";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the repository")
-        .to_path_buf()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn property(sandbox: &Sandbox, unit: &str, name: &str) -> String {
     sandbox
@@ -82,7 +70,6 @@ fn the_shim_runs_hardened_as_its_own_user_under_real_systemd() {
         eprintln!("skipped: {reason}");
         return;
     }
-    let repo = repo();
     let builder = SandboxBuilder::new().expect("sandbox directory");
     let tokens_inside = "/etc/oet/oet-http.tokens";
     let builder = builder
@@ -104,16 +91,14 @@ fn the_shim_runs_hardened_as_its_own_user_under_real_systemd() {
             "def init(subarray_id):\n    pass\n\ndef main():\n    pass\n",
             0o644,
         )
-        .sysusers(&repo.join("systemd/sysusers.d/oet.conf"))
-        .unit("oetd.service", &read(&repo.join("systemd/oetd.service")))
-        .unit("oetd.socket", &read(&repo.join("systemd/oetd.socket")))
-        .unit(
-            "oet-http.service",
-            &read(&repo.join("systemd/oet-http.service")),
-        );
+        .sysusers(&repo().join("systemd/sysusers.d/oet.conf"))
+        .unit("oetd.service", &repo_file("systemd/oetd.service"))
+        .unit("oetd.socket", &repo_file("systemd/oetd.socket"))
+        .unit("oet-http.service", &repo_file("systemd/oet-http.service"));
     // The tokens file belongs to root and group oet, as an operator would install it.
     let root = builder.dir().join("root");
-    let oet_gid: u32 = read(&root.join("etc/group"))
+    let group = std::fs::read_to_string(root.join("etc/group")).expect("the staged groups");
+    let oet_gid: u32 = group
         .lines()
         .find_map(|l| l.strip_prefix("oet:"))
         .and_then(|rest| rest.split(':').nth(1))

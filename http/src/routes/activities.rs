@@ -5,14 +5,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use oet_protocol::Role;
 
 use super::listed::Listed;
-use super::{AppState, Base};
+use super::{operating_body, AppState, Base};
 use crate::auth::Caller;
 use crate::body;
 use crate::error::{json_body, ApiError};
-use crate::oetd::Oetd;
 
 /// `POST /activities`: answers 201 once the activity is REQUESTED and its procedure
 /// created; the activity then follows its procedure (watch `/stream` or GET it).
@@ -23,8 +21,7 @@ pub async fn run(
     headers: HeaderMap,
     request: Body,
 ) -> Result<Response, ApiError> {
-    Oetd::allow(caller, Role::Operate, "running an activity")?;
-    let json = body::read_json(&headers, request, app.max_body, app.oetd.timeout()).await?;
+    let json = operating_body(&app, caller, "running an activity", &headers, request).await?;
     let run = body::activity_post(&json)?;
     let summary = app.oetd.call(caller, run, None).await?;
     Ok((StatusCode::CREATED, json_body(&summary.json(&base))).into_response())

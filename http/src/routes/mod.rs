@@ -15,22 +15,24 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use bytes::Bytes;
-use serde_json::json;
+use serde_json::{json, Value as Json};
 use tokio_util::sync::CancellationToken;
 
-use oet_protocol::{ActivitySummary, ProcedureSummary};
+use oet_protocol::{ActivitySummary, ProcedureSummary, Role};
 
 use self::listed::{get, list};
 use crate::auth::{host_allowed, Auth};
+use crate::body;
 use crate::error::{json_body, ApiError};
 use crate::hub::Hub;
 use crate::oetd::Oetd;
@@ -202,6 +204,19 @@ async fn check_host(State(app): State<AppState>, request: Request, next: Next) -
     next.run(request).await
 }
 
+/// The JSON body of an operating request (create, start, stop, run an activity), read
+/// only once the caller is known to be allowed to operate.
+async fn operating_body(
+    app: &App,
+    caller: Role,
+    what: &str,
+    headers: &HeaderMap,
+    request: Body,
+) -> Result<Json, ApiError> {
+    Oetd::allow(caller, Role::Operate, what)?;
+    body::read_json(headers, request, app.max_body, app.oetd.timeout()).await
+}
+
 /// Where the API is, as a client reached it: the base of each summary's `uri`.
 pub struct Base(String);
 
@@ -247,7 +262,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use axum::http::{Method, Request};
-    use serde_json::Value as Json;
     use tower::ServiceExt;
 
     /// A router whose oetd is not there.

@@ -13,11 +13,10 @@ use serde_json::json;
 use tracing::warn;
 
 use super::listed::{find, path_id, Listed};
-use super::{AppState, Base};
+use super::{operating_body, AppState, Base};
 use crate::auth::Caller;
 use crate::body::{self, ProcedurePost};
 use crate::error::{json_body, ApiError};
-use crate::oetd::Oetd;
 
 /// `POST /procedures`: loads the script, and answers 201 with its summary once it is READY
 /// (or failed, or `oetd.ready_wait_secs` passed).
@@ -28,8 +27,7 @@ pub async fn create(
     headers: HeaderMap,
     request: Body,
 ) -> Result<Response, ApiError> {
-    Oetd::allow(caller, Role::Operate, "creating a procedure")?;
-    let json = body::read_json(&headers, request, app.max_body, app.oetd.timeout()).await?;
+    let json = operating_body(&app, caller, "creating a procedure", &headers, request).await?;
     let post = body::procedure_post(&json)?;
     let summary = create_ready(&app, caller, post).await?;
     Ok((StatusCode::CREATED, json_body(&summary.json(&base))).into_response())
@@ -76,9 +74,8 @@ pub async fn update(
     headers: HeaderMap,
     request: Body,
 ) -> Result<Response, ApiError> {
-    Oetd::allow(caller, Role::Operate, "changing a procedure")?;
+    let json = operating_body(&app, caller, "changing a procedure", &headers, request).await?;
     let id = path_id::<ProcedureSummary>(&uri)?;
-    let json = body::read_json(&headers, request, app.max_body, app.oetd.timeout()).await?;
     let put = body::procedure_put(&json)?;
     let oetd = &app.oetd;
     let _permit = oetd.permit(Role::Operate).await?;
