@@ -179,6 +179,13 @@ impl Config {
         }
         at_least(server.max_connections, 1, "server.max_connections")?;
         at_least(server.max_body_bytes, 1024, "server.max_body_bytes")?;
+        // A body becomes one frame to oetd: leave room for what the frame adds.
+        let most = oet_protocol::codec::DEFAULT_MAX_FRAME / 2;
+        if server.max_body_bytes > most {
+            return Err(format!(
+                "server.max_body_bytes must be at most {most} (half of oetd's largest frame)"
+            ));
+        }
         seconds(server.header_timeout_secs, "server.header_timeout_secs")?;
         seconds(self.oetd.timeout_secs, "oetd.timeout_secs")?;
         seconds(self.oetd.ready_wait_secs, "oetd.ready_wait_secs")?;
@@ -309,6 +316,10 @@ mod tests {
             ("[server]\nprefix = \"/a/{id}\"", "server.prefix"),
             ("[server]\npublic_url = \"ftp://x\"", "server.public_url"),
             ("[server]\nmax_body_bytes = 10", "server.max_body_bytes"),
+            (
+                "[server]\nmax_body_bytes = 4000000",
+                "server.max_body_bytes",
+            ),
             ("[oetd]\ntimeout_secs = 0", "oetd.timeout_secs"),
             ("[oetd]\nready_wait_secs = -1", "oetd.ready_wait_secs"),
             ("[stream]\nheartbeat_secs = nan", "stream.heartbeat_secs"),

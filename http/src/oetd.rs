@@ -148,9 +148,6 @@ pub fn failure(err: ClientError, missing: Option<serde_json::Value>) -> ApiError
             oet_protocol::codec::CodecError::Io(_) => {
                 ApiError::Unavailable(format!("the connection to oetd failed: {codec}"))
             }
-            oet_protocol::codec::CodecError::FrameTooLarge { .. } => {
-                ApiError::TooLarge(oet_protocol::codec::DEFAULT_MAX_FRAME)
-            }
             other => ApiError::Internal(format!("cannot talk to oetd: {other}")),
         },
         ClientError::Daemon(refusal) => match refusal.kind {
