@@ -3,13 +3,14 @@
 //! its server-sent events, and validation of answers against an OpenAPI document (the
 //! original OET's, or the shim's own).
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
 use serde_json::{json, Value as Json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 use crate::{bin_dir, wait_for_line, DEADLINE};
 
@@ -65,7 +66,10 @@ impl TestShim {
         let stderr = child.stderr.take().expect("stderr pipe");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 eprintln!("[oet-http] {line}");
                 let _ = tx.send(line);
             }
@@ -204,31 +208,14 @@ impl Api {
     }
 
     /// Opens `/stream` and waits for its opening newline: from then on, every event is
-    /// delivered to it.
+    /// delivered to it. The stream is read as the bytes on the wire (HTTP/1.1 chunks), so
+    /// that a test sees how the shim sends each message; dropping it closes the
+    /// connection at once.
     pub async fn stream(&self, url: &str) -> SseStream {
-        let response = self.client.get(url).header("accept", "text/event-stream");
-        let response = match &self.token {
-            Some(token) => response.bearer_auth(token),
-            None => response,
-        };
-        // No timeout for the whole response: a stream lasts. Its opening, and each read
-        // below, is bounded instead.
-        let opening = response.timeout(Duration::from_secs(24 * 3600)).send();
-        let response = tokio::time::timeout(DEADLINE, opening)
+        let opening = SseStream::open(url, self.token.as_deref());
+        let mut stream = tokio::time::timeout(DEADLINE, opening)
             .await
-            .unwrap_or_else(|_| panic!("GET {url} did not answer within {DEADLINE:?}"))
-            .expect("open /stream");
-        assert_eq!(response.status().as_u16(), 200, "GET {url}");
-        let content_type = content_type(&response);
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "{content_type}"
-        );
-        let mut stream = SseStream {
-            response,
-            buffer: Vec::new(),
-            raw: Vec::new(),
-        };
+            .unwrap_or_else(|_| panic!("GET {url} did not answer within {DEADLINE:?}"));
         let first = stream.chunk().await.expect("the stream's opening");
         assert_eq!(first, b"\n", "the stream opens with a bare newline");
         stream
@@ -285,21 +272,83 @@ impl SseMessage {
     }
 }
 
-/// A `/stream` response being read.
+/// A `/stream` response being read, on a connection of its own.
 pub struct SseStream {
-    response: reqwest::Response,
+    connection: BufReader<TcpStream>,
     buffer: Vec<u8>,
     /// Everything received after the opening newline.
     pub raw: Vec<u8>,
+    /// The HTTP chunks received after the opening newline, as they came.
+    pub chunks: Vec<Vec<u8>>,
 }
 
 impl SseStream {
+    /// Sends `GET url` on a new connection and reads the answer's head, which must be a
+    /// chunked 200 of `text/event-stream`.
+    async fn open(url: &str, token: Option<&str>) -> SseStream {
+        let rest = url.strip_prefix("http://").expect("an http:// URL");
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let tcp = TcpStream::connect(authority)
+            .await
+            .expect("connect to the shim");
+        let mut connection = BufReader::new(tcp);
+        let authorization =
+            token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\n{authorization}\r\n"
+        );
+        connection
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("send the request");
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            let read = connection
+                .read_line(&mut line)
+                .await
+                .expect("read the head");
+            assert!(read > 0, "the shim closed the connection before answering");
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line.trim_end().to_ascii_lowercase());
+        }
+        assert!(head[0].starts_with("http/1.1 200"), "GET {url}: {head:?}");
+        assert!(
+            head.iter()
+                .any(|h| h.starts_with("content-type: text/event-stream")),
+            "{head:?}"
+        );
+        assert!(
+            head.iter().any(|h| h == "transfer-encoding: chunked"),
+            "{head:?}"
+        );
+        SseStream {
+            connection,
+            buffer: Vec::new(),
+            raw: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    /// The next HTTP chunk; `None` at the end of the response (or of the connection).
     async fn chunk(&mut self) -> Option<Vec<u8>> {
-        let chunk = tokio::time::timeout(DEADLINE, self.response.chunk())
+        let reading = async {
+            let mut size = String::new();
+            if self.connection.read_line(&mut size).await.ok()? == 0 {
+                return None;
+            }
+            let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+            let mut data = vec![0; size + 2];
+            self.connection.read_exact(&mut data).await.ok()?;
+            data.truncate(size);
+            (size > 0).then_some(data)
+        };
+        tokio::time::timeout(DEADLINE, reading)
             .await
             .expect("the stream said something in time")
-            .expect("read the stream");
-        chunk.map(|bytes| bytes.to_vec())
     }
 
     /// The next message (or comment block), or `None` when the stream ended.
@@ -330,6 +379,7 @@ impl SseStream {
             let chunk = self.chunk().await?;
             self.raw.extend_from_slice(&chunk);
             self.buffer.extend_from_slice(&chunk);
+            self.chunks.push(chunk);
         }
     }
 

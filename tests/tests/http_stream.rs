@@ -216,6 +216,14 @@ async fn a_lifecycle_reaches_two_clients_in_order_while_200_idle_clients_wait() 
         assert_eq!(message.raw, expected);
     }
     assert_written_as_python_writes(&seen_first);
+    // Each message is sent as it happens, on its own: one HTTP chunk each.
+    for chunk in &first.chunks {
+        let text = String::from_utf8_lossy(chunk);
+        assert!(
+            text.ends_with("\n\n") && text.matches("\n\n").count() == 1,
+            "a chunk holds one message: {text:?}"
+        );
+    }
 
     // oetd goes away: every stream, busy or idle, ends cleanly.
     daemon.signal(libc::SIGTERM);
@@ -282,4 +290,27 @@ async fn stream_clients_beyond_the_limit_get_503() {
         refused.text
     );
     drop(open);
+}
+
+#[tokio::test]
+async fn the_shared_subscription_ends_with_its_last_client_and_opens_again() {
+    let daemon = TestDaemon::start();
+    let config = "[stream]\nheartbeat_secs = 0.1\n[log]\nlevel = \"info,oet_http=debug\"\n";
+    let shim = TestShim::start_with(&daemon.socket, config);
+    let api = Api::default();
+    let url = shim.url("/stream");
+    let clients = join_all((0..3).map(|_| api.stream(&url))).await;
+    shim.log_line("subscribed to oetd's events")
+        .expect("the first client opens the subscription");
+    drop(clients);
+    // The shim learns that a client left when it next writes to it (a heartbeat).
+    shim.log_line("no /stream client left: unsubscribing from oetd")
+        .expect("the last client's leaving ends the subscription");
+    let mut again = api.stream(&url).await;
+    shim.log_line("subscribed to oetd's events")
+        .expect("the next client opens a new one");
+    assert_eq!(api.get(&shim.url("/procedures/")).await.status, 200);
+    again
+        .next_where(|e| e["topic"] == "request.procedure.list")
+        .await;
 }

@@ -113,3 +113,66 @@ async fn next_chunk(mut state: StreamState) -> Option<(Result<Bytes, Infallible>
     };
     Some((Ok(chunk), state))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Auth;
+    use crate::config::Config;
+    use tokio_util::sync::CancellationToken;
+
+    fn state(receiver: broadcast::Receiver<Frame>, shutdown: &CancellationToken) -> StreamState {
+        let listen = "127.0.0.1:5000".parse().expect("address");
+        let app = crate::app(&Config::default(), listen, Auth::open(), shutdown.clone());
+        StreamState {
+            opened: false,
+            receiver,
+            heartbeat: heartbeat(Duration::from_secs(3600)),
+            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+            _slot: StreamSlot::take(&app).expect("a place"),
+        }
+    }
+
+    async fn chunk(state: StreamState) -> (String, StreamState) {
+        let (chunk, state) = next_chunk(state).await.expect("a chunk");
+        let Ok(bytes) = chunk;
+        (String::from_utf8(bytes.to_vec()).expect("UTF-8"), state)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_fell_behind_is_told_how_many_events_it_missed() {
+        let (sender, receiver) = broadcast::channel(2);
+        let shutdown = CancellationToken::new();
+        let state = state(receiver, &shutdown);
+        for n in 0..5 {
+            sender
+                .send(Frame::Event(Bytes::from(format!("data:{n}\n\n"))))
+                .expect("a receiver");
+        }
+        let (opening, state) = chunk(state).await;
+        assert_eq!(opening, "\n");
+        let (missed, state) = chunk(state).await;
+        assert_eq!(missed, ": missed 3 events: this client fell behind\n\n");
+        let (next, state) = chunk(state).await;
+        assert_eq!(next, "data:3\n\n");
+        let (next, state) = chunk(state).await;
+        assert_eq!(next, "data:4\n\n");
+        sender.send(Frame::Missed(7)).expect("a receiver");
+        let (told, state) = chunk(state).await;
+        assert_eq!(told, ": oetd dropped 7 events: the shim fell behind\n\n");
+        drop(sender);
+        assert!(
+            next_chunk(state).await.is_none(),
+            "the stream ends with oetd's"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_when_the_shim_stops() {
+        let (_sender, receiver) = broadcast::channel(2);
+        let shutdown = CancellationToken::new();
+        let (_, state) = chunk(state(receiver, &shutdown)).await;
+        shutdown.cancel();
+        assert!(next_chunk(state).await.is_none());
+    }
+}
