@@ -142,3 +142,33 @@ fn answer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_500_and_the_next_request_is_served() {
+        async fn broken() -> &'static str {
+            panic!("a handler bug")
+        }
+        let router = Router::new()
+            .route("/broken", get(broken))
+            .route("/fine", get(|| async { "fine" }));
+        let request = |path: &str| Request::get(path).body(Body::empty()).expect("request");
+        let response = answer(router.clone(), request("/broken"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(json["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("internal error")));
+        let response = answer(router, request("/fine")).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}

@@ -615,3 +615,21 @@ async fn an_activity_of_an_original_sbd_runs_to_completion_over_http() {
     let activities = listed.json.as_array().expect("a list");
     assert!(activities.iter().any(|a| a["id"] == id));
 }
+
+#[tokio::test]
+async fn an_oetd_that_does_not_answer_gets_504_in_time_not_a_hung_request() {
+    let daemon = TestDaemon::start();
+    let shim = TestShim::start_with(&daemon.socket, "[oetd]\ntimeout_secs = 0.5\n");
+    let http = Checked::new(&shim, None).await;
+    assert_eq!(http.get("/procedures/").await.status, 200);
+    daemon.signal(libc::SIGSTOP);
+    let stuck = http.get("/procedures/").await;
+    let health = http.get("/health").await;
+    daemon.signal(libc::SIGCONT);
+    assert_eq!(stuck.status, 504, "{}", stuck.text);
+    let reason = stuck.json["detail"].as_str().expect("a reason");
+    assert!(reason.contains("no answer from oetd"), "{reason}");
+    assert!(reason.contains("oetd.timeout_secs"), "{reason}");
+    assert_eq!(health.status, 504, "{}", health.text);
+    assert_eq!(http.get("/procedures/").await.status, 200);
+}
