@@ -25,10 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use bytes::Bytes;
+use oet_protocol::{ActivitySummary, ProcedureSummary, Role};
 use serde_json::{json, Value as Json};
 use tokio_util::sync::CancellationToken;
-
-use oet_protocol::{ActivitySummary, ProcedureSummary, Role};
 
 use self::listed::{get, list};
 use crate::auth::{host_allowed, Auth};
