@@ -30,8 +30,9 @@ pub struct ServerConfig {
     /// Base of the `uri` of procedures and activities, e.g. `https://oet.example.org`
     /// behind a proxy. Empty: `http://` and the request's `Host`.
     pub public_url: String,
-    /// Host names accepted in the `Host` header besides IP addresses and `localhost`;
-    /// `"*"` accepts any. Guards an unauthenticated shim against DNS rebinding.
+    /// Host names accepted in the `Host` header besides IP addresses, `localhost` and the
+    /// host of `public_url`; `"*"` accepts any. Guards an unauthenticated shim against DNS
+    /// rebinding.
     pub allowed_hosts: Vec<String>,
     /// HTTP connections served at once; further ones wait to be accepted.
     pub max_connections: usize,

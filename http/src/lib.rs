@@ -44,7 +44,7 @@ pub fn app(
     Arc::new(App {
         prefix: config.server.prefix.clone(),
         public_url: config.server.public_url.clone(),
-        allowed_hosts: config.server.allowed_hosts.clone(),
+        allowed_hosts: allowed_hosts(config),
         listen,
         max_body: config.server.max_body_bytes,
         ready_wait: secs(config.oetd.ready_wait_secs),
@@ -61,4 +61,37 @@ pub fn app(
         shutdown,
         openapi: openapi.to_string().into(),
     })
+}
+
+/// The Host names accepted besides addresses and `localhost`: the configured ones and the
+/// host of `server.public_url`, which a proxy in front may pass on.
+fn allowed_hosts(config: &Config) -> Vec<String> {
+    let mut names = config.server.allowed_hosts.clone();
+    let public = &config.server.public_url;
+    if let Some(rest) = public.split_once("://").map(|(_, rest)| rest) {
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        };
+        if !host.is_empty() {
+            names.push(host.to_owned());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_urls_host_is_accepted() {
+        let mut config = Config::default();
+        config.server.allowed_hosts = vec!["oet.lan".into()];
+        config.server.public_url = "https://oet.example.org:8443/".into();
+        assert_eq!(allowed_hosts(&config), ["oet.lan", "oet.example.org"]);
+        config.server.public_url = String::new();
+        assert_eq!(allowed_hosts(&config), ["oet.lan"]);
+    }
 }
