@@ -16,8 +16,9 @@ waited-for procedure ends FAILED, STOPPED or UNKNOWN; 2 when the command line is
 #[derive(Debug, Parser)]
 #[command(name = "oetctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// The control socket of oetd [default: $XDG_RUNTIME_DIR/oet/oetd.sock, or
-    /// /run/oet/oetd.sock for root or when you have no daemon of your own]
+    /// The control socket of oetd [default: /run/oet/oetd.sock for root; otherwise your
+    /// own daemon's $XDG_RUNTIME_DIR/oet/oetd.sock (/tmp/oetd-<uid>/oetd.sock without
+    /// XDG_RUNTIME_DIR), or /run/oet/oetd.sock when you have no daemon of your own]
     #[arg(
         long,
         global = true,
@@ -69,11 +70,11 @@ pub enum ProcedureAction {
     Start(StartArgs),
     /// Stop a procedure, optionally running the abort script afterwards
     Stop(StopArgs),
-    /// List procedures: ID, script, creation time and state
+    /// List procedures: ID, script, creation time and state (--all: the whole history)
     List(ListArgs),
-    /// Show a procedure's summary, state history, calls and stack trace
+    /// Show a procedure's summary, state history, calls and stack trace (live or past)
     Describe(PidArgs),
-    /// Show the lines a procedure's script printed
+    /// Show the lines a procedure's script printed, as far as they were kept
     Logs(PidArgs),
 }
 
@@ -157,10 +158,55 @@ pub struct StopArgs {
 
 /// Arguments of `procedure list`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Without --all: every live procedure and the newest that ended (procedures.history_size). \
+With --all: every procedure the store holds, live and past. TIME is an RFC 3339 time \
+(2026-11-26T21:00:00Z) or how long ago (90m, 2h, 3days).")]
 pub struct ListArgs {
-    /// Only these procedures (repeatable) [default: every live one]
-    #[arg(long, value_name = "ID")]
+    /// Only these procedures, live or past (repeatable) [default: the live list]
+    #[arg(long, value_name = "ID", conflicts_with = "all")]
     pub pid: Vec<u64>,
+
+    #[command(flatten)]
+    pub history: HistoryArgs,
+}
+
+/// Which records of the history to list.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// List the whole history in the store, live and past
+    #[arg(long)]
+    pub all: bool,
+
+    /// With --all: only those created at or after TIME
+    #[arg(long, value_name = "TIME", requires = "all", value_parser = parse_since)]
+    pub since: Option<f64>,
+
+    /// With --all: only those in STATE (e.g. COMPLETE, FAILED)
+    #[arg(long, value_name = "STATE", requires = "all")]
+    pub state: Option<String>,
+
+    /// With --all: only the newest N
+    #[arg(long, value_name = "N", requires = "all")]
+    pub limit: Option<usize>,
+}
+
+/// A time as seconds since the epoch: RFC 3339, or a duration meaning that long ago.
+pub fn parse_since(text: &str) -> Result<f64, String> {
+    let epoch = |time: std::time::SystemTime| {
+        time.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(epoch(time));
+    }
+    match humantime::parse_duration(text) {
+        Ok(ago) => Ok(epoch(std::time::SystemTime::now()) - ago.as_secs_f64()),
+        Err(_) => Err(format!(
+            "'{text}' is neither an RFC 3339 time (2026-11-26T21:00:00Z) nor a duration (2h, 3days)"
+        )),
+    }
 }
 
 /// A procedure to look at.
@@ -186,6 +232,7 @@ pub enum ActivityAction {
     /// start main when READY
     Run(ActivityRunArgs),
     /// List activities: ID, activity, SBD, SBI, procedure, creation time and state
+    /// (--all: the whole history)
     List(ActivityListArgs),
     /// Show an activity's summary, arguments and state history
     Describe(AidArgs),
@@ -223,10 +270,17 @@ pub struct ActivityRunArgs {
 
 /// Arguments of `activity list`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Without --all: live activities and those whose procedures are in the procedure list. \
+With --all: every activity the store holds. TIME is an RFC 3339 time or how long ago \
+(90m, 2h, 3days).")]
 pub struct ActivityListArgs {
-    /// Only these activities (repeatable) [default: every live one]
-    #[arg(long, value_name = "ID")]
+    /// Only these activities, live or past (repeatable) [default: the live list]
+    #[arg(long, value_name = "ID", conflicts_with = "all")]
     pub aid: Vec<u64>,
+
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
 /// An activity to look at.
@@ -240,10 +294,12 @@ pub struct AidArgs {
 /// `oetctl oda ...`
 #[derive(Debug, Subcommand)]
 pub enum OdaAction {
-    /// Store the SBD in a JSON file in oetd's ODA; prints its sbd_id and version
+    /// Store the SBD in a JSON file in oetd's ODA; prints its sbd_id and version. An SBD
+    /// the ODA has already is stored as a new version.
     #[command(name = "put-sbd")]
     PutSbd {
-        /// The SBD document (JSON); one without `sbd_id` is given one
+        /// The SBD document (JSON), or - for standard input; one without `sbd_id` is
+        /// given one
         file: PathBuf,
     },
 }
@@ -251,6 +307,21 @@ pub enum OdaAction {
 /// The clap command of `oetctl`, for man pages and shell completions.
 pub fn command() -> clap::Command {
     Cli::command()
+}
+
+/// Whether `word` (`--name` or `--name=value`) is an option of the subcommand at `path`,
+/// e.g. `["procedure", "start"]`.
+pub fn is_option_of(path: &[&str], word: &str) -> bool {
+    let mut root = command();
+    root.build();
+    let mut cmd = &root;
+    for name in path {
+        match cmd.find_subcommand(name) {
+            Some(sub) => cmd = sub,
+            None => return false,
+        }
+    }
+    word.starts_with("--") && flag_takes_value(cmd, word).is_some()
 }
 
 /// Parses an argument vector (program name first) the way `oetctl` does.
@@ -519,8 +590,37 @@ mod tests {
     }
 
     #[test]
+    fn list_all_takes_its_filters() {
+        match parse_ok("procedure list --all --since 2h --state complete --limit 5").command {
+            Action::Procedure(ProcedureAction::List(args)) => {
+                assert!(args.history.all);
+                assert_eq!(args.history.state.as_deref(), Some("complete"));
+                assert_eq!(args.history.limit, Some(5));
+                let since = args.history.since.expect("since");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("now")
+                    .as_secs_f64();
+                assert!((now - 7200.0 - since).abs() < 60.0, "{since}");
+            }
+            other => panic!("not a list: {other:?}"),
+        }
+        match parse_ok("activity list --all --since 2026-11-26T21:00:00Z").command {
+            Action::Activity(ActivityAction::List(args)) => {
+                assert!(args.history.all);
+                assert_eq!(args.history.since, Some(1_795_726_800.0));
+            }
+            other => panic!("not an activity list: {other:?}"),
+        }
+    }
+
+    #[test]
     fn wrong_lines_are_refused() {
         for line in [
+            "procedure list --since 2h",
+            "procedure list --all --since yesterday-ish",
+            "procedure list --all --pid 3",
+            "activity list --limit 3",
             "procedure",
             "procedure create",
             "procedure list --pid x",

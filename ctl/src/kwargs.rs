@@ -16,6 +16,12 @@ pub enum ArgError {
          needs a value: write it as --key=value"
     )]
     MissingValue { word: String },
+    #[error(
+        "'{word}' comes after --, so it is an argument for the script, not oetctl's \
+         option, and a keyword argument needs a value: put oetctl's options before --, \
+         or write {word}=VALUE"
+    )]
+    OptionAfterDoubleDash { word: String },
     #[error("'{word}' has an empty keyword name: write keyword arguments as --key=value")]
     EmptyKey { word: String },
     #[error("keyword argument '{key}' is given twice")]
@@ -36,8 +42,12 @@ pub enum ArgError {
 ///
 /// `--key=value` is a keyword argument, anything else (including negative numbers such
 /// as `-3`) is positional; order between the two kinds does not matter. Each value goes
-/// through [`Value::parse_cli`].
-pub fn function_args(words: &[String]) -> Result<FunctionArgs, ArgError> {
+/// through [`Value::parse_cli`]. `own_option` tells whether a word is one of the
+/// command's own options: among the free words it can only have come after a `--`.
+pub fn function_args(
+    words: &[String],
+    own_option: impl Fn(&str) -> bool,
+) -> Result<FunctionArgs, ArgError> {
     let mut args = Vec::new();
     let mut kwargs = BTreeMap::new();
     for word in words {
@@ -46,6 +56,9 @@ pub fn function_args(words: &[String]) -> Result<FunctionArgs, ArgError> {
             continue;
         };
         let Some((key, value)) = flag.split_once('=') else {
+            if own_option(word) {
+                return Err(ArgError::OptionAfterDoubleDash { word: word.clone() });
+            }
             return Err(ArgError::MissingValue { word: word.clone() });
         };
         if key.is_empty() {
@@ -61,6 +74,31 @@ pub fn function_args(words: &[String]) -> Result<FunctionArgs, ArgError> {
         }
     }
     Ok(FunctionArgs { args, kwargs })
+}
+
+/// Warnings for free words that are taken as positional arguments although they look
+/// like a mistyped keyword argument: `scans=2` and `-scans=2` (upstream's CLI took them
+/// as positional strings too; so does oetctl, but it says so).
+pub fn suspicious(words: &[String]) -> Vec<String> {
+    words
+        .iter()
+        .filter_map(|word| {
+            let (key, _) = word.trim_start_matches('-').split_once('=')?;
+            let dashes = word.len() - word.trim_start_matches('-').len();
+            let identifier = key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_alphanumeric() || c == '_');
+            (identifier && dashes < 2).then(|| {
+                format!(
+                    "'{word}' is passed to the script as a positional string; \
+                     for a keyword argument write --{}",
+                    word.trim_start_matches('-')
+                )
+            })
+        })
+        .collect()
 }
 
 /// Parses `--script-args`: a JSON object mapping function names to
@@ -180,9 +218,34 @@ mod tests {
         list.iter().map(|w| w.to_string()).collect()
     }
 
+    fn function_args_of(words: &[String]) -> Result<FunctionArgs, ArgError> {
+        function_args(words, |word| word == "--listen")
+    }
+
+    #[test]
+    fn an_option_after_a_double_dash_is_explained() {
+        let err = function_args_of(&words(&["--listen"])).expect_err("no value");
+        assert!(err.to_string().contains("comes after --"), "{err}");
+        let err = function_args_of(&words(&["--scans"])).expect_err("no value");
+        assert!(err.to_string().contains("is not an option"), "{err}");
+    }
+
+    #[test]
+    fn key_value_words_without_two_dashes_are_positional_with_a_warning() {
+        let list = words(&["scans=2", "-scans=2", "--scans=2", "a=b=c", "x", "=1", "-3"]);
+        let parsed = function_args_of(&list).expect("valid");
+        assert_eq!(parsed.args[0], Value::from("scans=2"));
+        assert_eq!(parsed.args[1], Value::from("-scans=2"));
+        let warnings = suspicious(&list);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("write --scans=2"), "{warnings:?}");
+        assert!(warnings[1].contains("'-scans=2'"), "{warnings:?}");
+        assert!(warnings[2].contains("'a=b=c'"), "{warnings:?}");
+    }
+
     #[test]
     fn free_words_are_positional_and_key_value_words_are_keywords() {
-        let parsed = function_args(&words(&["1", "--subarray_id=3", "hello", "-2"]))
+        let parsed = function_args_of(&words(&["1", "--subarray_id=3", "hello", "-2"]))
             .expect("valid arguments");
         assert_eq!(
             parsed.args,
@@ -194,7 +257,7 @@ mod tests {
 
     #[test]
     fn values_are_json_when_they_parse_and_strings_otherwise() {
-        let parsed = function_args(&words(&[
+        let parsed = function_args_of(&words(&[
             "--list=[1, 2.5, \"x\"]",
             "--map={\"a\": null}",
             "--flag=true",
@@ -219,17 +282,17 @@ mod tests {
     #[test]
     fn keyword_words_without_a_value_or_name_are_refused() {
         assert_eq!(
-            function_args(&words(&["--verbose"])),
+            function_args_of(&words(&["--verbose"])),
             Err(ArgError::MissingValue {
                 word: "--verbose".into()
             })
         );
         assert!(matches!(
-            function_args(&words(&["--=1"])),
+            function_args_of(&words(&["--=1"])),
             Err(ArgError::EmptyKey { .. })
         ));
         assert_eq!(
-            function_args(&words(&["--a=1", "--a=2"])),
+            function_args_of(&words(&["--a=1", "--a=2"])),
             Err(ArgError::DuplicateKey { key: "a".into() })
         );
     }

@@ -12,36 +12,48 @@ use clap_complete::Shell;
 use oet_protocol::client::{Progress, StreamItem};
 use oet_protocol::summary::now;
 use oet_protocol::{
-    paths, topics, ActivityState, ActivitySummary, Client, Event, EventStream, ProcedureState,
-    ProcedureSummary,
+    paths, topics, ActivityState, ActivitySummary, Client, ClientError, Event, EventStream,
+    FunctionArgs, ProcedureState, ProcedureSummary,
 };
 use oetctl::cli::{
-    self, Action, ActivityAction, ActivityRunArgs, AidArgs, CreateArgs, ListenArgs, OdaAction,
-    PidArgs, ProcedureAction, StartArgs, StopArgs,
+    self, Action, ActivityAction, ActivityRunArgs, AidArgs, CreateArgs, HistoryArgs, ListenArgs,
+    OdaAction, PidArgs, ProcedureAction, StartArgs, StopArgs,
 };
-use oetctl::kwargs::{self, GitOptions};
+use oetctl::kwargs::{self, ArgError, GitOptions};
 use oetctl::render;
 
+/// Exit status of a wrong command line.
+const USAGE: u8 = 2;
+
+/// How long a stop may take before oetctl says that it is waiting for the script.
+const STOP_NOTICE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> ExitCode {
-    let cli = match cli::parse(std::env::args_os()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Known before parsing, so that even a wrong command line answers in JSON.
+    let json = argv.iter().any(|word| word == "--json");
+    let cli = match cli::parse(argv) {
         Ok(cli) => cli,
-        Err(err) => return usage_error(err),
+        Err(err) => return usage_error(err, json),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(err) => return fail(&anyhow::Error::new(err).context("cannot start the runtime")),
+        Err(err) => {
+            let err = anyhow::Error::new(err).context("cannot start the runtime");
+            return fail(&err, json);
+        }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(&err),
+        Err(err) => fail(&err, json),
     }
 }
 
 /// Prints help and version as clap does; any other command-line error as one line.
-fn usage_error(err: clap::Error) -> ExitCode {
+fn usage_error(err: clap::Error, json: bool) -> ExitCode {
     if matches!(
         err.kind(),
         ClapErrorKind::DisplayHelp
@@ -50,10 +62,25 @@ fn usage_error(err: clap::Error) -> ExitCode {
     ) {
         // Nothing useful is left to do if the help cannot be printed.
         let _ = err.print();
-        return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+        return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(USAGE));
     }
-    eprintln!("oetctl: {} (see --help)", one_line(&err.to_string()));
-    ExitCode::from(2)
+    let message = format!("{} (see --help)", one_line(&err.to_string()));
+    report(&message, "usage", USAGE, json)
+}
+
+/// Says why oetctl failed on stderr: one line `oetctl: <reason>`, or with `--json` one
+/// JSON object `{"error": {"kind", "message"}, "exit_code"}`; returns the exit status.
+fn report(message: &str, kind: &str, code: u8, json: bool) -> ExitCode {
+    if json {
+        let error = serde_json::json!({
+            "error": {"kind": kind, "message": message},
+            "exit_code": code,
+        });
+        eprintln!("{error}");
+    } else {
+        eprintln!("oetctl: {message}");
+    }
+    ExitCode::from(code)
 }
 
 /// Clap's multi-line message condensed to its sentence: the lines before the usage,
@@ -72,7 +99,7 @@ fn one_line(message: &str) -> String {
         .to_owned()
 }
 
-fn fail(err: &anyhow::Error) -> ExitCode {
+fn fail(err: &anyhow::Error, json: bool) -> ExitCode {
     // A reader that went away (`oetctl listen | head`) is not a failure of oetctl.
     let broken_pipe = err
         .downcast_ref::<io::Error>()
@@ -80,8 +107,18 @@ fn fail(err: &anyhow::Error) -> ExitCode {
     if broken_pipe {
         return ExitCode::SUCCESS;
     }
-    eprintln!("oetctl: {}", reason(err));
-    ExitCode::FAILURE
+    // Script arguments and URIs are part of the command line: wrong ones are usage
+    // errors, found before oetd is asked anything.
+    if err.downcast_ref::<ArgError>().is_some() {
+        return report(&reason(err), "usage", USAGE, json);
+    }
+    let kind = match err.downcast_ref::<ClientError>() {
+        Some(ClientError::Daemon(refusal)) => refusal.kind.as_str(),
+        Some(ClientError::Connect { .. } | ClientError::Closed) => "unreachable",
+        Some(_) => "protocol",
+        None => "failed",
+    };
+    report(&reason(err), kind, 1, json)
 }
 
 /// The error and its causes on one line, leaving out a cause that the message before it
@@ -114,12 +151,16 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             ProcedureAction::Create(args) => ctl.create(args).await,
             ProcedureAction::Start(args) => ctl.start(args).await,
             ProcedureAction::Stop(args) => ctl.stop(args).await,
+            ProcedureAction::List(args) if args.history.all => ctl.history(args.history).await,
             ProcedureAction::List(args) => ctl.list(args.pid).await,
             ProcedureAction::Describe(args) => ctl.describe(args).await,
             ProcedureAction::Logs(args) => ctl.logs(args).await,
         },
         Action::Activity(action) => match action {
             ActivityAction::Run(args) => ctl.run_activity(args).await,
+            ActivityAction::List(args) if args.history.all => {
+                ctl.activity_history(args.history).await
+            }
             ActivityAction::List(args) => ctl.list_activities(args.aid).await,
             ActivityAction::Describe(args) => ctl.describe_activity(args).await,
         },
@@ -149,7 +190,7 @@ impl Ctl {
     }
 
     async fn create(&self, args: CreateArgs) -> anyhow::Result<()> {
-        let init_args = kwargs::function_args(&args.args)?;
+        let init_args = script_arguments(&["procedure", "create"], &args.args)?;
         let git = GitOptions {
             git_repo: args.git_repo,
             git_branch: args.git_branch,
@@ -174,7 +215,7 @@ impl Ctl {
     }
 
     async fn start(&self, args: StartArgs) -> anyhow::Result<()> {
-        let fn_args = kwargs::function_args(&args.args)?;
+        let fn_args = script_arguments(&["procedure", "start"], &args.args)?;
         let mut client = self.connect().await?;
         let id = match args.pid {
             Some(id) => id,
@@ -230,12 +271,41 @@ impl Ctl {
             Some(id) => id,
             None => running(&mut client).await?,
         };
-        let summaries = client.stop(id, args.run_abort).await?;
+        let grace = client.status().await?.stop_grace_secs;
+        let stopping = client.stop(id, args.run_abort);
+        tokio::pin!(stopping);
+        // A script that ends at SIGTERM stops at once; one that does not is killed when
+        // the grace period is over. Say so rather than wait in silence.
+        let summaries = tokio::select! {
+            summaries = &mut stopping => summaries?,
+            _ = tokio::time::sleep(STOP_NOTICE_AFTER) => {
+                eprintln!(
+                    "oetctl: procedure {id} has not ended since SIGTERM; waiting for it, \
+                     at most {grace} s (procedures.stop_grace_secs), before it is killed"
+                );
+                stopping.await?
+            }
+        };
         self.print_summaries(&summaries)
     }
 
     async fn list(&self, ids: Vec<u64>) -> anyhow::Result<()> {
         let summaries = self.connect().await?.list(ids).await?;
+        self.print_summaries(&summaries)
+    }
+
+    async fn history(&self, args: HistoryArgs) -> anyhow::Result<()> {
+        let state = args
+            .state
+            .as_deref()
+            .map(str::parse::<ProcedureState>)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let summaries = self
+            .connect()
+            .await?
+            .procedure_history(args.since, state, args.limit)
+            .await?;
         self.print_summaries(&summaries)
     }
 
@@ -369,6 +439,25 @@ impl Ctl {
         }
     }
 
+    async fn activity_history(&self, args: HistoryArgs) -> anyhow::Result<()> {
+        let state = args
+            .state
+            .as_deref()
+            .map(str::parse::<ActivityState>)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let summaries = self
+            .connect()
+            .await?
+            .activity_history(args.since, state, args.limit)
+            .await?;
+        if self.json {
+            print_json(&render::activities_json(&summaries))
+        } else {
+            print_text(&render::activity_table(&summaries))
+        }
+    }
+
     async fn describe_activity(&self, args: AidArgs) -> anyhow::Result<()> {
         let mut client = self.connect().await?;
         let id = match args.aid {
@@ -390,8 +479,12 @@ impl Ctl {
     }
 
     async fn put_sbd(&self, file: &Path) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the SBD file {}", file.display()))?;
+        let text = if file == Path::new("-") {
+            io::read_to_string(io::stdin()).context("cannot read the SBD from standard input")?
+        } else {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the SBD file {}", file.display()))?
+        };
         let (sbd_id, version) = self.connect().await?.put_sbd(text).await?;
         if self.json {
             print_json(&serde_json::json!({"sbd_id": sbd_id, "version": version}))
@@ -464,6 +557,16 @@ impl Ctl {
             print_line(&render::lagged_line(missed))
         }
     }
+}
+
+/// The script arguments among the free words of `command`, warning on stderr about
+/// words that look like a mistyped keyword argument.
+fn script_arguments(command: &[&str], words: &[String]) -> anyhow::Result<FunctionArgs> {
+    for warning in kwargs::suspicious(words) {
+        eprintln!("oetctl: warning: {warning}");
+    }
+    let own_option = |word: &str| cli::is_option_of(command, word);
+    Ok(kwargs::function_args(words, own_option)?)
 }
 
 /// How many times the procedure has entered RUNNING.

@@ -108,12 +108,22 @@ pub fn describe(summary: &ProcedureSummary) -> String {
         ..
     } = &summary.script
     {
+        // What ran, once known; before that, what was asked for.
         let or_default = |v: &Option<String>| v.clone().unwrap_or_else(|| "(default)".into());
+        let (repo, branch, commit) = match &summary.checkout {
+            Some(checkout) => (
+                checkout.repo.clone(),
+                checkout.branch.clone().unwrap_or_else(|| "(none)".into()),
+                checkout.commit.clone(),
+            ),
+            None => (
+                or_default(&git_args.git_repo),
+                or_default(&git_args.git_branch),
+                or_default(&git_args.git_commit),
+            ),
+        };
         out.push_str(&format!(
-            "\nGit: repository {}, branch {}, commit {}, {}\n",
-            or_default(&git_args.git_repo),
-            or_default(&git_args.git_branch),
-            or_default(&git_args.git_commit),
+            "\nGit: repository {repo}, branch {branch}, commit {commit}, {}\n",
             if *create_env {
                 "own virtual environment"
             } else {
@@ -125,7 +135,11 @@ pub fn describe(summary: &ProcedureSummary) -> String {
     out.push_str("\nHistory:\n");
     let mut history = Table::new(&["Time", "State"]);
     for change in &summary.history {
-        history.row(vec![time_millis(change.time), change.state.to_string()]);
+        let state = match &change.note {
+            Some(note) => format!("{} ({note})", change.state),
+            None => change.state.to_string(),
+        };
+        history.row(vec![time_millis(change.time), state]);
     }
     out.push_str(&indent(&history.render()));
 
@@ -161,6 +175,9 @@ fn indent(text: &str) -> String {
 /// The captured output of a procedure, one line per printed line.
 pub fn logs(logs: &ProcedureLogs) -> String {
     let mut out = String::new();
+    if let Some(reason) = &logs.not_kept {
+        return format!("({reason})\n");
+    }
     if logs.dropped > 0 {
         out.push_str(&format!(
             "({} earlier line{} dropped: oetd keeps only the newest)\n",
@@ -221,7 +238,8 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
          PID:         {}\n\
          Socket:      {}\n\
          Started:     {} (up {})\n\
-         Procedures:  {} live, running: {}\n",
+         Procedures:  {} live, running: {}\n\
+         Store:       {}\n",
         status.server,
         status.protocol_version,
         status.pid,
@@ -230,6 +248,10 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
         humantime::format_duration(uptime),
         status.procedures_live,
         running,
+        match &status.store_problem {
+            Some(problem) => format!("{} (FAILING: {problem})", status.store),
+            None => status.store.clone(),
+        },
     )
 }
 
@@ -323,6 +345,7 @@ pub fn logs_json(logs: &ProcedureLogs) -> Json {
     json!({
         "id": logs.id,
         "dropped": logs.dropped,
+        "not_kept": logs.not_kept,
         "lines": logs.lines.iter().map(|line| json!({
             "time": line.time,
             "stream": line.stream.as_str(),
@@ -356,6 +379,8 @@ pub fn status_json(status: &DaemonStatus) -> Json {
         "started_at": status.started_at,
         "procedures_live": status.procedures_live,
         "running": status.running,
+        "store": status.store,
+        "store_problem": status.store_problem,
     })
 }
 
@@ -376,6 +401,7 @@ mod tests {
         let mut kwargs = BTreeMap::new();
         kwargs.insert("subarray_id".to_owned(), Value::Int(1));
         ProcedureSummary {
+            checkout: None,
             id,
             script: ScriptSpec::filesystem("file:///opt/scripts/hello.py"),
             calls: vec![CallRecord {
@@ -391,11 +417,13 @@ mod tests {
                     state: ProcedureState::Creating,
                     time: T0,
                     function: None,
+                    note: None,
                 },
                 StateChange {
                     state,
                     time: T0 + 1.25,
                     function: None,
+                    note: None,
                 },
             ],
             stacktrace: None,
@@ -460,7 +488,22 @@ ValueError: no
             },
             create_env: true,
         };
-        let text = describe(&git);
+        let mut interrupted = summary(4, ProcedureState::Unknown);
+        interrupted.history[1].note = Some("oetd restarted while procedure 4 was RUNNING".into());
+        assert!(describe(&interrupted)
+            .contains("UNKNOWN (oetd restarted while procedure 4 was RUNNING)"));
+
+        let asked = describe(&git);
+        git.checkout = Some(oet_protocol::GitCheckout {
+            repo: "https://example.org/s.git".into(),
+            branch: Some("main".into()),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        });
+        assert!(describe(&git).contains(
+            "Git: repository https://example.org/s.git, branch main, \
+             commit 0123456789abcdef0123456789abcdef01234567, own virtual environment"
+        ));
+        let text = asked;
         assert!(text.contains(
             "Git: repository https://example.org/s.git, branch (default), commit abc123, \
              own virtual environment"
@@ -485,6 +528,7 @@ ValueError: no
                     line: "oops".into(),
                 },
             ],
+            not_kept: None,
         };
         assert_eq!(
             logs(&logs_with_drop),
@@ -496,8 +540,15 @@ ValueError: no
             id: 5,
             dropped: 0,
             lines: vec![],
+            not_kept: None,
         };
         assert_eq!(logs(&empty), "(procedure 5 has printed nothing yet)\n");
+        let lost = ProcedureLogs {
+            not_kept: Some("not kept: oetd restarted".into()),
+            ..empty
+        };
+        assert_eq!(logs(&lost), "(not kept: oetd restarted)\n");
+        assert_eq!(logs_json(&lost)["not_kept"], "not kept: oetd restarted");
         assert_eq!(
             logs_json(&logs_with_drop)["lines"][1],
             json!({"time": T0 + 0.001, "stream": "stderr", "line": "oops"})
@@ -622,6 +673,9 @@ ValueError: no
             started_at: T0,
             procedures_live: 3,
             running: vec![2],
+            stop_grace_secs: 5.0,
+            store: "/var/lib/oet/store/history.sqlite".into(),
+            store_problem: None,
         };
         assert_eq!(
             status(&daemon, T0 + 3723.6),
@@ -629,8 +683,14 @@ ValueError: no
              PID:         42\n\
              Socket:      /run/oet/oetd.sock\n\
              Started:     2024-05-01T12:00:00Z (up 1h 2m 3s)\n\
-             Procedures:  3 live, running: 2\n"
+             Procedures:  3 live, running: 2\n\
+             Store:       /var/lib/oet/store/history.sqlite\n"
         );
+        let failing = DaemonStatus {
+            store_problem: Some("the store is full".into()),
+            ..daemon.clone()
+        };
+        assert!(status(&failing, T0).contains("FAILING: the store is full"));
         assert!(status(
             &DaemonStatus {
                 running: vec![],

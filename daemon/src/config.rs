@@ -2,7 +2,7 @@
 //! everything. Unknown keys and wrong types are errors that name the key and the line.
 //!
 //! Each section belongs to the module it configures (`server`, `procedure`, `events`,
-//! `activity::oda`, `git`, `python`); this module puts them together, checks them
+//! `activity::oda`, `git`, `python`, `store`); this module puts them together, checks them
 //! without opening anything, and resolves the paths whose defaults depend on the
 //! environment. Keys that moved to another section keep working under their old names,
 //! with a warning naming the new one.
@@ -18,6 +18,7 @@ use crate::git::GitConfig;
 use crate::procedure::ProcedureConfig;
 use crate::python::PythonConfig;
 use crate::server::ServerConfig;
+use crate::store::StoreConfig;
 
 /// Everything `oetd` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -31,6 +32,7 @@ pub struct Config {
     pub oda: OdaConfig,
     pub git: GitConfig,
     pub python: PythonConfig,
+    pub store: StoreConfig,
     /// One warning per deprecated key the file used (see [`Config::deprecations`]).
     #[serde(skip)]
     deprecations: Vec<String>,
@@ -40,7 +42,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct PathConfig {
-    /// State directory (worker harness, scratch files). Empty: `$STATE_DIRECTORY`, then
+    /// State directory (worker harness, the durable store, SBD files). Empty: `$STATE_DIRECTORY`, then
     /// `/var/lib/oet` for root, else `$XDG_STATE_HOME/oet`, `~/.local/state/oet` or
     /// `/tmp/oetd-<uid>/state`.
     pub state_dir: String,
@@ -74,7 +76,7 @@ pub struct ConfigChanges {
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {}: {source}", path.display())]
+    #[error("cannot read configuration file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -178,7 +180,17 @@ impl Config {
         self.server.validate()?;
         self.events.validate()?;
         self.oda.validate()?;
+        self.store.validate()?;
         Ok(())
+    }
+
+    /// This configuration with the paths whose defaults depend on the environment
+    /// resolved to the ones in effect, for showing.
+    pub fn in_effect(&self) -> Config {
+        let mut shown = self.clone();
+        shown.server.socket = self.socket_path().display().to_string();
+        shown.paths.state_dir = self.state_dir().display().to_string();
+        shown
     }
 
     /// The control socket path, resolving the empty default.
@@ -227,6 +239,7 @@ impl Config {
         note(self.events != new.events, "events", false);
         note(self.paths != new.paths, "paths", false);
         note(self.oda != new.oda, "oda", false);
+        note(self.store != new.store, "store", false);
         changes
     }
 

@@ -3,7 +3,7 @@
 //! The folders tell the architecture: `server/` owns the control socket, `procedure/`
 //! owns script processes and their history, `activity/` turns Scheduling Blocks into
 //! procedures, `git/` fetches scripts from repositories, `python/` builds their
-//! virtual environments, `process` spawns and kills process groups, `events` is the
+//! virtual environments, `store` keeps the durable history, `process` spawns and kills process groups, `events` is the
 //! bus everything is announced on, and `systemd` is the glue to the service manager.
 
 pub mod activity;
@@ -15,5 +15,6 @@ pub mod process;
 pub mod python;
 pub mod reaper;
 pub mod server;
+pub mod store;
 pub mod systemd;
 pub mod table;

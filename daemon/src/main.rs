@@ -13,9 +13,12 @@ use oetd::procedure::worker::WorkerCommand;
 use oetd::procedure::{GitServices, Launcher, ProcedureService, WORKER_HARNESS};
 use oetd::reaper;
 use oetd::server::{self, Services, Shutdown};
+use oetd::store::Store;
 use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
+
+mod manual;
 
 /// The Observation Execution Tool daemon: runs observing scripts and supervises them.
 #[derive(Debug, Parser)]
@@ -57,7 +60,7 @@ fn main() -> ExitCode {
 fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(dir) = &flags.generate_man {
         std::fs::create_dir_all(dir)?;
-        clap_mangen::generate_to(Flags::command(), dir)
+        manual::write(Flags::command(), dir)
             .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
         return Ok(());
     }
@@ -72,7 +75,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     if flags.print_config {
         print!(
             "{}",
-            toml::to_string(&config).context("cannot print the configuration")?
+            toml::to_string(&config.in_effect()).context("cannot print the configuration")?
         );
         return Ok(());
     }
@@ -156,12 +159,18 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         git: git.clone(),
         work_dir: state_dir.clone(),
     };
-    let procedures = ProcedureService::new(config.procedures.clone(), launcher, bus);
+    let sb_dir = state_dir.join("activities");
+    let store_file = config.store.file(&state_dir);
+    let store = Store::open(&config.store, &store_file, &sb_dir, bus);
+    info!("store: {}", store_file.display());
+    let procedures = ProcedureService::new(config.procedures.clone(), launcher, store.clone());
+    procedures.recover().await;
 
     let oda = oda::open(&config.oda, &state_dir).context("cannot open the ODA")?;
     info!("ODA: {} ({:?} backend)", oda.location(), config.oda.backend);
-    let activities = ActivityService::new(oda, procedures.clone(), state_dir.join("activities"))
+    let activities = ActivityService::new(oda, procedures.clone(), sb_dir)
         .context("cannot prepare the directory for activities' SBD files")?;
+    activities.recover().await;
 
     // A socket passed by systemd belongs to systemd (it removes it); one we create is ours.
     let (listener, socket, own_socket) = match activated {
@@ -217,6 +226,8 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     info!("shutting down: stopping running scripts");
     shutdown.stop_accepting.cancel();
     procedures.shutdown().await;
+    // Listeners get every final state before their connections close.
+    procedures.durable().await;
     shutdown.close_connections.cancel();
     if let Err(err) = server.await {
         error!("the control server ended abnormally: {err}");
@@ -226,6 +237,7 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
             error!("cannot remove socket {}: {err}", socket.display());
         }
     }
+    store.close().await;
     info!("oetd stopped");
     Ok(())
 }
@@ -240,6 +252,13 @@ fn reload(
     procedures: &ProcedureService,
     git: &GitServices,
 ) {
+    if flags.config.is_none() {
+        info!(
+            "SIGHUP received, but oetd was started without --config: there is no file to \
+             reload, and it keeps running on its embedded defaults"
+        );
+        return;
+    }
     info!("SIGHUP received: reloading the configuration");
     let new = match load_config(flags) {
         Ok(new) => new,

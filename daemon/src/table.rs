@@ -17,16 +17,22 @@ pub struct Rows<E> {
 
 impl<E> Default for IdTable<E> {
     fn default() -> Self {
-        IdTable {
-            rows: Mutex::new(Rows {
-                last_id: 0,
-                entries: BTreeMap::new(),
-            }),
-        }
+        IdTable::after(0)
     }
 }
 
 impl<E> IdTable<E> {
+    /// An empty table whose first ID will be `last_id + 1`: IDs continue after those an
+    /// earlier run issued.
+    pub fn after(last_id: u64) -> Self {
+        IdTable {
+            rows: Mutex::new(Rows {
+                last_id,
+                entries: BTreeMap::new(),
+            }),
+        }
+    }
+
     /// Locks the table. A panic while it was held cannot leave it half-updated in a way
     /// that matters more than losing the daemon, so the lock is taken over after one.
     pub fn lock(&self) -> MutexGuard<'_, Rows<E>> {

@@ -11,12 +11,12 @@ const LAYERS: &[&[&str]] = &[
     &["process", "table"],
     &["reaper"],
     &["events"],
-    &["git", "python"],
+    &["git", "python", "store"],
     &["procedure"],
     &["activity", "systemd"],
     &["server"],
     &["config"],
-    &["main"],
+    &["main", "manual"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -351,6 +351,16 @@ fn components() -> Json {
                 "id": {"type": "integer", "minimum": 1},
                 "uri": {"type": "string"},
                 "script": schema("Script"),
+                "checkout": {"anyOf": [{"type": "null"}, {
+                    "type": "object",
+                    "description": "For a git script: the repository, branch and commit it runs from, once fetched.",
+                    "properties": {
+                        "repo": {"type": "string"},
+                        "branch": {"type": ["string", "null"]},
+                        "commit": {"type": "string"},
+                    },
+                    "required": ["repo", "branch", "commit"],
+                }]},
                 "script_args": {"type": "object", "additionalProperties": input},
                 "calls": {"type": "array", "items": {
                     "type": "object",

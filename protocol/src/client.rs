@@ -17,6 +17,7 @@ use crate::messages::*;
 use crate::requests::*;
 use crate::summary::{
     ActivityState, ActivitySummary, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec,
+    Timestamp,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -134,12 +135,31 @@ impl Client {
         self.call(StopProcedure { id, run_abort }).await
     }
 
-    /// Summaries of the given procedures, or of every live one when `ids` is empty.
+    /// Summaries of the given procedures (live or past), or of the default list when
+    /// `ids` is empty: every live procedure and the newest final ones.
     pub async fn list(&mut self, ids: Vec<u64>) -> Result<Vec<ProcedureSummary>, ClientError> {
         self.call(ListProcedures { ids }).await
     }
 
-    /// One procedure's summary.
+    /// Procedures from the durable store, live and past, in ID order: those created at
+    /// or after `since`, in `state`, the newest `limit` of them (all when `None`). Asks
+    /// for as many pages as that takes.
+    pub async fn procedure_history(
+        &mut self,
+        since: Option<Timestamp>,
+        state: Option<ProcedureState>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ProcedureSummary>, ClientError> {
+        self.pages(limit, |before, limit| ListProcedureHistory {
+            since,
+            state,
+            before,
+            limit,
+        })
+        .await
+    }
+
+    /// One procedure's summary, live or past.
     pub async fn describe(&mut self, id: u64) -> Result<ProcedureSummary, ClientError> {
         only(self.list(vec![id]).await?, "procedure", id)
     }
@@ -172,7 +192,44 @@ impl Client {
         .await
     }
 
-    /// Summaries of the given activities, or of every live one when `ids` is empty.
+    /// Activities from the durable store, live and past, in ID order; like
+    /// [`Client::procedure_history`].
+    pub async fn activity_history(
+        &mut self,
+        since: Option<Timestamp>,
+        state: Option<ActivityState>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ActivitySummary>, ClientError> {
+        self.pages(limit, |before, limit| ListActivityHistory {
+            since,
+            state,
+            before,
+            limit,
+        })
+        .await
+    }
+
+    /// Asks for history pages made by `page` (below an ID, this many) until `limit`
+    /// records are gathered or the history is exhausted; returns them in ID order.
+    async fn pages<R, T>(
+        &mut self,
+        limit: Option<usize>,
+        page: impl Fn(Option<u64>, u32) -> R,
+    ) -> Result<Vec<T>, ClientError>
+    where
+        R: Call<Response = Vec<T>>,
+        T: HasId,
+    {
+        let mut pages = Pages::new(limit);
+        while let Some((before, limit)) = pages.next_page() {
+            let got = self.call(page(before, limit)).await?;
+            pages.add(got, limit);
+        }
+        Ok(pages.finish())
+    }
+
+    /// Summaries of the given activities (live or past), or of the default list when
+    /// `ids` is empty.
     pub async fn list_activities(
         &mut self,
         ids: Vec<u64>,
@@ -223,6 +280,80 @@ pub fn next_request_id() -> u64 {
         })
         .unwrap_or(0);
     now.max(previous.saturating_add(1))
+}
+
+/// A record of the history, known by its ID.
+pub trait HasId {
+    fn id(&self) -> u64;
+}
+
+impl HasId for ProcedureSummary {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl HasId for ActivitySummary {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Gathers history pages (newest first) until the wanted number is reached or the
+/// history is exhausted.
+struct Pages<T> {
+    items: Vec<T>,
+    wanted: Option<usize>,
+    before: Option<u64>,
+    done: bool,
+}
+
+impl<T> Pages<T> {
+    fn new(wanted: Option<usize>) -> Self {
+        Pages {
+            items: Vec::new(),
+            wanted,
+            before: None,
+            done: wanted == Some(0),
+        }
+    }
+
+    /// The next page to ask for: below which ID, and how many.
+    fn next_page(&self) -> Option<(Option<u64>, u32)> {
+        if self.done {
+            return None;
+        }
+        let left = self.wanted.map_or(usize::MAX, |w| w - self.items.len());
+        let limit = u32::try_from(left)
+            .unwrap_or(HISTORY_PAGE_MAX)
+            .min(HISTORY_PAGE_MAX);
+        Some((self.before, limit))
+    }
+
+    /// Adds a page, asked for with `asked` as its limit.
+    fn add(&mut self, page: Vec<T>, asked: u32)
+    where
+        T: HasId,
+    {
+        let short = page.len() < asked as usize;
+        let last = page.last().map(HasId::id);
+        // An ID not below the asked bound would mean a server that ignores paging.
+        let progressed = matches!((last, self.before), (Some(l), Some(b)) if l < b)
+            || (last.is_some() && self.before.is_none());
+        self.items.extend(page);
+        self.before = last;
+        let full = self.wanted.is_some_and(|w| self.items.len() >= w);
+        self.done = full || short || !progressed;
+        if let Some(wanted) = self.wanted {
+            self.items.truncate(wanted);
+        }
+    }
+
+    /// The items in ascending ID order.
+    fn finish(mut self) -> Vec<T> {
+        self.items.reverse();
+        self.items
+    }
 }
 
 /// The one summary a list of one ID answers.

@@ -168,11 +168,13 @@ mod tests {
             result: Ok(ResponseBody::CreateProcedure(ProcedureSummary {
                 id: 1,
                 script,
+                checkout: None,
                 calls: vec![],
                 history: vec![StateChange {
                     state: ProcedureState::Creating,
                     time: 1.5,
                     function: None,
+                    note: None,
                 }],
                 stacktrace: Some("Traceback".into()),
                 state: ProcedureState::Creating,

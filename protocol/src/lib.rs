@@ -25,4 +25,4 @@ pub use value::Value;
 
 /// Version of the control protocol. A client and a server with different versions refuse
 /// to talk to each other, with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

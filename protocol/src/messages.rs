@@ -168,6 +168,9 @@ pub struct ProcedureLogs {
     /// Lines dropped from the front because the per-procedure bound was reached.
     pub dropped: u64,
     pub lines: Vec<LogLine>,
+    /// Set when the output was not kept, saying why (e.g. oetd restarted before the
+    /// procedure ended); `lines` is then empty.
+    pub not_kept: Option<String>,
 }
 
 /// The daemon's own state, for `oetctl status`.
@@ -180,6 +183,12 @@ pub struct DaemonStatus {
     pub started_at: Timestamp,
     pub procedures_live: u64,
     pub running: Vec<u64>,
+    /// Seconds a stopped script has between SIGTERM and SIGKILL.
+    pub stop_grace_secs: f64,
+    /// The file of the durable store.
+    pub store: String,
+    /// Why the store cannot be written now, if it cannot; creates are refused meanwhile.
+    pub store_problem: Option<String>,
 }
 
 /// Event topics the daemon publishes.

@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{DaemonStatus, ProcedureLogs};
-use crate::summary::{ActivitySummary, FunctionArgs, ProcedureSummary, ScriptSpec};
+use crate::summary::{
+    ActivityState, ActivitySummary, FunctionArgs, ProcedureState, ProcedureSummary, ScriptSpec,
+    Timestamp,
+};
 
 /// What a caller may do. Each request needs one of these; a caller with a higher role may
 /// make the requests of the lower ones.
@@ -126,8 +129,11 @@ requests! { $
     /// Stop a procedure; with `run_abort`, then run the abort script. Answers with the
     /// stopped procedure's summary, and the abort procedure's when one was run.
     StopProcedure => Vec<ProcedureSummary>, "request.procedure.stop", Operate;
-    /// Summaries of the given procedures, or of all live ones when none are named.
+    /// Summaries of the given procedures (live or past), or of the default list when
+    /// none are named.
     ListProcedures => Vec<ProcedureSummary>, "request.procedure.list", Read;
+    /// Past and live procedures from the durable store, newest first, a page at a time.
+    ListProcedureHistory => Vec<ProcedureSummary>, "request.procedure.history", Read;
     /// The captured stdout/stderr lines of a procedure.
     GetLogs => ProcedureLogs, "request.procedure.logs", Read;
     /// Turn the connection into a stream of events.
@@ -136,8 +142,11 @@ requests! { $
     GetStatus => DaemonStatus, "request.status", Read;
     /// Run an activity of a Scheduling Block Definition from the ODA.
     RunActivity => ActivitySummary, "request.activity.run", Operate;
-    /// Summaries of the given activities, or of all live ones when none are named.
+    /// Summaries of the given activities (live or past), or of the default list when
+    /// none are named.
     ListActivities => Vec<ActivitySummary>, "request.activity.list", Read;
+    /// Past and live activities from the durable store, newest first, a page at a time.
+    ListActivityHistory => Vec<ActivitySummary>, "request.activity.history", Read;
     /// Store an SBD (JSON text) in the ODA.
     PutSbd => SbdStored, "request.oda.put_sbd", Operate;
 }
@@ -168,8 +177,25 @@ pub struct StopProcedure {
 /// List procedures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ListProcedures {
-    /// The procedures to describe; empty means every live one.
+    /// The procedures to describe, live or past; empty means the default list: every
+    /// live procedure and the newest final ones.
     pub ids: Vec<u64>,
+}
+
+/// The most a history page holds; a larger `limit` is answered with this many.
+pub const HISTORY_PAGE_MAX: u32 = 500;
+
+/// One page of the procedure history in the durable store, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ListProcedureHistory {
+    /// Only procedures created at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only procedures in this state.
+    pub state: Option<ProcedureState>,
+    /// Only procedures with a lower ID: the last ID of the previous page.
+    pub before: Option<u64>,
+    /// At most this many (and at most [`HISTORY_PAGE_MAX`]); 0 means the page maximum.
+    pub limit: u32,
 }
 
 /// A procedure's kept output.
@@ -205,8 +231,21 @@ pub struct RunActivity {
 /// List activities.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ListActivities {
-    /// The activities to describe; empty means every live one.
+    /// The activities to describe, live or past; empty means the default list.
     pub ids: Vec<u64>,
+}
+
+/// One page of the activity history in the durable store, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ListActivityHistory {
+    /// Only activities requested at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only activities in this state.
+    pub state: Option<ActivityState>,
+    /// Only activities with a lower ID: the last ID of the previous page.
+    pub before: Option<u64>,
+    /// At most this many (and at most [`HISTORY_PAGE_MAX`]); 0 means the page maximum.
+    pub limit: u32,
 }
 
 /// Store an SBD in the ODA.

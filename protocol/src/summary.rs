@@ -192,6 +192,9 @@ pub struct StateChange {
     pub time: Timestamp,
     /// For RUNNING: the function whose call started the run (`main`, ...).
     pub function: Option<String>,
+    /// Why oetd recorded this state itself, when nothing the script did caused it, e.g.
+    /// that oetd restarted while the procedure was live.
+    pub note: Option<String>,
 }
 
 impl StateChange {
@@ -201,8 +204,21 @@ impl StateChange {
             state,
             time: now(),
             function: None,
+            note: None,
         }
     }
+}
+
+/// Where a git script was checked out from, once it is known: what the request left to
+/// defaults, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitCheckout {
+    /// The repository used (a URL, or a canonical local path).
+    pub repo: String,
+    /// The branch the commit was resolved from, if it was resolved from one.
+    pub branch: Option<String>,
+    /// The full commit id that ran.
+    pub commit: String,
 }
 
 /// Everything known about one procedure.
@@ -210,6 +226,8 @@ impl StateChange {
 pub struct ProcedureSummary {
     pub id: u64,
     pub script: ScriptSpec,
+    /// For a git script, the checkout it runs from, once fetched.
+    pub checkout: Option<GitCheckout>,
     /// Every call made, in order (`init` first when the script has one).
     pub calls: Vec<CallRecord>,
     pub history: Vec<StateChange>,
@@ -242,6 +260,17 @@ pub enum ActivityState {
     Complete,
     Failed,
     Stopped,
+}
+
+impl FromStr for ActivityState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ActivityState::ALL
+            .into_iter()
+            .find(|state| state.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown activity state '{s}'"))
+    }
 }
 
 impl ActivityState {

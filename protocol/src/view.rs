@@ -95,6 +95,16 @@ pub fn procedure(summary: &ProcedureSummary) -> Value {
     map([
         ("id", Value::from(summary.id)),
         ("script", script(&summary.script)),
+        (
+            "checkout",
+            summary.checkout.as_ref().map_or(Value::Null, |checkout| {
+                map([
+                    ("repo", Value::from(checkout.repo.as_str())),
+                    ("branch", optional(checkout.branch.as_deref())),
+                    ("commit", Value::from(checkout.commit.as_str())),
+                ])
+            }),
+        ),
         ("script_args", script_args(&summary.script_args())),
         ("calls", Value::List(calls)),
         (

@@ -40,6 +40,16 @@ pub fn positional(args: Vec<Value>) -> FunctionArgs {
     }
 }
 
+/// Passes over a test that needs something this machine lacks (a tool, root, a
+/// namespace), saying why — except in CI (`CI` set), where a missing tool fails the
+/// test: CI must never be green without having run it.
+pub fn skip_unless_ci(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("cannot run this test: {reason}; with CI set, that is a failure, not a skip");
+    }
+    eprintln!("skipped: {reason}");
+}
+
 /// Upper bound for any single wait in a test: a wait that takes longer is a failure,
 /// never a pause.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -118,13 +128,50 @@ impl TestDaemon {
     /// open further sections.
     pub fn start_with(extra_procedures_toml: &str) -> TestDaemon {
         let mut daemon = TestDaemon::prepare(extra_procedures_toml);
-        let lines = daemon.launch(daemon.command(None));
+        daemon.launch_listening(daemon.command(None));
+        daemon
+    }
+
+    /// Starts `cmd` as this test's oetd (see [`TestDaemon::launch`]) and waits until it
+    /// listens; its log is then read with [`TestDaemon::log_line`].
+    pub fn launch_listening(&mut self, cmd: Command) {
+        let lines = self.launch(cmd);
         if wait_for_line(&lines, "oetd listening on").is_none() {
-            let status = daemon.child.as_mut().map(Child::try_wait);
+            let status = self.child.as_mut().map(Child::try_wait);
             panic!("oetd did not start listening (exit status: {status:?})");
         }
-        daemon.log = Some(std::sync::Mutex::new(lines));
-        daemon
+        self.log = Some(std::sync::Mutex::new(lines));
+    }
+
+    /// Starts oetd again on the same socket, configuration and state directory, once
+    /// the previous one has exited (see [`TestDaemon::wait`], [`TestDaemon::kill`]).
+    pub fn start_again(&mut self) {
+        self.launch_listening(self.command(None));
+    }
+
+    /// SIGKILLs oetd, as a crash would end it, and waits until it is gone.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+
+    /// Every line oetd logs from now until it exits (bounded by [`DEADLINE`]).
+    pub fn log_until_exit(&self) -> Vec<String> {
+        let Some(lines) = self.log.as_ref().and_then(|log| log.lock().ok()) else {
+            return Vec::new();
+        };
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return seen,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("oetd did not exit within {DEADLINE:?}; it logged {seen:#?}")
+                }
+            }
+        }
     }
 
     /// Waits (bounded by [`DEADLINE`]) for the next line oetd logs that contains
@@ -165,7 +212,7 @@ impl TestDaemon {
     /// `shell_prefix`, oetd runs as `sh -c '<prefix> exec oetd ...'`, so the prefix can
     /// use `$$`, which is then oetd's own PID (as systemd's `LISTEN_PID` must be).
     pub fn command(&self, shell_prefix: Option<&str>) -> Command {
-        let mut cmd = match shell_prefix {
+        let cmd = match shell_prefix {
             Some(prefix) => {
                 let mut cmd = Command::new("sh");
                 cmd.arg("-c")
@@ -175,6 +222,19 @@ impl TestDaemon {
             }
             None => Command::new(oetd_bin()),
         };
+        self.with_oetd_args(cmd)
+    }
+
+    /// Like [`TestDaemon::command`], with oetd started by `wrapper`, a program and its
+    /// arguments that exec the command line after them (e.g. `nsenter --mount=... --`).
+    pub fn command_under(&self, wrapper: &[&str]) -> Command {
+        let (program, args) = wrapper.split_first().expect("a wrapper program");
+        let mut cmd = Command::new(program);
+        cmd.args(args).arg(oetd_bin());
+        self.with_oetd_args(cmd)
+    }
+
+    fn with_oetd_args(&self, mut cmd: Command) -> Command {
         cmd.arg("--socket")
             .arg(&self.socket)
             .arg("--config")
@@ -222,8 +282,16 @@ impl TestDaemon {
     }
 
     /// Waits for the daemon to exit and returns its exit status.
+    /// Waits (bounded by [`DEADLINE`]) for the daemon to exit and returns its exit
+    /// status; a daemon that does not exit in time fails the test (and is killed).
     pub fn wait(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon running");
+        let pid = child.id();
+        if !wait_gone(pid, DEADLINE) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("oetd (pid {pid}) did not exit within {DEADLINE:?}");
+        }
         child.wait().expect("wait for oetd")
     }
 
@@ -336,6 +404,48 @@ impl Drop for TestDaemon {
     }
 }
 
+/// The test's end of `NOTIFY_SOCKET`: every datagram oetd sent, in order.
+pub struct NotifySocket {
+    socket: tokio::net::UnixDatagram,
+    pub seen: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn bind(path: &Path) -> NotifySocket {
+        NotifySocket {
+            socket: tokio::net::UnixDatagram::bind(path).expect("bind the notify socket"),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Receives until a datagram has a line satisfying `wanted`; returns that line.
+    pub async fn until(&mut self, wanted: impl Fn(&str) -> bool) -> String {
+        let wait = async {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = self.socket.recv(&mut buf).await.expect("receive");
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push(message.clone());
+                if let Some(line) = message.lines().find(|l| wanted(l)) {
+                    return line.to_owned();
+                }
+            }
+        };
+        match tokio::time::timeout(DEADLINE, wait).await {
+            Ok(line) => line,
+            Err(_) => panic!("awaited notification did not come; got {:#?}", self.seen),
+        }
+    }
+
+    /// How many of `messages` have a line that is exactly `line`.
+    pub fn count(messages: &[String], line: &str) -> usize {
+        messages
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
+    }
+}
+
 /// Waits (bounded by [`DEADLINE`]) for a line containing `needle` among `lines` (from
 /// [`TestDaemon::launch`]); `None` when the stream ends first (oetd exited).
 pub fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> Option<String> {
@@ -399,6 +509,36 @@ pub async fn next_event(events: &mut EventStream, pred: impl Fn(&Event) -> bool)
     tokio::time::timeout(DEADLINE, wait)
         .await
         .expect("awaited event did not come in time")
+}
+
+/// Waits for the next event matching `pred` that procedure `id` (or its script) causes:
+/// oetd delivers events in order, so once `id` is final, nothing it did can still come,
+/// and the wait fails at once instead of at the deadline.
+pub async fn next_event_of(
+    events: &mut EventStream,
+    id: u64,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
+    let ended =
+        |e: &Event| e.procedure_id() == Some(id) && e.new_state().is_some_and(|s| s.is_final());
+    let event = next_event(events, |e| pred(e) || ended(e)).await;
+    if pred(&event) {
+        return event;
+    }
+    panic!(
+        "procedure {id} ended {:?} before the awaited event",
+        event.new_state()
+    )
+}
+
+/// Waits until procedure `id` reaches a final state, which must be `state`: another final
+/// state fails at once.
+pub async fn next_final_state(events: &mut EventStream, id: u64, state: ProcedureState) {
+    let event = next_event(events, |e| {
+        e.procedure_id() == Some(id) && e.new_state().is_some_and(|s| s.is_final())
+    })
+    .await;
+    assert_eq!(event.new_state(), Some(state), "procedure {id}");
 }
 
 /// Asserts that a procedure is in `state`, showing its stack trace if it is not.

@@ -296,6 +296,16 @@ async fn a_failing_main_fails_the_activity_with_the_message_in_the_stack_trace()
     assert_eq!(procedure.state, ProcedureState::Failed);
     let trace = procedure.stacktrace.expect("a stack trace");
     assert!(trace.contains("Exception: fail"), "{trace}");
+    // The activity says why, itself.
+    let error = done.error.expect("a FAILED activity says why");
+    assert!(error.starts_with("Exception: fail"), "{error}");
+    assert!(
+        error.contains(&format!("see procedure {}", procedure.id)),
+        "{error}"
+    );
+    let output = daemon.oetctl(&["activity", "describe", "--aid", &requested.id.to_string()]);
+    let described = String::from_utf8_lossy(&output.stdout);
+    assert!(described.contains("Error: Exception: fail"), "{described}");
 }
 
 #[tokio::test]
@@ -390,7 +400,7 @@ async fn bad_requests_are_refused_clearly_and_create_nothing() {
     assert_refused(
         op.try_run("allocate", "sbd-missing", none()).await,
         ErrorKind::InvalidRequest,
-        "its script /nonexistent/allocate.py cannot be used on this host",
+        "script /nonexistent/allocate.py cannot be used on this host",
     );
     assert_refused(
         op.try_run(
@@ -643,8 +653,9 @@ async fn oetctl_puts_an_sbd_and_runs_lists_and_describes_activities() {
     let err = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(err.contains("its activities are: allocate"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // Malformed --script-args are a wrong command line.
     let output = oetctl_run_allocate(&daemon, &sbd_id, &["--script-args", "[1]"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let failed = oetctl_run_allocate(
         &daemon,
         &sbd_id,
@@ -692,6 +703,13 @@ async fn an_activity_that_cannot_start_main_stays_prepared_and_says_why() {
         error.contains("could not be started") && error.contains("RUNNING"),
         "{error}"
     );
+    // Stopped while it waits, the activity says it was stopped, not that main could not
+    // start.
+    let waiting = requested.procedure_id.expect("its procedure");
+    op.client.stop(waiting, false).await.expect("stop it");
+    let done = op.wait_end(requested.id).await;
+    assert_eq!(done.state, ActivityState::Stopped);
+    assert_eq!(done.error, None, "a stale error outlived the stop");
     op.client
         .stop(ready.id, false)
         .await

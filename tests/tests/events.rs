@@ -7,7 +7,7 @@ use oet_protocol::{
     ClientMessage, FunctionArgs, Hello, ListProcedures, ProcedureState, Request, RequestBody,
     ServerMessage, Value, PROTOCOL_VERSION,
 };
-use oet_tests::{next_event, positional, wait_for, TestDaemon};
+use oet_tests::{next_event, next_event_of, positional, wait_for, TestDaemon};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
@@ -25,7 +25,7 @@ async fn a_script_message_reaches_a_listener_with_its_topic_and_payload() {
     let mut events = daemon.events().await;
     let args = positional(vec![Value::from("slewing to target")]);
     daemon.start_main(ready.id, args).await;
-    let event = next_event(&mut events, |e| e.topic == "user.script.announce").await;
+    let event = next_event_of(&mut events, ready.id, |e| e.topic == "user.script.announce").await;
     assert_eq!(event.msg_src, ready.id.to_string());
     let payload = event.payload.as_map().expect("payload");
     assert_eq!(payload.get("msg"), Some(&Value::from("slewing to target")));
@@ -75,6 +75,68 @@ def main():
     })
     .await;
     assert_eq!(done.state, ProcedureState::Complete);
+}
+
+#[tokio::test]
+async fn a_script_does_not_hear_its_own_messages_twice() {
+    let daemon = TestDaemon::start();
+    // Another script answers every ping with a pong. oetd hands events to a worker in the
+    // order they were published, so by the time the pinger has its three pongs, any echo
+    // of its own pings would have reached it already.
+    let echo = daemon
+        .ready_script(
+            "echo.py",
+            r#"
+from pubsub import pub
+
+def ping(n, msg_src=None):
+    pub.sendMessage("test.pong", n=n)
+
+def init():
+    pub.subscribe(ping, "test.ping")
+
+def main():
+    pass
+"#,
+        )
+        .await;
+    assert_eq!(echo.state, ProcedureState::Ready);
+    let done = daemon
+        .run_script(
+            "pinger.py",
+            r#"
+import threading
+from pubsub import pub
+
+pings, pongs = [], []
+all_pongs = threading.Event()
+
+def ping(n, msg_src=None):
+    pings.append(n)
+
+def pong(n, msg_src=None):
+    pongs.append(n)
+    if len(pongs) == 3:
+        all_pongs.set()
+
+def main():
+    pub.subscribe(ping, "test.ping")
+    pub.subscribe(pong, "test.pong")
+    for n in range(3):
+        pub.sendMessage("test.ping", n=n)
+    if not all_pongs.wait(60):
+        raise RuntimeError(f"pongs {pongs} did not all come")
+    print(f"heard {pings}")
+"#,
+        )
+        .await;
+    assert_eq!(
+        done.state,
+        ProcedureState::Complete,
+        "{:?}",
+        done.stacktrace
+    );
+    daemon.assert_printed(done.id, "heard [0, 1, 2]").await;
 }
 
 #[tokio::test]

@@ -63,7 +63,7 @@ async fn a_branch_and_an_older_commit_each_run_their_own_version() {
         &[("scripts/observe.py", &script_printing("version 1"))],
         "v1",
     );
-    repo.commit(
+    let second = repo.commit(
         &[("scripts/observe.py", &script_printing("version 2"))],
         "v2",
     );
@@ -73,16 +73,35 @@ async fn a_branch_and_an_older_commit_each_run_their_own_version() {
         "feature",
     );
     repo.git(&["checkout", "--quiet", "main"]);
+    let feature = repo.git(&["rev-parse", "feature"]).trim().to_owned();
     let daemon = TestDaemon::start();
 
     let cases = [
-        (Some("feature"), None, "feature version"),
-        (None, Some(first.as_str()), "version 1"),
-        (None, None, "version 2"),
+        (
+            Some("feature"),
+            None,
+            "feature version",
+            feature.as_str(),
+            Some("feature"),
+        ),
+        (
+            None,
+            Some(first.as_str()),
+            "version 1",
+            first.as_str(),
+            None,
+        ),
+        (None, None, "version 2", second.as_str(), Some("main")),
         // The commit wins over the branch.
-        (Some("feature"), Some(&first[..10]), "version 1"),
+        (
+            Some("feature"),
+            Some(&first[..10]),
+            "version 1",
+            first.as_str(),
+            None,
+        ),
     ];
-    for (branch, commit, expected) in cases {
+    for (branch, commit, expected, ran, ran_branch) in cases {
         let ready = create(
             &daemon,
             git_script(&repo, "scripts/observe.py", branch, commit, false),
@@ -90,6 +109,13 @@ async fn a_branch_and_an_older_commit_each_run_their_own_version() {
         .await;
         assert_state(&ready, Ready);
         assert_eq!(states(&ready), [Creating, Idle, Loading, Idle, Ready]);
+        // The commit that runs is known, also when the request named a branch or nothing.
+        let checkout = ready.checkout.clone().expect("the checkout is recorded");
+        assert_eq!(checkout.commit, ran, "branch {branch:?} commit {commit:?}");
+        assert_eq!(checkout.branch.as_deref(), ran_branch);
+        let described = daemon.oetctl(&["procedure", "describe", "--pid", &ready.id.to_string()]);
+        let described = String::from_utf8_lossy(&described.stdout);
+        assert!(described.contains(&format!("commit {ran}")), "{described}");
         let lines = run_main(&daemon, ready.id).await;
         assert_eq!(lines, [expected], "branch {branch:?} commit {commit:?}");
     }

@@ -163,8 +163,11 @@ async fn a_lifecycle_reaches_two_clients_in_order_while_200_idle_clients_wait() 
     let created = by_topic("procedure.lifecycle.created").json();
     assert_eq!(created["msg_src"], id.to_string());
     assert_eq!(created["result"]["id"], id);
+    assert_eq!(created["result"]["state"], "IDLE");
+    let started = by_topic("procedure.lifecycle.started").json();
+    assert_eq!(started["result"]["state"], "RUNNING");
     assert_eq!(
-        created["result"]["script_args"]["init"]["kwargs"]["subarray_id"],
+        started["result"]["script_args"]["init"]["kwargs"]["subarray_id"],
         1
     );
     let announce = by_topic("user.script.announce");

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, ScriptSpec, Value};
-use oet_tests::{assert_failed_with, assert_state, kwargs, states, TestDaemon};
+use oet_tests::{assert_failed_with, assert_state, kwargs, positional, states, TestDaemon};
 
 const INIT_AND_MAIN: &str = r#"
 def init(subarray_id):
@@ -69,12 +69,20 @@ async fn an_exception_in_main_fails_with_its_stack_trace() {
 }
 
 #[tokio::test]
-async fn a_missing_script_fails_naming_the_file() {
+async fn a_missing_script_is_refused_naming_the_file_and_records_nothing() {
     let daemon = TestDaemon::start();
-    let failed = daemon
-        .create_ready("file:///does/not/exist.py", FunctionArgs::default())
-        .await;
-    assert_failed_with(&failed, &["FileNotFoundError", "/does/not/exist.py"]);
+    let mut client = daemon.client().await;
+    let err = client
+        .create(
+            ScriptSpec::filesystem("file:///does/not/exist.py"),
+            FunctionArgs::default(),
+        )
+        .await
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(message.starts_with("invalid request"), "{message}");
+    assert!(message.contains("/does/not/exist.py"), "{message}");
+    assert!(client.list(vec![]).await.expect("list").is_empty());
 }
 
 #[tokio::test]
@@ -165,18 +173,22 @@ async fn a_wrong_uri_prefix_is_refused_without_creating_anything() {
 }
 
 #[tokio::test]
-async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
+async fn the_list_keeps_the_newest_ended_and_every_live_procedure_and_the_rest_stays_readable() {
     let daemon = TestDaemon::start_with("history_size = 2");
     let live = daemon
         .ready_script("live.py", "def main():\n    pass\n")
         .await;
-    let older = daemon
-        .create_ready("file:///missing/one.py", FunctionArgs::default())
-        .await;
-    let newer = daemon
-        .create_ready("file:///missing/two.py", FunctionArgs::default())
-        .await;
-    assert_eq!((older.state, newer.state), (Failed, Failed));
+    let mut ended = Vec::new();
+    for name in ["one", "two", "three"] {
+        let failed = daemon
+            .ready_script(
+                &format!("{name}.py"),
+                "raise RuntimeError('fails on import')\n",
+            )
+            .await;
+        assert_eq!(failed.state, Failed);
+        ended.push(failed);
+    }
     let mut client = daemon.client().await;
     let ids: Vec<u64> = client
         .list(vec![])
@@ -185,8 +197,11 @@ async fn history_keeps_the_newest_and_never_drops_a_live_procedure() {
         .iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(ids, [live.id, newer.id]);
-    let err = client.describe(older.id).await.expect_err("pruned");
+    assert_eq!(ids, [live.id, ended[1].id, ended[2].id]);
+    // The oldest left the list, not the history.
+    let oldest = client.describe(ended[0].id).await.expect("from the store");
+    assert_eq!(oldest, ended[0]);
+    let err = client.describe(99).await.expect_err("never issued");
     assert!(err.to_string().starts_with("not found"), "{err}");
 }
 
@@ -209,4 +224,80 @@ async fn an_overlong_output_line_is_noted_and_the_script_goes_on_printing() {
         output.first()
     );
     daemon.assert_printed(done.id, "all printed").await;
+}
+
+#[tokio::test]
+async fn only_the_newest_log_lines_are_kept_and_the_rest_are_counted() {
+    let daemon = TestDaemon::start_with("log_lines = 3");
+    let done = daemon
+        .run_script(
+            "counting.py",
+            "def main():\n    for i in range(10):\n        print(f'line {i}')\n",
+        )
+        .await;
+    assert_eq!(done.state, Complete, "{:?}", done.stacktrace);
+    let logs = daemon.client().await.logs(done.id).await.expect("logs");
+    let kept: Vec<&str> = logs.lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(kept, ["line 7", "line 8", "line 9"]);
+    assert_eq!(logs.dropped, 7);
+}
+
+#[tokio::test]
+async fn arguments_json_cannot_carry_are_refused_by_create_and_start() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("noop.py", "def main(*args, **kwargs):\n    pass\n");
+    let mut client = daemon.client().await;
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let err = client
+            .create(
+                ScriptSpec::filesystem(&uri),
+                kwargs(&[("x", Value::Float(bad))]),
+            )
+            .await
+            .expect_err("a non-finite init argument is refused");
+        assert!(err.to_string().starts_with("invalid request"), "{err}");
+    }
+    assert!(
+        client.list(vec![]).await.expect("list").is_empty(),
+        "nothing was created"
+    );
+
+    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
+    let err = client
+        .start(
+            ready.id,
+            "main",
+            positional(vec![Value::List(vec![Value::Float(f64::NAN)])]),
+        )
+        .await
+        .expect_err("a non-finite argument of main is refused");
+    assert!(err.to_string().starts_with("invalid request"), "{err}");
+    assert_eq!(
+        client.describe(ready.id).await.expect("describe").state,
+        Ready
+    );
+}
+
+#[tokio::test]
+async fn init_called_without_arguments_is_a_call_too() {
+    let daemon = TestDaemon::start();
+    let ready = daemon
+        .ready_script(
+            "bare.py",
+            "def init():\n    pass\n\ndef main():\n    pass\n",
+        )
+        .await;
+    assert_state(&ready, Ready);
+    let calls: Vec<&str> = ready.calls.iter().map(|c| c.function.as_str()).collect();
+    assert_eq!(calls, ["init"], "{:?}", ready.calls);
+    assert!(ready.calls[0].args.is_empty());
+    let json = oet_protocol::view::procedure(&ready).to_json_lossy();
+    assert_eq!(json["calls"][0]["function"], "init", "{json}");
+    assert!(json["script_args"]["init"].is_object(), "{json}");
+
+    // A script without init is not said to have had it called.
+    let plain = daemon
+        .ready_script("plain.py", "def main():\n    pass\n")
+        .await;
+    assert!(plain.calls.is_empty(), "{:?}", plain.calls);
 }

@@ -44,9 +44,19 @@ fn ok(output: Output) -> String {
 /// Asserts failure with exit status 1 and exactly one `oetctl: ...` line on stderr, and
 /// returns that line.
 fn one_line_failure(output: &Output) -> String {
+    failure_with(output, 1)
+}
+
+/// Asserts a refused command line: exit status 2 and exactly one `oetctl: ...` line on
+/// stderr, which it returns.
+fn usage_failure(output: &Output) -> String {
+    failure_with(output, 2)
+}
+
+fn failure_with(output: &Output, code: i32) -> String {
     assert_eq!(
         output.status.code(),
-        Some(1),
+        Some(code),
         "stdout:\n{}\nstderr:\n{}",
         stdout(output),
         stderr(output)
@@ -120,12 +130,99 @@ fn a_wrong_command_line_is_refused_before_connecting() {
     };
     let output = run(&["procedure", "create", "file:///x.py", "--git_branch=dev"]);
     assert_eq!(
-        one_line_failure(&output),
+        usage_failure(&output),
         "oetctl: --git_branch only applies to git:// scripts, but the script is 'file:///x.py'"
     );
-    let output = run(&["procedure", "list", "--pid", "seven"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+    usage_failure(&run(&["procedure", "list", "--pid", "seven"]));
+
+    // A script keyword without a value, a word that is no option: wrong command lines.
+    let line = usage_failure(&run(&["procedure", "start", "--scans", "2"]));
+    assert!(line.contains("'--scans' is not an option"), "{line}");
+    assert!(line.contains("--key=value"), "{line}");
+    let line = usage_failure(&run(&[
+        "procedure",
+        "create",
+        "file:///x.py",
+        "--wait",
+        "--bogus",
+    ]));
+    assert!(line.contains("'--bogus'"), "{line}");
+    // After `--`, oetctl's own option is the script's argument, and said so.
+    let line = usage_failure(&run(&["procedure", "start", "--", "--listen"]));
+    assert!(line.contains("'--listen' comes after --"), "{line}");
+    assert!(!line.contains("is not an option"), "{line}");
+}
+
+#[test]
+fn with_json_a_failure_is_a_json_object_and_keeps_its_exit_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("nobody.sock");
+    let run = |args: &[&str]| {
+        Command::new(oetctl_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("run oetctl")
+    };
+    for (args, code, kind) in [
+        (&["--json", "procedure", "list"][..], 1, "unreachable"),
+        (
+            &["procedure", "start", "--scans", "2", "--json"][..],
+            2,
+            "usage",
+        ),
+        (
+            &["procedure", "list", "--pid", "x", "--json"][..],
+            2,
+            "usage",
+        ),
+    ] {
+        let output = run(args);
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let error = json(stderr(&output).trim());
+        assert_eq!(error["exit_code"], code, "{error}");
+        assert_eq!(error["error"]["kind"], kind, "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{error}"
+        );
+        assert!(stdout(&output).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn words_that_look_like_mistyped_keywords_are_passed_on_with_a_warning() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("observe.py", OBSERVE);
+    let table = ok(daemon.oetctl(&["procedure", "create", &uri, "--subarray_id=1", "--wait"]));
+    let id = first_id(&table).to_string();
+    let output = daemon.oetctl(&[
+        "procedure",
+        "start",
+        "--pid",
+        &id,
+        "--listen",
+        "scans=2",
+        "-n=1",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let warnings = stderr(&output);
+    assert!(
+        warnings.contains("'scans=2' is passed to the script as a positional string")
+            && warnings.contains("write --scans=2"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("'-n=1'"), "{warnings}");
+    let out = ok(daemon.oetctl(&["procedure", "logs", "--pid", &id]));
+    assert!(out.contains("main ['scans=2', '-n=1'] []"), "{out}");
 }
 
 #[test]
@@ -423,5 +520,59 @@ fn listen_prints_the_events_of_the_chosen_topics() {
             .and_then(|rest| rest.split('"').next()),
         Some("CREATING"),
         "{seen:?}"
+    );
+}
+
+#[test]
+fn status_counts_as_live_only_what_has_not_ended() {
+    let daemon = TestDaemon::start();
+    let uri = daemon.script("quick.py", "def main():\n    pass\n");
+    let id = first_id(&ok(daemon.oetctl(&["procedure", "create", &uri, "--wait"]))).to_string();
+    let status = json(&ok(daemon.oetctl(&["status", "--json"])));
+    assert_eq!(status["procedures_live"], 1, "{status}");
+    ok(daemon.oetctl(&["procedure", "start", "--pid", &id, "--listen"]));
+    let status = json(&ok(daemon.oetctl(&["status", "--json"])));
+    assert_eq!(
+        status["procedures_live"], 0,
+        "a COMPLETE procedure is not live: {status}"
+    );
+    let text = ok(daemon.oetctl(&["status"]));
+    assert!(text.contains("0 live"), "{text}");
+}
+
+#[test]
+fn scripts_that_cannot_run_are_refused_in_one_line_and_cost_no_history() {
+    let daemon = TestDaemon::start();
+    let missing = format!("file://{}/scripts/missing.py", daemon.dir.path().display());
+    for (args, says) in [
+        (
+            vec!["procedure", "create", missing.as_str()],
+            "cannot be used on this host",
+        ),
+        (
+            vec![
+                "procedure",
+                "create",
+                "git://observe.py",
+                "--git_repo=relative/repo",
+            ],
+            "is relative",
+        ),
+        (
+            vec!["procedure", "create", "git://observe.py"],
+            "no git repository was given",
+        ),
+    ] {
+        let line = one_line_failure(&daemon.oetctl(&args));
+        assert!(line.starts_with("oetctl: invalid request: "), "{line}");
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+    let listed = json(&ok(daemon.oetctl(&["procedure", "list", "--json"])));
+    assert_eq!(listed, serde_json::json!([]), "refusals recorded nothing");
+    // ... and took no ID.
+    let uri = daemon.script("ok.py", "def main():\n    pass\n");
+    assert_eq!(
+        first_id(&ok(daemon.oetctl(&["procedure", "create", &uri]))),
+        1
     );
 }

@@ -2,7 +2,7 @@
 //! says what needs a restart, and a broken file changes nothing.
 
 use oet_protocol::{FunctionArgs, ProcedureState};
-use oet_tests::{next_event, wait_for_line, TestDaemon};
+use oet_tests::{next_final_state, wait_for_line, TestDaemon};
 
 const LOOP: &str = "import time\n\ndef main():\n    while True:\n        time.sleep(0.05)\n";
 
@@ -50,10 +50,7 @@ async fn sighup_applies_new_limits_and_names_what_needs_a_restart() {
     for id in [first.id, second.id] {
         client.stop(id, false).await.expect("stop");
     }
-    next_event(&mut events, |e| {
-        e.procedure_id() == Some(second.id) && e.new_state() == Some(ProcedureState::Stopped)
-    })
-    .await;
+    next_final_state(&mut events, second.id, ProcedureState::Stopped).await;
 }
 
 #[tokio::test]

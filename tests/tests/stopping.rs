@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, Value};
 use oet_tests::{
-    assert_failed_with, assert_state, kwargs, next_event, wait_for, wait_gone, TestDaemon,
+    assert_failed_with, assert_state, kwargs, next_event_of, next_final_state, wait_for, wait_gone,
+    TestDaemon,
 };
 
 /// A script that announces its own pid and that of a `sleep` child it spawned, then
@@ -67,7 +68,7 @@ async fn run_until_pids(daemon: &TestDaemon, name: &str, stubborn: bool) -> Loop
     assert_state(&ready, Ready);
     let mut events = daemon.events().await;
     daemon.start_main(ready.id, FunctionArgs::default()).await;
-    let event = next_event(&mut events, |e| e.topic == "test.pids").await;
+    let event = next_event_of(&mut events, ready.id, |e| e.topic == "test.pids").await;
     let map = event.payload.as_map().expect("payload map");
     let pid = |key: &str| match map.get(key) {
         Some(Value::Int(pid)) => *pid as u32,
@@ -108,6 +109,23 @@ async fn a_script_that_ignores_the_stop_is_killed_after_the_grace_period() {
     assert_eq!(stopped[0].state, Stopped);
     looping.assert_gone("the stop");
     daemon.assert_printed(looping.id, "ignoring the stop").await;
+}
+
+#[tokio::test]
+async fn oetctl_says_it_waits_for_a_script_that_ignores_the_stop_and_for_how_long() {
+    let daemon = TestDaemon::start_with("stop_grace_secs = 3");
+    let looping = run_until_pids(&daemon, "stubborn.py", true).await;
+    let output = daemon.oetctl(&["procedure", "stop", "--pid", &looping.id.to_string()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "procedure {} has not ended since SIGTERM",
+            looping.id
+        )) && stderr.contains("at most 3 s"),
+        "{stderr}"
+    );
+    looping.assert_gone("the stop");
 }
 
 #[tokio::test]
@@ -208,6 +226,34 @@ async fn stop_with_abort_needs_a_subarray_and_changes_nothing_without_one() {
 }
 
 #[tokio::test]
+async fn stop_with_abort_refuses_a_procedure_with_several_subarrays_and_stops_nothing() {
+    let daemon = TestDaemon::start_with("abort_script = \"file:///nonexistent/abort.py\"");
+    let uri = daemon.script(
+        "two.py",
+        "def init(subarray_id):\n    pass\n\ndef other(subarray_id):\n    pass\n\ndef main():\n    pass\n",
+    );
+    let ready = daemon
+        .create_ready(&uri, kwargs(&[("subarray_id", Value::Int(1))]))
+        .await;
+    let mut client = daemon.client().await;
+    let mut events = daemon.events().await;
+    client
+        .start(ready.id, "other", kwargs(&[("subarray_id", Value::Int(2))]))
+        .await
+        .expect("call other");
+    wait_for(&mut events, &mut client, ready.id, |s| s == Ready).await;
+    let err = client.stop(ready.id, true).await.expect_err("refused");
+    let message = err.to_string();
+    assert!(message.contains("more than one subarray_id"), "{message}");
+    assert!(message.contains('1') && message.contains('2'), "{message}");
+    assert_eq!(
+        client.describe(ready.id).await.expect("describe").state,
+        Ready,
+        "a refused stop stops nothing"
+    );
+}
+
+#[tokio::test]
 async fn no_script_process_survives_oetd_being_killed() {
     let mut daemon = TestDaemon::start();
     let looping = run_until_pids(&daemon, "loop.py", false).await;
@@ -222,14 +268,15 @@ async fn sigterm_stops_running_scripts_and_exits_cleanly() {
     let looping = run_until_pids(&daemon, "loop.py", false).await;
     let mut events = daemon.events().await;
     daemon.signal(libc::SIGTERM);
-    let stopped = next_event(&mut events, |e| {
-        e.procedure_id() == Some(looping.id) && e.new_state() == Some(Stopped)
-    })
-    .await;
-    assert_eq!(stopped.new_state(), Some(Stopped));
+    next_final_state(&mut events, looping.id, Stopped).await;
     let status = daemon.wait();
     assert!(status.success(), "oetd exited with {status}");
     looping.assert_gone("SIGTERM");
+    assert!(
+        !daemon.socket.exists(),
+        "oetd left its socket file {} behind",
+        daemon.socket.display()
+    );
 }
 
 #[tokio::test]
@@ -240,11 +287,7 @@ async fn sigterm_kills_a_script_that_ignores_the_stop_after_the_grace_and_exits_
     let mut events = daemon.events().await;
     let sent = Instant::now();
     daemon.signal(libc::SIGTERM);
-    let stopped = next_event(&mut events, |e| {
-        e.procedure_id() == Some(looping.id) && e.new_state().is_some_and(|s| s.is_final())
-    })
-    .await;
-    assert_eq!(stopped.new_state(), Some(Stopped));
+    next_final_state(&mut events, looping.id, Stopped).await;
     let status = daemon.wait();
     let took = sent.elapsed();
     assert!(status.success(), "oetd exited with {status}");

@@ -102,7 +102,7 @@ fn message(entry: &Json) -> &str {
 #[test]
 fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
     if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+        oet_tests::skip_unless_ci(&reason);
         return;
     }
     let repo = repo();

@@ -16,56 +16,14 @@ use std::time::{Duration, Instant};
 use oet_protocol::{ActivityState, Client, FunctionArgs, ProcedureState, ScriptSpec};
 use oet_tests::journal_capture::{self, field, JournalCapture, JournalRecord};
 use oet_tests::{
-    next_event, oetctl_bin, oetd_bin, wait_for, wait_for_activity, wait_for_line, TestDaemon,
-    DEADLINE, SYSTEMD_VARIABLES,
+    next_event, oetctl_bin, oetd_bin, wait_for, wait_for_activity, wait_for_line, NotifySocket,
+    TestDaemon, DEADLINE, SYSTEMD_VARIABLES,
 };
 use serde_json::Value as Json;
 
 const LOOP: &str = "import time\n\ndef main():\n    while True:\n        time.sleep(0.05)\n";
 
 // ---- sd_notify ------------------------------------------------------------------------
-
-/// The test's end of `NOTIFY_SOCKET`: every datagram oetd sent, in order.
-struct NotifySocket {
-    socket: tokio::net::UnixDatagram,
-    seen: Vec<String>,
-}
-
-impl NotifySocket {
-    fn bind(path: &Path) -> NotifySocket {
-        NotifySocket {
-            socket: tokio::net::UnixDatagram::bind(path).expect("bind the notify socket"),
-            seen: Vec::new(),
-        }
-    }
-
-    /// Receives until a datagram has a line satisfying `wanted`; returns that line.
-    async fn until(&mut self, wanted: impl Fn(&str) -> bool) -> String {
-        let wait = async {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let n = self.socket.recv(&mut buf).await.expect("receive");
-                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-                self.seen.push(message.clone());
-                if let Some(line) = message.lines().find(|l| wanted(l)) {
-                    return line.to_owned();
-                }
-            }
-        };
-        match tokio::time::timeout(DEADLINE, wait).await {
-            Ok(line) => line,
-            Err(_) => panic!("awaited notification did not come; got {:#?}", self.seen),
-        }
-    }
-
-    /// How many of `messages` have a line that is exactly `line`.
-    fn count(messages: &[String], line: &str) -> usize {
-        messages
-            .iter()
-            .filter(|m| m.lines().any(|l| l == line))
-            .count()
-    }
-}
 
 #[tokio::test]
 async fn notify_socket_hears_ready_after_listening_then_status_watchdog_and_stopping() {
@@ -383,7 +341,7 @@ fn message(record: &JournalRecord) -> &str {
 #[tokio::test]
 async fn journald_records_tell_a_procedures_story_with_its_fields() {
     if let Some(reason) = journal_capture::skip_reason() {
-        eprintln!("skipped: {reason}");
+        oet_tests::skip_unless_ci(&reason);
         return;
     }
     let capture = JournalCapture::new().expect("capture");

@@ -62,7 +62,7 @@ fn scratch_root() -> tempfile::TempDir {
 #[test]
 fn systemd_analyze_verify_is_clean() {
     if !have("systemd-analyze") {
-        eprintln!("skipped: systemd-analyze is not installed");
+        oet_tests::skip_unless_ci("systemd-analyze is not installed");
         return;
     }
     let root = scratch_root();
@@ -81,7 +81,7 @@ fn systemd_analyze_verify_is_clean() {
 #[test]
 fn sysusers_and_tmpfiles_snippets_apply() {
     if !have("systemd-sysusers") || !have("systemd-tmpfiles") {
-        eprintln!("skipped: systemd-sysusers/systemd-tmpfiles are not installed");
+        oet_tests::skip_unless_ci("systemd-sysusers/systemd-tmpfiles are not installed");
         return;
     }
     let root = tempfile::tempdir().unwrap();

@@ -213,6 +213,20 @@ impl Sbd {
     }
 
     /// The whole document as indented JSON text, for files and the wire.
+    /// Makes this document a new version of its SBD: `version` and `metadata.version`.
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
+        if let Some(doc) = self.raw.as_object_mut() {
+            let metadata = doc
+                .entry("metadata")
+                .or_insert_with(|| Json::Object(Default::default()));
+            if !metadata.is_object() {
+                *metadata = Json::Object(Default::default());
+            }
+            metadata["version"] = Json::from(version);
+        }
+    }
+
     pub fn to_json_string(&self) -> String {
         // Serialising a `serde_json::Value` to a string cannot fail.
         serde_json::to_string_pretty(&self.raw).unwrap_or_default()

@@ -15,11 +15,16 @@
 //! `main` started. The follower starts `main` once the procedure is READY, unless the
 //! activity is prepare-only.
 //!
+//! Every activity is written to the durable store, and its events are published by the
+//! store once it is written. The table here holds the default list: live activities and
+//! those whose procedures are still in the procedure service's default list; older ones
+//! are read back from the store. The service sweeps after procedure state changes,
+//! dropping the activities whose procedures left that list.
+//!
 //! The SBD handed to the script lives in a file of the activity directory (mode 0600 in a
-//! 0700 directory) for as long as the procedure is in the procedure history: the procedure
-//! service forgets a procedure only when some procedure becomes final, so the service
-//! sweeps after procedure state changes, dropping the activities whose procedures are
-//! gone and removing their files.
+//! 0700 directory) for as long as the activity is in the table. An activity that was
+//! live when oetd stopped is recorded FAILED at start-up, and its SBD file is kept for
+//! inspection until store retention removes the activity.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
@@ -38,7 +43,8 @@ use tracing::{info, warn};
 use super::oda::{ActivityCall, NewSbi, Oda, OdaError};
 use super::sbd::{Sbd, UnknownActivity};
 use crate::events::{ActivityNews, BusEvent};
-use crate::procedure::{script, ProcedureError, ProcedureService};
+use crate::procedure::{ProcedureError, ProcedureService};
+use crate::store::{HistoryQuery, Record, Store, StoreError};
 use crate::table::IdTable;
 
 /// Why an activity could not be run or found.
@@ -71,6 +77,8 @@ pub enum ActivityError {
     NotFound(u64),
     #[error("running the activity failed inside oetd: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 /// A cheap handle to the activity service; clone it freely.
@@ -82,38 +90,79 @@ pub struct ActivityService {
 struct Inner {
     oda: Arc<dyn Oda>,
     procedures: ProcedureService,
+    store: Store,
     sb_dir: PathBuf,
     table: IdTable<Entry>,
 }
 
 struct Entry {
     summary: ActivitySummary,
-    /// The SBD file handed to the script; removed when the activity is forgotten.
-    sb_file: PathBuf,
+    /// The SBD file handed to the script, removed when the activity leaves the table;
+    /// `None` for an interrupted activity's, kept until retention removes the activity.
+    sb_file: Option<PathBuf>,
 }
 
 impl ActivityService {
-    /// Creates the service over an ODA and the procedure service. `sb_dir` holds the SBD
-    /// files handed to scripts; it is created (mode 0700) and emptied of files left by an
-    /// earlier run, since no live procedure can refer to them. Must be called inside a
-    /// tokio runtime: it starts the task that forgets activities with their procedures.
+    /// Creates the service over an ODA and the procedure service (and its store), issuing
+    /// IDs after the highest the store has issued. `sb_dir` holds the SBD files handed to
+    /// scripts; it is created (mode 0700), and files that no stored activity names (an
+    /// earlier run wrote them, then stopped before recording their activity) are
+    /// removed. Must be called inside a tokio runtime: it starts the task that forgets
+    /// activities with their procedures. Call [`ActivityService::recover`] before
+    /// serving anyone.
     pub fn new(
         oda: Arc<dyn Oda>,
         procedures: ProcedureService,
         sb_dir: PathBuf,
     ) -> Result<Self, io::Error> {
-        prepare_sb_dir(&sb_dir)?;
+        let store = procedures.store().clone();
+        prepare_sb_dir(&sb_dir, store.sb_files().ok())?;
+        let last_id = store.issued().map_or(0, |(_, activities)| activities);
         let service = ActivityService {
             inner: Arc::new(Inner {
                 oda,
                 procedures,
+                store,
                 sb_dir,
-                table: IdTable::default(),
+                table: IdTable::after(last_id),
             }),
         };
         let changes = service.inner.procedures.all_changes();
         tokio::spawn(service.clone().forget_with_procedures(changes));
         Ok(service)
+    }
+
+    /// Start-up: records each activity that was live when oetd stopped as FAILED, saying
+    /// that oetd restarted; its SBI link stays, and its SBD file is kept. Returns once
+    /// that is written.
+    pub async fn recover(&self) {
+        let live = match self.inner.store.live_activities() {
+            Ok(live) => live,
+            Err(err) => {
+                warn!("cannot recover the activity history: {err}");
+                return;
+            }
+        };
+        for summary in live {
+            let id = summary.id;
+            let error = format!(
+                "oetd restarted while activity {id} was {}; its procedure{} did not go on",
+                summary.state,
+                summary
+                    .procedure_id
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default()
+            );
+            self.inner.table.lock().entries.insert(
+                id,
+                Entry {
+                    summary,
+                    sb_file: None,
+                },
+            );
+            self.advance(id, ActivityState::Failed, now(), Some(error));
+        }
+        self.inner.store.synced().await;
     }
 
     /// Stores an SBD (JSON text) in the ODA.
@@ -145,6 +194,9 @@ impl ActivityService {
     }
 
     async fn request(&self, request: RunActivity) -> Result<ActivitySummary, ActivityError> {
+        // Before anything is recorded in the ODA: an activity that cannot be recorded
+        // here is not run.
+        self.inner.store.writable()?;
         let requested_at = now();
         let RunActivity {
             activity_name,
@@ -163,24 +215,12 @@ impl ActivityService {
             sbd_id: sbd.sbd_id.clone(),
             reason,
         };
-        let script = script::parse(&spec).map_err(|err| script_error(err.to_string()))?;
-        if let script::Script::File(path) = &script {
-            match tokio::fs::metadata(path).await {
-                Ok(meta) if meta.is_file() => {}
-                Ok(_) => {
-                    return Err(script_error(format!(
-                        "its script {} is not a file",
-                        path.display()
-                    )))
-                }
-                Err(err) => {
-                    return Err(script_error(format!(
-                        "its script {} cannot be used on this host: {err}",
-                        path.display()
-                    )))
-                }
-            }
-        }
+        // Checked as creating its procedure would: refused now, before the SBI.
+        self.inner
+            .procedures
+            .check(&spec)
+            .await
+            .map_err(|err| script_error(err.to_string()))?;
         check_args(&script_args)?;
         let mut merged = def.merged_args(&script_args);
         check_args(&merged)?;
@@ -212,7 +252,7 @@ impl ActivityService {
 
         // 4. Prepare the procedure; its follower reads its whole history, so no state can
         // be missed.
-        let procedure = match self.inner.procedures.create(spec, init_args) {
+        let procedure = match self.inner.procedures.create(spec, init_args).await {
             Ok(procedure) => procedure,
             Err(cause) => {
                 remove_file(&sb_file);
@@ -241,11 +281,19 @@ impl ActivityService {
                 summary.id = id;
                 Entry {
                     summary: summary.clone(),
-                    sb_file,
+                    sb_file: Some(sb_file.clone()),
                 }
             });
-            self.announce(&summary, ActivityNews::Entered);
-            summary
+            let summary = Arc::new(summary);
+            let event = self.announce(summary.clone(), ActivityNews::Entered);
+            self.inner.store.record(
+                vec![Record::ActivityCreated {
+                    summary: summary.clone(),
+                    sb_file,
+                }],
+                vec![event],
+            );
+            Arc::unwrap_or_clone(summary)
         };
         let follower = Follower {
             service: self.clone(),
@@ -258,25 +306,43 @@ impl ActivityService {
         Ok(summary)
     }
 
-    /// Summaries of the given activities, or of all live ones when `ids` is empty.
+    /// Summaries of the given activities (live or past), or of the default list when
+    /// `ids` is empty.
     pub fn list(&self, ids: &[u64]) -> Result<Vec<ActivitySummary>, ActivityError> {
-        // Forgetting is also done here, so that a list never shows an activity whose
-        // procedure the procedure history no longer has.
+        // Forgetting is also done here, so that the default list never shows an activity
+        // whose procedure the procedure service's default list no longer has.
         self.sweep();
-        self.inner
-            .table
-            .lock()
-            .select(ids, |entry| entry.summary.clone(), ActivityError::NotFound)
+        if ids.is_empty() {
+            return self.inner.table.lock().select(
+                &[],
+                |entry| entry.summary.clone(),
+                ActivityError::NotFound,
+            );
+        }
+        ids.iter().map(|id| self.summary(*id)).collect()
     }
 
-    /// One activity's summary.
+    /// A page of the activity history in the store, newest first; read off the async
+    /// threads.
+    pub async fn history(
+        &self,
+        query: HistoryQuery,
+    ) -> Result<Vec<ActivitySummary>, ActivityError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.activities(&query))
+            .await
+            .map_err(|err| ActivityError::Internal(err.to_string()))?
+            .map_err(ActivityError::from)
+    }
+
+    /// One activity's summary, from the table or, for an older one, the store.
     pub fn summary(&self, id: u64) -> Result<ActivitySummary, ActivityError> {
+        if let Some(entry) = self.inner.table.lock().entries.get(&id) {
+            return Ok(entry.summary.clone());
+        }
         self.inner
-            .table
-            .lock()
-            .entries
-            .get(&id)
-            .map(|e| e.summary.clone())
+            .store
+            .activity(id)?
             .ok_or(ActivityError::NotFound(id))
     }
 
@@ -316,15 +382,26 @@ impl ActivityService {
         if summary.state.is_final() || summary.state == to {
             return false;
         }
+        let change = ActivityStateChange { state: to, time };
+        let seq = summary.history.len();
         summary.state = to;
-        summary
-            .history
-            .push(ActivityStateChange { state: to, time });
-        if error.is_some() {
-            summary.error = error;
+        summary.history.push(change);
+        // A final state says why the activity ended, and nothing older: an error that
+        // kept it PREPARED no longer holds once it is stopped or has run.
+        if error.is_some() || to.is_final() {
+            summary.error = error.clone();
         }
-        let summary = summary.clone();
-        self.announce(&summary, ActivityNews::Entered);
+        let summary = Arc::new(summary.clone());
+        let event = self.announce(summary, ActivityNews::Entered);
+        self.inner.store.record(
+            vec![Record::ActivityState {
+                id,
+                seq,
+                change,
+                error,
+            }],
+            vec![event],
+        );
         true
     }
 
@@ -332,14 +409,17 @@ impl ActivityService {
     fn record_error(&self, id: u64, error: String) {
         let mut table = self.inner.table.lock();
         if let Some(entry) = table.entries.get_mut(&id) {
-            entry.summary.error = Some(error);
-            let summary = entry.summary.clone();
-            self.announce(&summary, ActivityNews::Error);
+            entry.summary.error = Some(error.clone());
+            let summary = Arc::new(entry.summary.clone());
+            let event = self.announce(summary, ActivityNews::Error);
+            self.inner
+                .store
+                .record(vec![Record::ActivityError { id, error }], vec![event]);
         }
     }
 
-    /// Logs and publishes an activity's state, or its error.
-    fn announce(&self, summary: &ActivitySummary, news: ActivityNews) {
+    /// Logs an activity's state, or its error, and makes the event announcing it.
+    fn announce(&self, summary: Arc<ActivitySummary>, news: ActivityNews) -> BusEvent {
         let sbi_id = summary.sbi_id.as_deref().unwrap_or("");
         let procedure_id = summary.procedure_id.unwrap_or(0);
         match &summary.error {
@@ -368,10 +448,7 @@ impl ActivityService {
                 summary.state
             ),
         }
-        self.inner.procedures.bus().publish(BusEvent::Activity {
-            news,
-            summary: Arc::new(summary.clone()),
-        });
+        BusEvent::Activity { news, summary }
     }
 
     /// Publishes `sb.lifecycle.started`: the activity's `main` has started.
@@ -389,7 +466,7 @@ impl ActivityService {
             "scheduling block {} started as {sbi_id}",
             summary.sbd_id
         );
-        self.inner.procedures.bus().publish(BusEvent::SbStarted {
+        self.inner.store.publish(BusEvent::SbStarted {
             activity_id: id,
             procedure_id,
             sbd_id: summary.sbd_id,
@@ -418,8 +495,12 @@ impl ActivityService {
             .map(|e| e.summary.id)
             .collect();
         for id in gone {
-            if let Some(entry) = table.entries.remove(&id) {
-                remove_file(&entry.sb_file);
+            if let Some(Entry {
+                sb_file: Some(file),
+                ..
+            }) = table.entries.remove(&id)
+            {
+                remove_file(&file);
             }
         }
     }
@@ -498,7 +579,7 @@ impl Follower {
                 ProcedureState::Running => (ActivityState::Running, None),
                 ProcedureState::Complete => (ActivityState::Complete, None),
                 ProcedureState::Stopped => (ActivityState::Stopped, None),
-                ProcedureState::Failed => (ActivityState::Failed, None),
+                ProcedureState::Failed => (ActivityState::Failed, Some(failure(summary))),
                 ProcedureState::Unknown => (
                     ActivityState::Failed,
                     Some(format!(
@@ -537,6 +618,20 @@ impl Follower {
     }
 }
 
+/// Why a FAILED procedure failed, in one line: the last line of its stack trace (the
+/// exception, or how its process died), and where to read the rest.
+fn failure(procedure: &ProcedureSummary) -> String {
+    let why = procedure
+        .stacktrace
+        .as_deref()
+        .and_then(|trace| trace.lines().rev().find(|line| !line.trim().is_empty()))
+        .map_or("it failed", str::trim);
+    format!(
+        "{why} (see procedure {}: oetctl procedure describe --pid {})",
+        procedure.id, procedure.id
+    )
+}
+
 fn check_args(args: &BTreeMap<String, FunctionArgs>) -> Result<(), ActivityError> {
     for (function, fa) in args {
         if function.is_empty() {
@@ -553,17 +648,22 @@ fn check_args(args: &BTreeMap<String, FunctionArgs>) -> Result<(), ActivityError
     Ok(())
 }
 
-/// Creates the SBD file directory for the daemon's user only, and removes files an
-/// earlier run left behind.
-fn prepare_sb_dir(dir: &Path) -> io::Result<()> {
+/// Creates the SBD file directory for the daemon's user only, and removes the files an
+/// earlier run left behind that no stored activity names (`kept`; `None` when the store
+/// cannot say, and nothing is removed).
+fn prepare_sb_dir(dir: &Path, kept: Option<Vec<PathBuf>>) -> io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let Some(kept) = kept else {
+        return Ok(());
+    };
+    let kept: BTreeSet<PathBuf> = kept.into_iter().collect();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_file() {
+        if entry.file_type()?.is_file() && !kept.contains(&entry.path()) {
             std::fs::remove_file(entry.path())?;
         }
     }
@@ -621,14 +721,22 @@ mod tests {
     }
 
     #[test]
-    fn the_sb_directory_is_private_and_emptied() {
+    fn the_sb_directory_is_private_and_keeps_only_what_the_store_names() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("activities");
         std::fs::create_dir(&dir).expect("mkdir");
         std::fs::write(dir.join("sb-old.json"), "{}").expect("write");
-        prepare_sb_dir(&dir).expect("prepare");
+        std::fs::write(dir.join("sb-kept.json"), "{}").expect("write");
+        prepare_sb_dir(&dir, Some(vec![dir.join("sb-kept.json")])).expect("prepare");
         let mode = std::fs::metadata(&dir).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        assert_eq!(std::fs::read_dir(&dir).expect("read").count(), 0);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, ["sb-kept.json"]);
+        // A store that cannot say what it names removes nothing.
+        prepare_sb_dir(&dir, None).expect("prepare");
+        assert_eq!(std::fs::read_dir(&dir).expect("read").count(), 1);
     }
 }

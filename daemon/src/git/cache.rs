@@ -235,6 +235,22 @@ impl RepoCache {
     /// Checks out `commit` (full or abbreviated hex), else the tip of `branch`, else
     /// the tip of `git.default_branch` or the repository's default branch, of `repo`
     /// (a URL or an absolute local path; default `git.default_repo`).
+    /// Checks, without fetching anything, that a checkout of `repo` at `branch` or
+    /// `commit` would be admitted: a repository is given or configured, a local path is
+    /// absolute and exists, the repository is allowed, a commit id looks like one.
+    pub async fn check(
+        &self,
+        repo: Option<&str>,
+        branch: Option<&str>,
+        commit: Option<&str>,
+    ) -> Result<(), GitError> {
+        self.inner
+            .policy
+            .admit(repo, branch, commit)
+            .await
+            .map(drop)
+    }
+
     pub async fn checkout(
         &self,
         repo: Option<&str>,

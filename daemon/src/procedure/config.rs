@@ -16,7 +16,8 @@ pub struct ProcedureConfig {
     pub stop_grace_secs: f64,
     /// Seconds to wait for a killed process to disappear before calling it UNKNOWN.
     pub kill_wait_secs: f64,
-    /// Procedures kept in the live history; older final ones are pruned.
+    /// Final procedures kept in the default list: one stays until this many others have
+    /// ended after it. Older ones are read from the store.
     pub history_size: usize,
     /// Procedures allowed to be RUNNING at the same time.
     pub max_running: usize,

@@ -5,6 +5,8 @@ use oet_protocol::value::NonFiniteFloat;
 use oet_protocol::ProcedureState;
 
 use super::script::ScriptError;
+use crate::git::GitError;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProcedureError {
@@ -12,6 +14,8 @@ pub enum ProcedureError {
     NotFound(u64),
     #[error(transparent)]
     Script(#[from] ScriptError),
+    #[error(transparent)]
+    Git(#[from] GitError),
     #[error("invalid argument: {0}")]
     Argument(#[from] NonFiniteFloat),
     #[error("no function named to start")]
@@ -45,4 +49,8 @@ pub enum ProcedureError {
     ManySubarrays { id: u64, values: String },
     #[error("procedure {0} has no process")]
     NoProcess(u64),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("reading the procedure history failed inside oetd: {0}")]
+    Internal(String),
 }

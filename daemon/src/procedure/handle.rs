@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use oet_protocol::{ProcedureState, Stream, Value};
+use oet_protocol::{GitCheckout, ProcedureState, Stream, Value};
 
 use super::error::ProcedureError;
 use super::records::Records;
@@ -33,6 +33,17 @@ impl ProcedureHandle {
     /// Records the stack trace and ends the procedure FAILED (unless it is final).
     pub fn fail(&self, stacktrace: String) {
         self.records.fail(self.id, stacktrace);
+    }
+
+    /// Records where the procedure's git script was checked out from.
+    pub fn checked_out(&self, checkout: GitCheckout) {
+        self.records.set_checkout(self.id, checkout);
+    }
+
+    /// Records the procedure's worker process, so that a restart of oetd can find what
+    /// the procedure left running.
+    pub fn worker_started(&self, pid: u32) {
+        self.records.worker_started(self.id, pid);
     }
 
     /// Keeps one line the script (or its environment's build) printed.

@@ -2,7 +2,9 @@
 //!
 //! - `records` owns every procedure's record (summary, kept output, the way to its
 //!   supervisor) and is the one place where a state changes: each change is checked
-//!   against `state`, recorded with its time, logged and published there.
+//!   against `state`, recorded with its time, logged, and handed to the durable store,
+//!   which publishes it once it is written.
+//! - `recovery` kills what procedures that were live when oetd stopped left running.
 //! - `service` holds the rules of DESIGN 3.3 (create, start, stop, abort, what may run
 //!   at once) and hands each new procedure to a supervisor.
 //! - `supervisor` drives one procedure's worker process through its life; it reaches the
@@ -22,6 +24,7 @@ mod handle;
 mod launch;
 mod prepare;
 mod records;
+pub mod recovery;
 pub mod script;
 mod service;
 pub mod state;

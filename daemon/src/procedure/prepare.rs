@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use oet_protocol::{GitArgs, ProcedureState, Stream};
+use oet_protocol::{GitArgs, GitCheckout, ProcedureState, Stream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -71,6 +71,11 @@ async fn prepare_git(
             _ = cancel.cancelled() => return Ok(None),
         };
         let path = script_path(&checkout, uri).map_err(|e| e.to_string())?;
+        handle.checked_out(GitCheckout {
+            repo: checkout.repo().to_owned(),
+            branch: checkout.branch().map(str::to_owned),
+            commit: checkout.commit().to_owned(),
+        });
         info!(
             procedure_id = id,
             script_uri = uri,

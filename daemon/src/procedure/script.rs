@@ -28,6 +28,22 @@ pub enum ScriptError {
     NotGitUri(String),
     #[error("git script URI '{0}' names no file")]
     EmptyGitPath(String),
+    #[error("script {path} cannot be used on this host: {reason}")]
+    Unusable { path: String, reason: String },
+    #[error("script {0} is not a file")]
+    NotAFile(String),
+}
+
+/// Checks that a filesystem script is a file this host has.
+pub async fn check_file(path: &std::path::Path) -> Result<(), ScriptError> {
+    match tokio::fs::metadata(path).await {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(ScriptError::NotAFile(path.display().to_string())),
+        Err(err) => Err(ScriptError::Unusable {
+            path: path.display().to_string(),
+            reason: err.to_string(),
+        }),
+    }
 }
 
 /// Checks a script spec's URI against its kind.

@@ -1,7 +1,8 @@
 //! The procedure service: the rules of DESIGN 3.3 over the records — creating a
 //! procedure and handing it to its supervisor, starting a function of a READY one while
-//! keeping to the running limit, stopping (and aborting), waiting for a state, and
-//! stopping everything at shutdown.
+//! keeping to the running limit, stopping (and aborting), waiting for a state, reading
+//! the history, recovering at start-up what a stop of oetd interrupted, and stopping
+//! everything at shutdown.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use oet_protocol::{
     FunctionArgs, ProcedureLogs, ProcedureState, ProcedureSummary, ScriptSpec, Value,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::config::{ProcedureConfig, Settings};
 use super::control::Control;
@@ -18,8 +19,10 @@ use super::error::ProcedureError;
 use super::handle::ProcedureHandle;
 use super::launch::{Context, Launcher};
 use super::records::Records;
-use super::{script, state, supervisor};
+use super::script::{self, Script};
+use super::{recovery, state, supervisor};
 use crate::events::EventBus;
+use crate::store::{HistoryQuery, Store};
 
 /// A cheap handle to the procedure service; clone it freely.
 #[derive(Clone)]
@@ -34,15 +37,69 @@ struct Inner {
 }
 
 impl ProcedureService {
-    pub fn new(config: ProcedureConfig, launcher: Launcher, bus: EventBus) -> Self {
+    /// The service over the durable `store`, issuing IDs after the highest it has
+    /// issued. Call [`ProcedureService::recover`] before serving anyone.
+    pub fn new(config: ProcedureConfig, launcher: Launcher, store: Store) -> Self {
         let settings = Settings::new(config);
+        let last_id = store.issued().map_or(0, |(procedures, _)| procedures);
         ProcedureService {
             inner: Arc::new(Inner {
-                records: Arc::new(Records::new(settings.clone(), bus)),
+                records: Arc::new(Records::new(settings.clone(), store, last_id)),
                 settings,
                 launcher,
             }),
         }
+    }
+
+    /// Start-up: puts the procedures that ended last back in the default list, and
+    /// records each procedure that was live when oetd stopped as UNKNOWN, once what it
+    /// left running is killed. Returns once that is written.
+    pub async fn recover(&self) {
+        let records = &self.inner.records;
+        let store = records.store();
+        let keep = self.inner.settings.get(|c| c.history_size);
+        let read = store
+            .interrupted()
+            .and_then(|interrupted| Ok((interrupted, store.last_final(keep)?)));
+        let (interrupted, ended) = match read {
+            Ok(found) => found,
+            Err(err) => {
+                error!("cannot recover the procedure history: {err}");
+                return;
+            }
+        };
+        records.restore(ended);
+        for procedure in interrupted {
+            let id = procedure.id;
+            let found = recovery::kill_leftovers(&procedure);
+            let summary = match store.procedure(id) {
+                Ok(Some(summary)) => summary,
+                Ok(None) => continue,
+                Err(err) => {
+                    error!(procedure_id = id, "cannot recover procedure {id}: {err}");
+                    continue;
+                }
+            };
+            let note = format!(
+                "oetd restarted while procedure {id} was {}; {found}",
+                procedure.state
+            );
+            warn!(procedure_id = id, "{note}");
+            records.record_interrupted(summary, note);
+        }
+        store.synced().await;
+    }
+
+    /// The durable store the records are written to.
+    pub fn store(&self) -> &Store {
+        self.inner.records.store()
+    }
+
+    /// Waits until every change recorded so far is written (or the store has a problem,
+    /// in which case the changes wait for it and the caller need not): a request that
+    /// changed something answers after this, so that what it answers survives a crash.
+    pub async fn durable(&self) {
+        self.store().synced().await;
     }
 
     /// Replaces the procedure settings. A stop already under way keeps the grace period
@@ -51,22 +108,47 @@ impl ProcedureService {
         self.inner.settings.set(config);
     }
 
+    /// The time a stopped script has between SIGTERM and SIGKILL, as set now.
+    pub fn stop_grace(&self) -> std::time::Duration {
+        self.inner.settings.get(ProcedureConfig::stop_grace)
+    }
+
     pub fn bus(&self) -> &EventBus {
         self.inner.records.bus()
     }
 
-    /// Creates a procedure: validates the request, records it in CREATING and hands it to
+    /// Checks, before anything is recorded, that `spec` can be run: its URI fits its kind,
+    /// a filesystem script is a file on this host, a git script names a repository (or
+    /// one is configured) that may be used.
+    pub async fn check(&self, spec: &ScriptSpec) -> Result<Script, ProcedureError> {
+        let script = script::parse(spec)?;
+        match &script {
+            Script::File(path) => script::check_file(path).await?,
+            Script::Git { args, .. } => {
+                let git = &self.inner.launcher.git.repos;
+                git.check(
+                    args.git_repo.as_deref(),
+                    args.git_branch.as_deref(),
+                    args.git_commit.as_deref(),
+                )
+                .await?
+            }
+        }
+        Ok(script)
+    }
+
+    /// Creates a procedure: checks the request, records it in CREATING and hands it to
     /// its supervisor. Returns at once; the procedure then moves on by itself towards
-    /// READY.
-    pub fn create(
+    /// READY. A request that cannot be run is refused and records nothing.
+    pub async fn create(
         &self,
         spec: ScriptSpec,
         init_args: FunctionArgs,
     ) -> Result<ProcedureSummary, ProcedureError> {
-        let script = script::parse(&spec)?;
         init_args.check_finite()?;
+        let script = self.check(&spec).await?;
         let (control, inbox) = mpsc::unbounded_channel();
-        let summary = self.inner.records.insert(spec, &init_args, control);
+        let summary = self.inner.records.insert(spec, &init_args, control)?;
         let handle = ProcedureHandle::new(summary.id, self.inner.records.clone());
         let context = Context {
             launcher: self.inner.launcher.clone(),
@@ -142,10 +224,10 @@ impl ProcedureService {
         if uri.is_empty() {
             return Err(ProcedureError::NoAbortScript);
         }
-        let summary = self.summary(id)?;
+        let arguments = self.inner.records.arguments(id)?;
         let mut found: Vec<&Value> = Vec::new();
-        for call in &summary.calls {
-            if let Some(value) = call.args.kwargs.get("subarray_id") {
+        for args in &arguments {
+            if let Some(value) = args.kwargs.get("subarray_id") {
                 if !found.contains(&value) {
                     found.push(value);
                 }
@@ -174,7 +256,7 @@ impl ProcedureService {
             args: Vec::new(),
             kwargs: BTreeMap::from([("subarray_id".to_string(), subarray_id)]),
         };
-        let created = self.create(ScriptSpec::filesystem(uri), init)?;
+        let created = self.create(ScriptSpec::filesystem(uri), init).await?;
         let ready = self
             .wait_for(created.id, |s| s == ProcedureState::Ready)
             .await?;
@@ -191,7 +273,10 @@ impl ProcedureService {
         id: u64,
         wanted: impl Fn(ProcedureState) -> bool,
     ) -> Result<ProcedureSummary, ProcedureError> {
-        let mut changes = self.inner.records.changes(id)?;
+        let Ok(mut changes) = self.inner.records.changes(id) else {
+            // Not in the table: it ended long ago, or does not exist.
+            return self.summary(id);
+        };
         loop {
             // Read after subscribing: a change from now on wakes the wait below.
             let summary = self.summary(id)?;
@@ -216,22 +301,36 @@ impl ProcedureService {
         self.inner.records.all_changes()
     }
 
-    /// Summaries of the given procedures, or of all live ones when `ids` is empty.
+    /// Summaries of the given procedures (live or past), or of the default list when
+    /// `ids` is empty: every live procedure and the `history_size` that became final
+    /// last.
     pub fn list(&self, ids: &[u64]) -> Result<Vec<ProcedureSummary>, ProcedureError> {
         self.inner.records.list(ids)
     }
 
-    /// One procedure's summary.
+    /// A page of the history in the store, newest first; read off the async threads.
+    pub async fn history(
+        &self,
+        query: HistoryQuery,
+    ) -> Result<Vec<ProcedureSummary>, ProcedureError> {
+        let store = self.store().clone();
+        tokio::task::spawn_blocking(move || store.procedures(&query))
+            .await
+            .map_err(|err| ProcedureError::Internal(err.to_string()))?
+            .map_err(ProcedureError::from)
+    }
+
+    /// One procedure's summary, live or past.
     pub fn summary(&self, id: u64) -> Result<ProcedureSummary, ProcedureError> {
         self.inner.records.summary(id)
     }
 
-    /// The kept output lines of a procedure.
+    /// The kept output lines of a procedure, or why they were not kept.
     pub fn logs(&self, id: u64) -> Result<ProcedureLogs, ProcedureError> {
         self.inner.records.logs(id)
     }
 
-    /// Procedures in the table, and the IDs of those RUNNING.
+    /// How many procedures are live (not final), and the IDs of those RUNNING.
     pub fn counts(&self) -> (u64, Vec<u64>) {
         self.inner.records.counts()
     }
@@ -239,7 +338,15 @@ impl ProcedureService {
     /// Stops every procedure that is not final, all at once, and waits for them.
     pub async fn shutdown(&self) {
         let stops = self.inner.records.live().into_iter().map(|id| async move {
-            if let Err(err) = self.stop(id, false).await {
+            // One that ended by itself meanwhile needs no stop.
+            if let Err(
+                err @ (ProcedureError::NotFound(_)
+                | ProcedureError::Store(_)
+                | ProcedureError::Transition { .. }
+                | ProcedureError::NoProcess(_)
+                | ProcedureError::Internal(_)),
+            ) = self.stop(id, false).await
+            {
                 warn!(
                     procedure_id = id,
                     "could not stop procedure at shutdown: {err}"

@@ -56,6 +56,7 @@ pub(super) async fn run(
             ))
         }
     };
+    handle.worker_started(worker.pid());
     let output = [
         capture_output(&handle, io.stdout, Stream::Stdout),
         capture_output(&handle, io.stderr, Stream::Stderr),

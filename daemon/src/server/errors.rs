@@ -15,12 +15,15 @@ fn procedure_kind(err: &ProcedureError) -> ErrorKind {
         | ProcedureError::AlreadyFinal { .. }
         | ProcedureError::Transition { .. } => ErrorKind::InvalidState,
         ProcedureError::Script(_)
+        | ProcedureError::Git(_)
         | ProcedureError::Argument(_)
         | ProcedureError::NoFunction
         | ProcedureError::NoAbortScript
         | ProcedureError::NoSubarray(_)
         | ProcedureError::ManySubarrays { .. } => ErrorKind::InvalidRequest,
-        ProcedureError::NoProcess(_) => ErrorKind::Internal,
+        ProcedureError::NoProcess(_) | ProcedureError::Store(_) | ProcedureError::Internal(_) => {
+            ErrorKind::Internal
+        }
     }
 }
 
@@ -45,7 +48,9 @@ impl From<ActivityError> for ProtocolError {
             ActivityError::Script { .. } | ActivityError::Argument { .. } => {
                 ErrorKind::InvalidRequest
             }
-            ActivityError::SbFile { .. } | ActivityError::Internal(_) => ErrorKind::Internal,
+            ActivityError::SbFile { .. } | ActivityError::Internal(_) | ActivityError::Store(_) => {
+                ErrorKind::Internal
+            }
             ActivityError::ProcedureRefused { cause, .. } => procedure_kind(cause),
         };
         ProtocolError::new(kind, err.to_string())

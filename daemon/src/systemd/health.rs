@@ -1,5 +1,5 @@
 //! What oetd tells systemd while it runs: a `STATUS=` line kept current with the
-//! procedures, and `WATCHDOG=1` pings that only go out while the procedure service
+//! procedures and the store's health, and `WATCHDOG=1` pings that only go out while the procedure service
 //! answers.
 
 use std::time::Duration;
@@ -9,8 +9,20 @@ use tracing::warn;
 use super::notify::Notifier;
 use crate::procedure::ProcedureService;
 
-/// The status line, e.g. `2 procedures live, 1 running: #5 file:///scripts/observe.py`.
+/// The status line, e.g. `2 procedures live, 1 running: #5 file:///scripts/observe.py`;
+/// while the store cannot be written, it says so first.
 pub fn status_line(procedures: &ProcedureService) -> String {
+    let line = procedures_line(procedures);
+    match procedures.store().problem() {
+        Some(problem) => format!(
+            "STORE FAILING ({}), creates refused: {problem} | {line}",
+            problem.short()
+        ),
+        None => line,
+    }
+}
+
+fn procedures_line(procedures: &ProcedureService) -> String {
     let (live, running) = procedures.counts();
     let noun = if live == 1 { "procedure" } else { "procedures" };
     if running.is_empty() {
@@ -29,12 +41,14 @@ pub fn status_line(procedures: &ProcedureService) -> String {
     )
 }
 
-/// Keeps `STATUS=` current: recomputed on every procedure state change.
+/// Keeps `STATUS=` current: recomputed on every procedure state change and every change
+/// of the store's health.
 pub fn spawn_status_reporter(notifier: Notifier, procedures: ProcedureService) {
     if !notifier.is_enabled() {
         return;
     }
     let mut changes = procedures.all_changes();
+    let mut store = procedures.store().progress();
     tokio::spawn(async move {
         let mut last = String::new();
         loop {
@@ -45,7 +59,11 @@ pub fn spawn_status_reporter(notifier: Notifier, procedures: ProcedureService) {
                 }
                 last = line;
             }
-            if changes.changed().await.is_err() {
+            let woken = tokio::select! {
+                changed = changes.changed() => changed,
+                changed = store.changed() => changed,
+            };
+            if woken.is_err() {
                 return;
             }
         }

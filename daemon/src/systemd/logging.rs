@@ -215,32 +215,14 @@ mod tests {
         }
     }
 
-    /// Why the journald test cannot run here, if it cannot.
-    fn journald_skip_reason() -> Option<String> {
-        if !nix::unistd::geteuid().is_root() {
-            return Some("needs root for a private mount namespace".into());
-        }
-        let probe = std::process::Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "true"])
-            .output();
-        match probe {
-            Ok(out) if out.status.success() => None,
-            Ok(out) => Some(format!(
-                "unshare --mount fails: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => Some(format!("unshare is not available: {e}")),
-        }
-    }
-
     /// tracing-journald always writes to /run/systemd/journal/socket, so the child runs in
     /// a private mount namespace where /run is the test's directory and that path is a
     /// datagram socket the test reads. `JOURNAL_STREAM` is set to stderr's device:inode the
     /// way systemd does, so the detection is exercised too.
     #[test]
     fn journald_records_carry_the_structured_fields() {
-        if let Some(reason) = journald_skip_reason() {
-            eprintln!("skipped: {reason}");
+        if let Some(reason) = oet_tests::journal_capture::skip_reason() {
+            oet_tests::skip_unless_ci(&reason);
             return;
         }
         let run = tempfile::tempdir().unwrap();

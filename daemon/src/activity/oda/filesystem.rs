@@ -72,24 +72,11 @@ impl FilesystemOda {
             id: sbd_id.to_owned(),
             detail: String::new(),
         };
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
+        let newest = match newest_version(&dir) {
+            Ok(newest) => newest,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(not_found()),
             Err(err) => return Err(OdaError::io(dir, err)),
         };
-        let mut newest = None;
-        for entry in entries {
-            let entry = entry.map_err(|err| OdaError::io(&dir, err))?;
-            let version = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.strip_suffix(".json"))
-                .filter(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|stem| stem.parse::<u64>().ok());
-            if version > newest {
-                newest = version;
-            }
-        }
         let path = dir.join(format!("{}.json", newest.ok_or_else(not_found)?));
         let text = fs::read_to_string(&path).map_err(|err| OdaError::io(&path, err))?;
         Sbd::parse(&text).map_err(|err| {
@@ -106,8 +93,18 @@ impl FilesystemOda {
                 doc.insert("sbd_id".to_owned(), json!(id));
             }
         }
-        let sbd = Sbd::from_json(raw).map_err(|err| OdaError::Malformed(err.to_string()))?;
+        let mut sbd = Sbd::from_json(raw).map_err(|err| OdaError::Malformed(err.to_string()))?;
         check_id(DocKind::Sbd, &sbd.sbd_id)?;
+        // As the ODA does, a document of an SBD it has is stored as a new version: what
+        // was stored before is never replaced.
+        let stored = match newest_version(&self.sbds().join(&sbd.sbd_id)) {
+            Ok(newest) => newest,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => return Err(OdaError::io(self.sbds().join(&sbd.sbd_id), err)),
+        };
+        if let Some(newest) = stored.filter(|newest| *newest >= sbd.version) {
+            sbd.set_version(newest + 1);
+        }
         let path = self
             .sbds()
             .join(&sbd.sbd_id)
@@ -191,6 +188,21 @@ impl Oda for FilesystemOda {
         let sbi_id = sbi_id.to_owned();
         self.blocking(move |oda| oda.get_sbi_now(&sbi_id)).await
     }
+}
+
+/// The highest version stored in an SBD's directory, if any.
+fn newest_version(dir: &Path) -> io::Result<Option<u64>> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir)? {
+        let version = entry?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.strip_suffix(".json"))
+            .filter(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|stem| stem.parse::<u64>().ok());
+        newest = newest.max(version);
+    }
+    Ok(newest)
 }
 
 /// Ids become file names: only a plain, visible name is accepted.
@@ -364,9 +376,19 @@ mod tests {
         // Versions compare as numbers, not as text.
         oda.put_sbd(&doc(10, "file:///v10.py")).await.expect("v10");
         assert_eq!(oda.get_sbd("sbd-t-1").await.expect("get").version, 10);
-        // An older version loaded later does not hide the newest.
-        oda.put_sbd(&doc(3, "file:///v3.py")).await.expect("v3");
-        assert_eq!(oda.get_sbd("sbd-t-1").await.expect("get").version, 10);
+        // A document whose version is already stored becomes a new version, as in the
+        // ODA: what was stored before is never replaced.
+        let again = oda
+            .put_sbd(&doc(3, "file:///v3.py"))
+            .await
+            .expect("v3 again");
+        assert_eq!(again.version, 11);
+        let got = oda.get_sbd("sbd-t-1").await.expect("get");
+        assert_eq!(got.version, 11);
+        assert_eq!(got.raw()["metadata"]["version"], 11);
+        assert_eq!(got.activities["observe"].script.path(), "file:///v3.py");
+        let kept = fs::read_to_string(tmp.path().join("sbds/sbd-t-1/10.json")).expect("v10");
+        assert!(kept.contains("file:///v10.py"), "{kept}");
     }
 
     #[tokio::test]

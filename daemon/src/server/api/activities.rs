@@ -1,11 +1,13 @@
-//! The activity requests: run, list, and storing an SBD in the ODA.
+//! The activity requests: run, list, history, and storing an SBD in the ODA.
 
 use oet_protocol::view::script_args;
 use oet_protocol::{
-    ActivitySummary, ListActivities, ProtocolError, PutSbd, RunActivity, SbdStored, Value,
+    ActivitySummary, ListActivities, ListActivityHistory, ProtocolError, PutSbd, RunActivity,
+    SbdStored, Value,
 };
 
 use super::handler::{Handler, Services, Session};
+use super::procedures::history_query;
 
 impl Handler for RunActivity {
     fn announce(&self) -> Vec<(&'static str, Value)> {
@@ -23,7 +25,9 @@ impl Handler for RunActivity {
         services: &Services,
         _: &mut Session,
     ) -> Result<ActivitySummary, ProtocolError> {
-        Ok(services.activities.run(self).await?)
+        let activity = services.activities.run(self).await?;
+        services.procedures.durable().await;
+        Ok(activity)
     }
 }
 
@@ -34,6 +38,18 @@ impl Handler for ListActivities {
         _: &mut Session,
     ) -> Result<Vec<ActivitySummary>, ProtocolError> {
         Ok(services.activities.list(&self.ids)?)
+    }
+}
+
+impl Handler for ListActivityHistory {
+    async fn handle(
+        self,
+        services: &Services,
+        _: &mut Session,
+    ) -> Result<Vec<ActivitySummary>, ProtocolError> {
+        let state = self.state.map(|state| state.as_str());
+        let query = history_query(self.since, state, self.before, self.limit);
+        Ok(services.activities.history(query).await?)
     }
 }
 

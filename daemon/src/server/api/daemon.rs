@@ -26,6 +26,13 @@ impl Handler for GetStatus {
                 .unwrap_or(0.0),
             procedures_live: live,
             running,
+            stop_grace_secs: services.procedures.stop_grace().as_secs_f64(),
+            store: services.procedures.store().path().display().to_string(),
+            store_problem: services
+                .procedures
+                .store()
+                .problem()
+                .map(|problem| problem.to_string()),
         })
     }
 }

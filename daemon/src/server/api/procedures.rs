@@ -1,12 +1,14 @@
-//! The procedure requests: create, start, stop, list and logs.
+//! The procedure requests: create, start, stop, list, history and logs. A request that
+//! changes something answers once the change is written to the store.
 
 use oet_protocol::view::{function_args, script};
 use oet_protocol::{
-    CreateProcedure, GetLogs, ListProcedures, ProcedureLogs, ProcedureSummary, ProtocolError,
-    StartProcedure, StopProcedure, Value,
+    CreateProcedure, GetLogs, ListProcedureHistory, ListProcedures, ProcedureLogs,
+    ProcedureSummary, ProtocolError, StartProcedure, StopProcedure, Value, HISTORY_PAGE_MAX,
 };
 
 use super::handler::{Handler, Services, Session};
+use crate::store::HistoryQuery;
 
 impl Handler for CreateProcedure {
     fn announce(&self) -> Vec<(&'static str, Value)> {
@@ -22,7 +24,12 @@ impl Handler for CreateProcedure {
         services: &Services,
         _: &mut Session,
     ) -> Result<ProcedureSummary, ProtocolError> {
-        Ok(services.procedures.create(self.script, self.init_args)?)
+        let created = services
+            .procedures
+            .create(self.script, self.init_args)
+            .await?;
+        services.procedures.durable().await;
+        Ok(created)
     }
 }
 
@@ -44,9 +51,11 @@ impl Handler for StartProcedure {
         services: &Services,
         _: &mut Session,
     ) -> Result<ProcedureSummary, ProtocolError> {
-        Ok(services
+        let started = services
             .procedures
-            .start(self.id, &self.function, self.args)?)
+            .start(self.id, &self.function, self.args)?;
+        services.procedures.durable().await;
+        Ok(started)
     }
 }
 
@@ -67,7 +76,9 @@ impl Handler for StopProcedure {
         services: &Services,
         _: &mut Session,
     ) -> Result<Vec<ProcedureSummary>, ProtocolError> {
-        Ok(services.procedures.stop(self.id, self.run_abort).await?)
+        let stopped = services.procedures.stop(self.id, self.run_abort).await?;
+        services.procedures.durable().await;
+        Ok(stopped)
     }
 }
 
@@ -78,6 +89,37 @@ impl Handler for ListProcedures {
         _: &mut Session,
     ) -> Result<Vec<ProcedureSummary>, ProtocolError> {
         Ok(services.procedures.list(&self.ids)?)
+    }
+}
+
+impl Handler for ListProcedureHistory {
+    async fn handle(
+        self,
+        services: &Services,
+        _: &mut Session,
+    ) -> Result<Vec<ProcedureSummary>, ProtocolError> {
+        let state = self.state.map(|state| state.as_str());
+        let query = history_query(self.since, state, self.before, self.limit);
+        Ok(services.procedures.history(query).await?)
+    }
+}
+
+/// The page of the history a request asks for; at most [`HISTORY_PAGE_MAX`] records.
+pub(super) fn history_query(
+    since: Option<f64>,
+    state: Option<&'static str>,
+    before: Option<u64>,
+    limit: u32,
+) -> HistoryQuery {
+    HistoryQuery {
+        since,
+        state,
+        before,
+        limit: if limit == 0 {
+            HISTORY_PAGE_MAX
+        } else {
+            limit.min(HISTORY_PAGE_MAX)
+        },
     }
 }
 
