@@ -5,6 +5,7 @@
 //! the tokens; stop is clean.
 
 use std::os::unix::fs::chown;
+use std::path::Path;
 use std::time::Duration;
 
 use oet_tests::http::oet_http_bin;
@@ -65,7 +66,9 @@ fn status_field(sandbox: &Sandbox, pid: &str, field: &str) -> String {
 
 #[test]
 fn the_shim_runs_hardened_as_its_own_user_under_real_systemd() {
-    if let Some(reason) = skip_reason() {
+    let missing_curl = (!Path::new("/usr/bin/curl").exists())
+        .then(|| "curl is not installed (/usr/bin/curl), to call the API inside".to_owned());
+    if let Some(reason) = skip_reason().or(missing_curl) {
         assert!(std::env::var_os("CI").is_none(), "cannot run: {reason}");
         eprintln!("skipped: {reason}");
         return;
