@@ -32,8 +32,32 @@ pub struct Cli {
     #[arg(long, global = true, display_order = 101)]
     pub json: bool,
 
+    /// Seconds to wait for oetd to accept the connection, and for each answer (a stop
+    /// waits for the script's grace period: raise this above procedures.stop_grace_secs
+    /// + procedures.kill_wait_secs if those are long)
+    #[arg(
+        long,
+        global = true,
+        env = "OET_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 60.0,
+        value_parser = parse_timeout,
+        display_order = 102
+    )]
+    pub timeout: f64,
+
     #[command(subcommand)]
     pub command: Action,
+}
+
+/// A timeout in seconds: a positive number up to a day.
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
 }
 
 /// The top-level commands.
@@ -52,6 +76,8 @@ pub enum Action {
     Listen(ListenArgs),
     /// Show the daemon's state
     Status,
+    /// Make oetd re-read its configuration file, as SIGHUP does (needs the admin role)
+    Reload,
     /// Write the man pages and shell completions into a directory (for packaging)
     #[command(hide = true)]
     Generate {

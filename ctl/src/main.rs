@@ -145,6 +145,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             .filter(|path| !path.as_os_str().is_empty())
             .unwrap_or_else(paths::client_socket),
         json: cli.json,
+        timeout: std::time::Duration::from_secs_f64(cli.timeout),
     };
     match cli.command {
         Action::Procedure(action) => match action {
@@ -167,6 +168,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Action::Oda(OdaAction::PutSbd { file }) => ctl.put_sbd(&file).await,
         Action::Listen(args) => ctl.listen(args).await,
         Action::Status => ctl.status().await,
+        Action::Reload => ctl.reload().await,
         Action::Generate { out_dir } => generate(&out_dir),
     }
 }
@@ -175,12 +177,14 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
 struct Ctl {
     socket: PathBuf,
     json: bool,
+    /// For connecting, and for each answer.
+    timeout: std::time::Duration,
 }
 
 impl Ctl {
     async fn connect(&self) -> anyhow::Result<Client> {
         let name = concat!("oetctl ", env!("CARGO_PKG_VERSION"));
-        Ok(Client::connect(&self.socket, name).await?)
+        Ok(Client::connect_within(&self.socket, name, self.timeout).await?)
     }
 
     /// A second connection turned into an event stream. Subscribe before causing the
@@ -502,6 +506,19 @@ impl Ctl {
             print_text(&format!("\nError: {error}\n"))?;
         }
         Ok(())
+    }
+
+    async fn reload(&self) -> anyhow::Result<()> {
+        let reloaded = self.connect().await?.reload().await?;
+        if self.json {
+            print_json(&serde_json::json!({
+                "live": reloaded.live,
+                "restart": reloaded.restart,
+                "warnings": reloaded.warnings,
+            }))
+        } else {
+            print_text(&render::reloaded(&reloaded))
+        }
     }
 
     async fn status(&self) -> anyhow::Result<()> {

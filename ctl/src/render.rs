@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oet_protocol::summary::Timestamp;
 use oet_protocol::{
-    view, ActivitySummary, DaemonStatus, Event, FunctionArgs, ProcedureLogs, ProcedureSummary,
-    ScriptSpec, Value,
+    bytes_text, view, ActivitySummary, Containment, DaemonStatus, Event, FunctionArgs,
+    ProcedureLogs, ProcedureSummary, ResourceUsage, ScriptSpec, Value,
 };
 use serde_json::{json, Value as Json};
 
@@ -99,7 +99,8 @@ pub fn procedure_table(summaries: &[ProcedureSummary]) -> String {
 }
 
 /// Everything about one procedure: its summary row, where a git script comes from, the
-/// state history, the calls with their arguments, and the stack trace.
+/// state history, the calls with their arguments, what its cgroup measured, and the
+/// stack trace.
 pub fn describe(summary: &ProcedureSummary) -> String {
     let mut out = procedure_table(std::slice::from_ref(summary));
     if let ScriptSpec::Git {
@@ -160,10 +161,39 @@ pub fn describe(summary: &ProcedureSummary) -> String {
         out.push_str(&indent(&calls.render()));
     }
 
+    if let Some(usage) = &summary.resources {
+        out.push_str("\nResources:\n");
+        out.push_str(&indent(&resources(usage)));
+    }
+
     if let Some(trace) = &summary.stacktrace {
         out.push_str("\nStack trace:\n");
         out.push_str(trace.trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// Peak memory and CPU time, each with its limit when there is one.
+fn resources(usage: &ResourceUsage) -> String {
+    let limits = &usage.limits;
+    let limit = |limit: Option<String>| limit.map_or(String::new(), |l| format!(" (limit {l})"));
+    let mut out = format!(
+        "Peak memory:  {}{}\n",
+        usage
+            .peak_memory_bytes
+            .map_or_else(|| "not measured".to_owned(), bytes_text),
+        limit(limits.memory_max_bytes.map(bytes_text)),
+    );
+    out.push_str(&format!(
+        "CPU time:     {}{}\n",
+        usage
+            .cpu_secs
+            .map_or_else(|| "not measured".to_owned(), |secs| format!("{secs:.2} s")),
+        limit(limits.cpu_max.map(|cpus| format!("{cpus} CPU"))),
+    ));
+    if let Some(pids) = limits.pids_max {
+        out.push_str(&format!("Processes:    at most {pids}\n"));
     }
     out
 }
@@ -239,7 +269,8 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
          Socket:      {}\n\
          Started:     {} (up {})\n\
          Procedures:  {} live, running: {}\n\
-         Store:       {}\n",
+         Store:       {}\n\
+         Containment: {}\n",
         status.server,
         status.protocol_version,
         status.pid,
@@ -252,7 +283,23 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
             Some(problem) => format!("{} (FAILING: {problem})", status.store),
             None => status.store.clone(),
         },
+        containment(&status.containment),
     )
+}
+
+fn containment(containment: &Containment) -> String {
+    match containment {
+        Containment::Cgroup { root, controllers } if controllers.is_empty() => {
+            format!("a cgroup per procedure under {root} (no resource controllers)")
+        }
+        Containment::Cgroup { root, controllers } => format!(
+            "a cgroup per procedure under {root} ({})",
+            controllers.join(", ")
+        ),
+        Containment::ProcessGroup { reason } => {
+            format!("process groups only ({reason})")
+        }
+    }
 }
 
 /// The table of activities: ID, Activity, SBD, SBI, Procedure, Creation time, State.
@@ -381,7 +428,42 @@ pub fn status_json(status: &DaemonStatus) -> Json {
         "running": status.running,
         "store": status.store,
         "store_problem": status.store_problem,
+        "containment": match &status.containment {
+            Containment::Cgroup { root, controllers } => json!({
+                "mode": "cgroup",
+                "root": root,
+                "controllers": controllers,
+            }),
+            Containment::ProcessGroup { reason } => json!({
+                "mode": "process_group",
+                "reason": reason,
+            }),
+        },
     })
+}
+
+/// What a reload changed, for people.
+pub fn reloaded(reloaded: &oet_protocol::Reloaded) -> String {
+    let mut text = String::new();
+    if reloaded.live.is_empty() && reloaded.restart.is_empty() {
+        text.push_str("configuration reloaded; nothing changed\n");
+    }
+    if !reloaded.live.is_empty() {
+        text.push_str(&format!(
+            "configuration reloaded; now in effect: {}\n",
+            reloaded.live.join(", ")
+        ));
+    }
+    if !reloaded.restart.is_empty() {
+        text.push_str(&format!(
+            "changed, but in effect only after a restart of oetd: {}\n",
+            reloaded.restart.join(", ")
+        ));
+    }
+    for warning in &reloaded.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -428,6 +510,7 @@ mod tests {
             ],
             stacktrace: None,
             state,
+            resources: None,
         }
     }
 
@@ -474,6 +557,36 @@ Traceback (most recent call last):
 ValueError: no
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn describe_shows_what_the_cgroup_measured_with_the_limits() {
+        let mut done = summary(5, ProcedureState::Failed);
+        done.resources = Some(ResourceUsage {
+            peak_memory_bytes: Some(64 << 20),
+            cpu_secs: Some(1.256),
+            limits: oet_protocol::ResourceLimits {
+                memory_max_bytes: Some(64 << 20),
+                pids_max: Some(100),
+                cpu_max: None,
+            },
+        });
+        let text = describe(&done);
+        assert!(
+            text.contains(
+                "\nResources:\n  Peak memory:  64 MiB (limit 64 MiB)\n  CPU time:     1.26 s\n  \
+                 Processes:    at most 100\n"
+            ),
+            "{text}"
+        );
+        let json = procedure_json(&done);
+        assert_eq!(json["resources"]["peak_memory_bytes"], json!(64 << 20));
+        assert_eq!(json["resources"]["limits"]["cpu_max"], Json::Null);
+        assert_eq!(
+            procedure_json(&summary(6, ProcedureState::Ready))["resources"],
+            Json::Null
+        );
+        assert!(!describe(&summary(6, ProcedureState::Ready)).contains("Resources"));
     }
 
     #[test]
@@ -676,6 +789,10 @@ ValueError: no
             stop_grace_secs: 5.0,
             store: "/var/lib/oet/store/history.sqlite".into(),
             store_problem: None,
+            containment: Containment::Cgroup {
+                root: "/sys/fs/cgroup/system.slice/oetd.service".into(),
+                controllers: vec!["memory".into(), "pids (v1)".into()],
+            },
         };
         assert_eq!(
             status(&daemon, T0 + 3723.6),
@@ -684,7 +801,9 @@ ValueError: no
              Socket:      /run/oet/oetd.sock\n\
              Started:     2024-05-01T12:00:00Z (up 1h 2m 3s)\n\
              Procedures:  3 live, running: 2\n\
-             Store:       /var/lib/oet/store/history.sqlite\n"
+             Store:       /var/lib/oet/store/history.sqlite\n\
+             Containment: a cgroup per procedure under /sys/fs/cgroup/system.slice/oetd.service \
+             (memory, pids (v1))\n"
         );
         let failing = DaemonStatus {
             store_problem: Some("the store is full".into()),
@@ -700,5 +819,18 @@ ValueError: no
         )
         .contains("running: none"));
         assert_eq!(status_json(&daemon)["running"], json!([2]));
+        assert_eq!(status_json(&daemon)["containment"]["mode"], "cgroup");
+        let fallback = DaemonStatus {
+            containment: Containment::ProcessGroup {
+                reason: "no cgroup v2 hierarchy is mounted".into(),
+            },
+            ..daemon.clone()
+        };
+        assert!(status(&fallback, T0)
+            .contains("Containment: process groups only (no cgroup v2 hierarchy is mounted)"));
+        assert_eq!(
+            status_json(&fallback)["containment"]["mode"],
+            "process_group"
+        );
     }
 }

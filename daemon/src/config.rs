@@ -17,7 +17,7 @@ use crate::events::EventConfig;
 use crate::git::GitConfig;
 use crate::procedure::ProcedureConfig;
 use crate::python::PythonConfig;
-use crate::server::ServerConfig;
+use crate::server::{AccessConfig, ServerConfig};
 use crate::store::StoreConfig;
 
 /// Everything `oetd` can be told.
@@ -25,6 +25,7 @@ use crate::store::StoreConfig;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub access: AccessConfig,
     pub procedures: ProcedureConfig,
     pub events: EventConfig,
     pub paths: PathConfig,
@@ -73,6 +74,9 @@ pub struct ConfigChanges {
     pub restart: Vec<String>,
 }
 
+/// The largest configuration file read.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -81,6 +85,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("configuration file {} is not a regular file ({kind}); give the path of a file", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("configuration file {} is larger than {MAX_FILE_BYTES} bytes; is it the right file?", path.display())]
+    TooLarge { path: PathBuf },
     #[error("invalid configuration file {}: {problem}", path.display())]
     File { path: PathBuf, problem: Problem },
 }
@@ -105,10 +113,7 @@ pub enum Problem {
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_bounded(path)?;
         Config::parse(&text).map_err(|problem| ConfigError::File {
             path: path.to_owned(),
             problem,
@@ -178,8 +183,11 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         self.procedures.validate()?;
         self.server.validate()?;
+        self.access.validate()?;
         self.events.validate()?;
         self.oda.validate()?;
+        self.git.validate()?;
+        self.python.validate()?;
         self.store.validate()?;
         Ok(())
     }
@@ -224,6 +232,7 @@ impl Config {
         };
         note(self.log != new.log, "log.level", true);
         note(self.procedures != new.procedures, "procedures", true);
+        note(self.access != new.access, "access", true);
         note(
             self.git.allowed_repos != new.git.allowed_repos,
             "git.allowed_repos",
@@ -263,6 +272,55 @@ impl Config {
         }
         oet_protocol::paths::user_runtime_dir().join("state")
     }
+}
+
+/// Reads a configuration file: a regular file (after following symbolic links) of at
+/// most [`MAX_FILE_BYTES`]. Opening does not wait for a writer (a FIFO), and reading
+/// never goes past the limit (`/dev/zero`).
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    let kind = file.metadata().map_err(read_err)?.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else {
+            "a socket or another special file"
+        };
+        return Err(ConfigError::NotRegular {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it is not UTF-8 text",
+        ))
+    })
 }
 
 /// Carries keys that moved from `[git]` to `[python]` over to their new names.
@@ -463,6 +521,60 @@ mod tests {
             assert_eq!(changes.restart, ["python"], "{text}");
             assert!(changes.live.is_empty(), "{text}");
         }
+    }
+
+    #[test]
+    fn every_duration_out_of_range_is_an_error_naming_its_key() {
+        for (section, key) in [
+            ("procedures", "stop_grace_secs"),
+            ("procedures", "kill_wait_secs"),
+            ("server", "handshake_timeout_secs"),
+            ("server", "frame_timeout_secs"),
+        ] {
+            for bad in ["1e20", "nan", "inf", "-1.0"] {
+                let err = Config::parse(&format!("[{section}]\n{key} = {bad}\n"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(&format!("{section}.{key}")), "{bad}: {err}");
+            }
+        }
+        for (section, key) in [
+            ("git", "clone_timeout_secs"),
+            ("python", "env_wait_secs"),
+            ("oda", "timeout_secs"),
+            ("events", "buffer"),
+            ("procedures", "history_size"),
+            ("procedures", "log_lines"),
+            ("server", "max_connections"),
+        ] {
+            let err = Config::parse(&format!("[{section}]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{section}.{key}")), "{err}");
+            let err = Config::parse(&format!("[{section}]\n{key} = 9223372036854775807\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{section}.{key}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_a_regular_file_of_bounded_size_is_read() {
+        let err = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file (a device)"), "{err}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("a directory"), "{err}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let err = Config::load(&fifo).unwrap_err().to_string();
+        assert!(err.contains("a FIFO"), "{err}");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(MAX_FILE_BYTES as usize + 1)).expect("write");
+        let err = Config::load(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[test]

@@ -7,14 +7,19 @@
 //! bus everything is announced on, and `systemd` is the glue to the service manager.
 
 pub mod activity;
+pub mod bounded;
+pub mod cgroup;
 pub mod config;
 pub mod events;
 pub mod git;
+pub mod journal;
+pub mod limits;
 pub mod procedure;
 pub mod process;
 pub mod python;
 pub mod reaper;
 pub mod server;
+pub mod state_dir;
 pub mod store;
 pub mod systemd;
 pub mod table;

@@ -1,18 +1,27 @@
 //! `oetd`: flags, configuration, logging, and the daemon's run from start to shutdown.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
+use oet_protocol::{ProtocolError, Reloaded};
 use oetd::activity::{oda, ActivityService};
+use oetd::cgroup::{Containment, Controller};
 use oetd::config::Config;
 use oetd::events::EventBus;
 use oetd::procedure::worker::WorkerCommand;
-use oetd::procedure::{GitServices, Launcher, ProcedureService, WORKER_HARNESS};
+use oetd::procedure::{
+    GitServices, Launcher, OutputSink, OutputTarget, ProcedureConfig, ProcedureService,
+    WORKER_HARNESS,
+};
 use oetd::reaper;
-use oetd::server::{self, Services, Shutdown};
+use oetd::server::{self, Access, Services, Shutdown};
+use oetd::state_dir::StateDir;
 use oetd::store::Store;
 use oetd::systemd;
 use tokio::signal::unix::{signal, SignalKind};
@@ -90,6 +99,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     for deprecation in config.deprecations() {
         warn!("{deprecation}");
     }
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,6 +111,23 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         activated,
         log,
     }))
+}
+
+/// Raises the soft limit of open files to the hard limit: each live procedure holds a
+/// few descriptors, each connection one, and the soft limit is often a low 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= hard {
+        info!("open-file limit: {soft}");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => info!("open-file limit raised from {soft} to {hard}"),
+        Err(err) => warn!("open-file limit stays at {soft}: cannot raise it to {hard}: {err}"),
+    }
 }
 
 /// Reads the configuration file (or takes the defaults) and applies `--socket`.
@@ -126,7 +153,7 @@ struct Daemon {
 
 async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let Daemon {
-        mut config,
+        config,
         flags,
         notifier,
         activated,
@@ -136,11 +163,16 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    // Claimed before anything in it is touched: a second oetd on it stops here.
+    let state = StateDir::claim(&config.state_dir())?;
+    let state_dir = state.path().to_owned();
     let harness = write_harness(&state_dir)?;
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
+    let (containment, cgroups_killed) = contain(&state_dir, &config.procedures);
+    let output = OutputSink::new(match log.target() {
+        systemd::LogTarget::Journald => OutputTarget::Journal,
+        systemd::LogTarget::Stderr => OutputTarget::Stderr,
+    });
 
     let bus = EventBus::new(config.events.clone());
     let git = GitServices::open(
@@ -158,19 +190,25 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         },
         git: git.clone(),
         work_dir: state_dir.clone(),
+        containment: containment.clone(),
+        output,
     };
     let sb_dir = state_dir.join("activities");
     let store_file = config.store.file(&state_dir);
     let store = Store::open(&config.store, &store_file, &sb_dir, bus);
     info!("store: {}", store_file.display());
     let procedures = ProcedureService::new(config.procedures.clone(), launcher, store.clone());
-    procedures.recover().await;
+    procedures.recover(&cgroups_killed).await;
 
     let oda = oda::open(&config.oda, &state_dir).context("cannot open the ODA")?;
     info!("ODA: {} ({:?} backend)", oda.location(), config.oda.backend);
     let activities = ActivityService::new(oda, procedures.clone(), sb_dir)
         .context("cannot prepare the directory for activities' SBD files")?;
     activities.recover().await;
+    let (access, warnings) = Access::new(&config.access);
+    for warning in warnings {
+        warn!("{warning}");
+    }
 
     // A socket passed by systemd belongs to systemd (it removes it); one we create is ours.
     let (listener, socket, own_socket) = match activated {
@@ -181,11 +219,12 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
                 .and_then(|a| a.as_pathname().map(Path::to_owned))
                 .unwrap_or_else(|| PathBuf::from("(socket passed by systemd)"));
             info!("using the control socket passed by systemd");
+            server::check_socket(&path, &config.server)?;
             (listener, path, false)
         }
         None => {
             let path = config.socket_path();
-            (server::bind(&path, 0o660)?, path, true)
+            (server::bind(&path, &config.server)?, path, true)
         }
     };
     listener.set_nonblocking(true)?;
@@ -193,19 +232,28 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     info!("oetd listening on {}", socket.display());
 
     let shutdown = Shutdown::default();
+    let shutdown_for_server = shutdown.clone();
+    let server_config = config.server.clone();
+    let reloader = Arc::new(Reloader {
+        flags,
+        config: tokio::sync::Mutex::new(config),
+        log,
+        procedures: procedures.clone(),
+        git,
+        access: access.clone(),
+        containment: containment.clone(),
+    });
     let services = Services {
         procedures: procedures.clone(),
         activities,
+        access,
+        reload: reloader.clone(),
         socket: socket.display().to_string(),
         started_at: SystemTime::now(),
     };
-    let server = tokio::spawn(server::serve(
-        listener,
-        services,
-        config.server.max_connections,
-        config.server.max_frame_bytes,
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(async move {
+        server::serve(listener, services, &server_config, shutdown_for_server).await
+    });
     if let Err(err) = notifier.ready() {
         warn!("cannot tell systemd that oetd is ready: {err}");
     }
@@ -216,7 +264,22 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM received"); break }
             _ = int.recv() => { info!("SIGINT received"); break }
-            _ = hup.recv() => reload(&flags, &mut config, &log, &procedures, &git),
+            // Off the signal path: the loop goes on taking signals (SIGTERM above all)
+            // while the file is read.
+            _ = hup.recv() => {
+                if reloader.flags.config.is_none() {
+                    info!(
+                        "SIGHUP received, but oetd was started without --config: there is no \
+                         file to reload, and it keeps running on its embedded defaults"
+                    );
+                    continue;
+                }
+                info!("SIGHUP received: reloading the configuration");
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    let _ = reloader.run().await;
+                });
+            }
         }
     }
 
@@ -242,62 +305,161 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-reads the configuration file and applies what can change safely (log
-/// level, procedure limits, allowed repositories); says in the log what changed and
-/// what needs a restart. A file that no longer parses changes nothing.
-fn reload(
-    flags: &Flags,
-    config: &mut Config,
-    log: &systemd::LogControl,
-    procedures: &ProcedureService,
-    git: &GitServices,
-) {
-    if flags.config.is_none() {
-        info!(
-            "SIGHUP received, but oetd was started without --config: there is no file to \
-             reload, and it keeps running on its embedded defaults"
-        );
-        return;
+/// Re-reads the configuration file (on SIGHUP, or `oetctl reload`) and applies what can
+/// change safely (log level, procedure limits, roles, allowed repositories); says in the
+/// log what changed and what needs a restart. A file that no longer parses changes
+/// nothing. One reload at a time.
+struct Reloader {
+    flags: Flags,
+    /// What is in effect, so the next reload compares against it.
+    config: tokio::sync::Mutex<Config>,
+    log: systemd::LogControl,
+    procedures: ProcedureService,
+    git: GitServices,
+    access: Access,
+    containment: Containment,
+}
+
+impl server::Reload for Reloader {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Reloaded, ProtocolError>> + Send + '_>> {
+        Box::pin(self.run())
     }
-    info!("SIGHUP received: reloading the configuration");
-    let new = match load_config(flags) {
-        Ok(new) => new,
-        Err(err) => {
-            error!("configuration not reloaded, keeping the running one: {err:#}");
-            return;
+}
+
+impl Reloader {
+    async fn run(&self) -> Result<Reloaded, ProtocolError> {
+        let Some(path) = self.flags.config.clone() else {
+            return Err(ProtocolError::invalid_state(
+                "oetd was started without --config: there is no file to reload, and it \
+                 keeps running on its embedded defaults",
+            ));
+        };
+        let mut config = self.config.lock().await;
+        let socket = self.flags.socket.clone();
+        // Reading is bounded (a regular file, of limited size); it still blocks, so it
+        // runs on a thread of its own.
+        let read =
+            tokio::task::spawn_blocking(move || Config::load(&path).map_err(|e| format!("{e:#}")))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|read| read);
+        let mut new = match read {
+            Ok(new) => new,
+            Err(err) => {
+                error!("configuration not reloaded, keeping the running one: {err}");
+                return Err(ProtocolError::invalid_request(format!(
+                    "configuration not reloaded, keeping the running one: {err}"
+                )));
+            }
+        };
+        if let Some(socket) = socket {
+            new.server.socket = socket.display().to_string();
         }
-    };
-    for deprecation in new.deprecations() {
-        warn!("{deprecation}");
-    }
-    let changes = config.changes(&new);
-    if changes.live.is_empty() && changes.restart.is_empty() {
-        info!("configuration unchanged");
-        return;
-    }
-    if new.log != config.log {
-        if let Err(err) = log.set_level(&new.log.level) {
-            error!("log.level not changed: {err}");
+        let mut warnings: Vec<String> = new.deprecations().to_vec();
+        let changes = config.changes(&new);
+        if changes.live.is_empty() && changes.restart.is_empty() {
+            info!("configuration unchanged");
         }
+        if new.log != config.log {
+            if let Err(err) = self.log.set_level(&new.log.level) {
+                warnings.push(format!("log.level not changed: {err}"));
+            }
+        }
+        if let Some(root) = self.containment.root() {
+            warnings.extend(unenforced(root, &new.procedures));
+        }
+        self.procedures.set_config(new.procedures.clone());
+        self.git
+            .repos
+            .set_allowed_repos(new.git.allowed_repos.clone());
+        warnings.extend(self.access.set(&new.access));
+        for warning in &warnings {
+            warn!("{warning}");
+        }
+        if !changes.live.is_empty() {
+            info!(
+                "configuration reloaded; now in effect: {}",
+                changes.live.join(", ")
+            );
+        }
+        if !changes.restart.is_empty() {
+            warn!(
+                "changed but only in effect after a restart of oetd: {}",
+                changes.restart.join(", ")
+            );
+        }
+        config.log = new.log;
+        config.procedures = new.procedures;
+        config.access = new.access;
+        config.git.allowed_repos = new.git.allowed_repos;
+        Ok(Reloaded {
+            live: changes.live,
+            restart: changes.restart,
+            warnings,
+        })
     }
-    procedures.set_config(new.procedures.clone());
-    git.repos.set_allowed_repos(new.git.allowed_repos.clone());
-    if !changes.live.is_empty() {
-        info!(
-            "configuration reloaded; now in effect: {}",
-            changes.live.join(", ")
-        );
+}
+
+/// Sets up the cgroups procedures run in (or finds why there can be none), says which in
+/// the log, and kills what procedures of an oetd that died left running there; returns
+/// the containment and the IDs of those procedures.
+fn contain(state_dir: &Path, procedures: &ProcedureConfig) -> (Containment, Vec<u64>) {
+    let containment = Containment::set_up(state_dir);
+    let mut killed = Vec::new();
+    match &containment {
+        Containment::Cgroups(root) => {
+            let controllers = root.controllers();
+            info!(
+                "each procedure runs in a cgroup of its own under {} (resource controllers: {})",
+                root.dir().display(),
+                if controllers.is_empty() {
+                    "none".to_owned()
+                } else {
+                    controllers.join(", ")
+                }
+            );
+            killed = root.kill_leftovers(std::time::Duration::from_secs(5));
+            if !killed.is_empty() {
+                warn!(
+                    "killed what procedures {killed:?} of an earlier oetd left running in {}",
+                    root.dir().display()
+                );
+            }
+            for warning in unenforced(root, procedures) {
+                warn!("{warning}");
+            }
+        }
+        Containment::ProcessGroups { reason } => warn!(
+            "procedures are contained by process groups only, because {reason}: a process \
+             that leaves its group (setsid, a double fork) escapes a stop and oetd's death, \
+             and procedures.memory_max, pids_max and cpu_max cannot be applied"
+        ),
     }
-    if !changes.restart.is_empty() {
-        warn!(
-            "changed but only in effect after a restart of oetd: {}",
-            changes.restart.join(", ")
-        );
-    }
-    // Remember what is in effect, so the next reload compares against it.
-    config.log = new.log;
-    config.procedures = new.procedures;
-    config.git.allowed_repos = new.git.allowed_repos;
+    (containment, killed)
+}
+
+/// A warning for each configured limit whose controller procedures do not get.
+fn unenforced(root: &oetd::cgroup::CgroupRoot, procedures: &ProcedureConfig) -> Vec<String> {
+    let limits = procedures.limits();
+    [
+        (
+            limits.memory_max_bytes.is_some(),
+            Controller::Memory,
+            "memory_max",
+        ),
+        (limits.pids_max.is_some(), Controller::Pids, "pids_max"),
+        (limits.cpu_max.is_some(), Controller::Cpu, "cpu_max"),
+    ]
+    .into_iter()
+    .filter(|(set, controller, _)| *set && !root.has(*controller))
+    .map(|(_, controller, key)| {
+        format!(
+            "procedures.{key} is set, but no {} controller is available to oetd's cgroups: \
+             procedures run without that limit",
+            controller.name()
+        )
+    })
+    .collect()
 }
 
 /// Writes the worker harness into the state directory (atomically, so a worker never

@@ -8,7 +8,15 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `daemon/src`, lowest layer first. A module may use the ones
 /// in lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["process", "table"],
+    &[
+        "bounded",
+        "cgroup",
+        "journal",
+        "limits",
+        "process",
+        "state_dir",
+        "table",
+    ],
     &["reaper"],
     &["events"],
     &["git", "python", "store"],

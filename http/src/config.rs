@@ -69,7 +69,9 @@ pub struct OetdConfig {
     /// before it answers with the procedure as it then is.
     pub ready_wait_secs: f64,
     /// Calls to oetd at once, for each kind: reading calls and operating calls are
-    /// counted apart, so that a flood of reads never holds up a stop.
+    /// counted apart, so that a flood of reads never holds up a stop. The shim then holds
+    /// at most 3 × max_calls + 1 connections to oetd (a create holds two), which must stay
+    /// below oetd's `server.max_connections_per_uid` for the shim's user.
     pub max_calls: usize,
 }
 
@@ -79,7 +81,7 @@ impl Default for OetdConfig {
             socket: String::new(),
             timeout_secs: 30.0,
             ready_wait_secs: 30.0,
-            max_calls: 16,
+            max_calls: 8,
         }
     }
 }

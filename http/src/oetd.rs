@@ -161,6 +161,7 @@ pub fn failure(err: ClientError, missing: Option<serde_json::Value>) -> ApiError
             }
             ErrorKind::Internal => ApiError::Internal(format!("oetd failed: {}", refusal.message)),
         },
+        ClientError::Timeout { .. } => ApiError::Timeout(err.to_string()),
         ClientError::Unexpected(what) => {
             ApiError::Internal(format!("unexpected answer from oetd: {what}"))
         }

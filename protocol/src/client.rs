@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
-use crate::codec::{CodecError, FrameCodec, DEFAULT_MAX_FRAME};
+use crate::codec::{CodecError, FrameCodec, MAX_FRAME_LIMIT};
 use crate::error::ProtocolError;
 use crate::messages::*;
 use crate::requests::*;
@@ -41,24 +42,62 @@ pub enum ClientError {
     Closed,
     #[error("unexpected answer from oetd: {0}")]
     Unexpected(String),
+    #[error("oetd at {} did not answer {what} within {} s; it may be overloaded or stuck (a longer --timeout waits longer)", path.display(), after.as_secs_f64())]
+    Timeout {
+        path: PathBuf,
+        /// What was waited for, e.g. `the connection` or `request.procedure.stop`.
+        what: String,
+        after: Duration,
+    },
 }
 
 /// A connection to `oetd` that has completed the handshake.
 pub struct Client {
     transport: Transport,
     server: String,
+    path: PathBuf,
+    /// How long a request may wait for its answer; `None`: as long as it takes.
+    timeout: Option<Duration>,
 }
 
 impl Client {
-    /// Connects and performs the versioned handshake.
+    /// Connects and performs the versioned handshake, waiting as long as that takes.
     pub async fn connect(path: &Path, client_name: &str) -> Result<Client, ClientError> {
+        Client::open(path, client_name).await
+    }
+
+    /// Connects and performs the handshake within `timeout`; each request made on the
+    /// connection then waits at most `timeout` for its answer (an event stream waits as
+    /// long as it is open).
+    pub async fn connect_within(
+        path: &Path,
+        client_name: &str,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let mut client = tokio::time::timeout(timeout, Client::open(path, client_name))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                path: path.to_owned(),
+                what: "the connection".into(),
+                after: timeout,
+            })??;
+        client.timeout = Some(timeout);
+        Ok(client)
+    }
+
+    /// Sets how long each request waits for its answer (`None`: as long as it takes).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    async fn open(path: &Path, client_name: &str) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect {
                 path: path.to_owned(),
                 source,
             })?;
-        let mut transport = Framed::new(stream, FrameCodec::new(DEFAULT_MAX_FRAME));
+        let mut transport = Framed::new(stream, FrameCodec::new(MAX_FRAME_LIMIT));
         transport
             .send(ClientMessage::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
@@ -66,9 +105,12 @@ impl Client {
             }))
             .await?;
         match transport.next().await {
-            Some(Ok(ServerMessage::Welcome(Welcome::Accepted { server, .. }))) => {
-                Ok(Client { transport, server })
-            }
+            Some(Ok(ServerMessage::Welcome(Welcome::Accepted { server, .. }))) => Ok(Client {
+                transport,
+                server,
+                path: path.to_owned(),
+                timeout: None,
+            }),
             Some(Ok(ServerMessage::Welcome(Welcome::Refused(err)))) => {
                 Err(ClientError::Refused(err.message))
             }
@@ -84,8 +126,21 @@ impl Client {
         &self.server
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one request and waits for its answer (at most the client's timeout).
     pub async fn call<R: Call>(&mut self, request: R) -> Result<R::Response, ClientError> {
+        let Some(timeout) = self.timeout else {
+            return self.exchange(request).await;
+        };
+        tokio::time::timeout(timeout, self.exchange(request))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                path: self.path.clone(),
+                what: R::TOPIC.to_owned(),
+                after: timeout,
+            })?
+    }
+
+    async fn exchange<R: Call>(&mut self, request: R) -> Result<R::Response, ClientError> {
         let id = next_request_id();
         self.transport
             .send(ClientMessage::Request(Request {
@@ -246,6 +301,11 @@ impl Client {
     pub async fn put_sbd(&mut self, json: String) -> Result<(String, u64), ClientError> {
         let stored = self.call(PutSbd { json }).await?;
         Ok((stored.sbd_id, stored.version))
+    }
+
+    /// Re-reads oetd's configuration file, as SIGHUP does (needs the admin role).
+    pub async fn reload(&mut self) -> Result<Reloaded, ClientError> {
+        self.call(Reload {}).await
     }
 
     /// Turns this connection into a stream of every event from now on.
@@ -467,13 +527,16 @@ impl EventStream {
                 None => return Err(ClientError::Closed.into()),
             };
             seen(&item)?;
+            // An event left out for its size may have been about it: read where it is.
+            let left_out =
+                matches!(&item, StreamItem::Event(event) if event.too_large_topic().is_some());
             let finished = match &item {
                 StreamItem::Event(event) if T::is_about(event, id) => match T::state_in(event) {
                     Some(state) => done(Progress::Entered(state)),
                     None => done(Progress::Other(event)),
                 },
-                StreamItem::Event(_) => false,
-                StreamItem::Lagged(_) => {
+                StreamItem::Event(_) if !left_out => false,
+                StreamItem::Event(_) | StreamItem::Lagged(_) => {
                     let summary = T::read(client, id).await?;
                     if done(Progress::Summary(&summary)) {
                         return Ok(summary);

@@ -9,6 +9,7 @@ use std::io;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, BytesMut};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
@@ -19,6 +20,10 @@ pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 /// Upper bound bincode may allocate while decoding one frame. A frame can never hold more
 /// than this, whatever the configured maximum.
 const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The largest frame any side may be configured to accept. Clients read frames up to
+/// this size, so that a server configured for larger frames than the default is read.
+pub const MAX_FRAME_LIMIT: usize = DECODE_LIMIT;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         )));
     }
     Ok(value)
+}
+
+/// One whole frame of `value` (length prefix and message), if it fits in `max` bytes.
+pub fn encode_frame<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
+    let mut frame = vec![0; HEAD];
+    bincode::serde::encode_into_std_write(value, &mut frame, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let len = frame.len() - HEAD;
+    match u32::try_from(len) {
+        Ok(head) if len <= max => {
+            frame[..HEAD].copy_from_slice(&head.to_be_bytes());
+            Ok(frame)
+        }
+        _ => Err(CodecError::FrameTooLarge { len, max }),
+    }
 }
 
 /// Bytes of the length prefix.
@@ -100,16 +120,7 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
     type Error = CodecError;
 
     fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
-        let bytes = encode(&item)?;
-        if bytes.len() > self.max {
-            return Err(CodecError::FrameTooLarge {
-                len: bytes.len(),
-                max: self.max,
-            });
-        }
-        dst.reserve(HEAD + bytes.len());
-        dst.put_u32(bytes.len() as u32);
-        dst.put_slice(&bytes);
+        dst.put_slice(&encode_frame(&item, self.max)?);
         Ok(())
     }
 }
@@ -165,7 +176,7 @@ mod tests {
         });
         round_trip(ServerMessage::Response {
             id: 7,
-            result: Ok(ResponseBody::CreateProcedure(ProcedureSummary {
+            result: Ok(CreateProcedure::into_response(ProcedureSummary {
                 id: 1,
                 script,
                 checkout: None,
@@ -178,6 +189,7 @@ mod tests {
                 }],
                 stacktrace: Some("Traceback".into()),
                 state: ProcedureState::Creating,
+                resources: None,
             })),
         });
         round_trip(ServerMessage::Response {

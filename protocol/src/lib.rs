@@ -9,6 +9,8 @@
 pub mod client;
 pub mod codec;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod messages;
 pub mod paths;
 pub mod requests;

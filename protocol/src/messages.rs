@@ -41,6 +41,16 @@ pub enum ClientMessage {
     Request(Request),
 }
 
+/// The first frame a client sends, as a server reads it: a [`ClientMessage`] that can
+/// only be a `Hello` (same variant index, same fields). A server decodes the first frame
+/// as this, so nothing of a request is decoded before the handshake: a request sent
+/// first is an unknown variant and refused as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename = "ClientMessage")]
+pub enum Opening {
+    Hello(Hello),
+}
+
 /// One request from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -123,6 +133,15 @@ impl Event {
             .find(|state| state.topic() == self.topic)
     }
 
+    /// For oetd's notice that an event was too large for the frame limit (sent in its
+    /// place), the topic of the event that was left out.
+    pub fn too_large_topic(&self) -> Option<&str> {
+        if self.topic != crate::topics::EVENT_TOO_LARGE || !self.from_daemon() {
+            return None;
+        }
+        self.payload.as_map()?.get("topic")?.as_str()
+    }
+
     /// For oetd's `procedure.lifecycle.statechange`, the state entered.
     pub fn new_state(&self) -> Option<ProcedureState> {
         if self.topic != crate::topics::STATECHANGE || !self.from_daemon() {
@@ -189,6 +208,32 @@ pub struct DaemonStatus {
     pub store: String,
     /// Why the store cannot be written now, if it cannot; creates are refused meanwhile.
     pub store_problem: Option<String>,
+    /// How the processes of procedures are kept together and ended.
+    pub containment: Containment,
+}
+
+/// How oetd keeps a procedure's processes together, so that stopping it (or oetd's
+/// death) ends every one of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Containment {
+    /// Each procedure has a cgroup of its own under `root`; a stop ends everything in
+    /// it, a process that left its process group (`setsid`) included. `controllers`
+    /// names the resource controllers procedures get and where, e.g. `memory (v1)`.
+    Cgroup {
+        root: String,
+        controllers: Vec<String>,
+    },
+    /// Process groups only: a process that leaves its group escapes a stop and oetd's
+    /// death. `reason` says why no cgroup could be used.
+    ProcessGroup { reason: String },
+}
+
+impl Default for Containment {
+    fn default() -> Self {
+        Containment::ProcessGroup {
+            reason: String::new(),
+        }
+    }
 }
 
 /// Event topics the daemon publishes.
@@ -205,4 +250,7 @@ pub mod topics {
     /// Every `activity.lifecycle.<state>` topic starts with this; see
     /// [`crate::ActivityState::topic`].
     pub const ACTIVITY_PREFIX: &str = "activity.lifecycle.";
+    /// Sent to one subscriber in place of an event too large for a frame: the payload
+    /// names the event's `topic`, its size in `bytes` and the frame limit `max_bytes`.
+    pub const EVENT_TOO_LARGE: &str = "oetd.event.too_large";
 }

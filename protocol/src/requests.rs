@@ -69,10 +69,12 @@ macro_rules! requests {
             $( $(#[$doc])* $name($name), )*
         }
 
-        /// Every successful answer, as it travels: one variant per request kind.
+        /// Every successful answer, as it travels: one variant per request kind. Boxed, so
+        /// that a small answer is not moved in the room of the largest (the wire form is
+        /// the same).
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         pub enum ResponseBody {
-            $( $name($response), )*
+            $( $name(Box<$response>), )*
         }
 
         impl RequestBody {
@@ -98,12 +100,12 @@ macro_rules! requests {
                 }
 
                 fn into_response(response: $response) -> ResponseBody {
-                    ResponseBody::$name(response)
+                    ResponseBody::$name(Box::new(response))
                 }
 
                 fn from_response(body: ResponseBody) -> Result<$response, Box<ResponseBody>> {
                     match body {
-                        ResponseBody::$name(response) => Ok(response),
+                        ResponseBody::$name(response) => Ok(*response),
                         #[allow(unreachable_patterns)]
                         other => Err(Box::new(other)),
                     }
@@ -149,6 +151,8 @@ requests! { $
     ListActivityHistory => Vec<ActivitySummary>, "request.activity.history", Read;
     /// Store an SBD (JSON text) in the ODA.
     PutSbd => SbdStored, "request.oda.put_sbd", Operate;
+    /// Re-read the configuration file, as SIGHUP does.
+    Reload => Reloaded, "request.daemon.reload", Admin;
 }
 
 /// Load a script into a new process and call its `init`.
@@ -253,6 +257,21 @@ pub struct ListActivityHistory {
 pub struct PutSbd {
     /// The SBD as JSON text.
     pub json: String,
+}
+
+/// Re-read the configuration file and apply what can change while running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Reload {}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Reloaded {
+    /// Keys or sections whose new values are in effect now.
+    pub live: Vec<String>,
+    /// Keys or sections that changed but take effect only after a restart of oetd.
+    pub restart: Vec<String>,
+    /// Warnings about the new file (deprecated keys, unknown users or groups).
+    pub warnings: Vec<String>,
 }
 
 /// An SBD as the ODA stored it.

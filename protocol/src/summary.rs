@@ -233,6 +233,9 @@ pub struct ProcedureSummary {
     pub history: Vec<StateChange>,
     pub stacktrace: Option<String>,
     pub state: ProcedureState,
+    /// What the procedure's cgroup measured; `None` when the procedure has no cgroup of
+    /// its own (containment by process group) or no process yet.
+    pub resources: Option<ResourceUsage>,
 }
 
 impl ProcedureSummary {
@@ -249,6 +252,47 @@ impl ProcedureSummary {
             .map(|call| (call.function.clone(), call.args.clone()))
             .collect()
     }
+}
+
+/// The resource limits a procedure's cgroup was given; `None` is no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ResourceLimits {
+    /// `memory.max`: memory the procedure's processes may use together, in bytes.
+    pub memory_max_bytes: Option<u64>,
+    /// `pids.max`: processes and threads the procedure may have at once.
+    pub pids_max: Option<u64>,
+    /// `cpu.max`: CPU time per unit of wall time, in CPUs (0.5 is half of one CPU).
+    pub cpu_max: Option<f64>,
+}
+
+/// What a procedure's cgroup measured of all its processes together, the ones the
+/// script started included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ResourceUsage {
+    /// The highest memory use, in bytes; `None` where no memory controller is available.
+    pub peak_memory_bytes: Option<u64>,
+    /// CPU time used, user and system, in seconds; `None` where it cannot be read.
+    pub cpu_secs: Option<f64>,
+    pub limits: ResourceLimits,
+}
+
+/// A byte count as people read it: `512 B`, `64 MiB`, `1.5 GiB`.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    let text = format!("{value:.1}");
+    format!("{} {unit}", text.strip_suffix(".0").unwrap_or(&text))
 }
 
 /// The states of an activity.
@@ -349,5 +393,20 @@ impl ActivitySummary {
     /// When the activity was requested (its first state change).
     pub fn created_at(&self) -> Timestamp {
         self.history.first().map_or(0.0, |change| change.time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_as_people_write_them() {
+        assert_eq!(bytes_text(0), "0 B");
+        assert_eq!(bytes_text(1023), "1023 B");
+        assert_eq!(bytes_text(64 << 20), "64 MiB");
+        assert_eq!(bytes_text(3 << 29), "1.5 GiB");
+        assert_eq!(bytes_text((64 << 20) - 1), "64 MiB");
+        assert_eq!(bytes_text(1536), "1.5 KiB");
     }
 }

@@ -1,13 +1,23 @@
 //! The one value type for script arguments and event payloads: what JSON can say, with
 //! integers kept apart from floats so that Python receives `int` and `float` faithfully.
+//!
+//! A value is recursive, so it is nested at most [`MAX_DEPTH`] levels deep: decoding
+//! counts the levels as it descends and refuses a deeper value before going further, so
+//! a small hostile frame cannot exhaust the stack of whoever decodes it.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// How deeply values may nest: a scalar is one level, a list of scalars two. JSON from a
+/// script's worker (at most 128 levels by serde_json's own limit) is checked against it
+/// too, so oetd never sends a value it would refuse to receive.
+pub const MAX_DEPTH: usize = 100;
 
 /// A JSON-like value passed to, or published by, a script.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub enum Value {
     #[default]
     Null,
@@ -17,6 +27,67 @@ pub enum Value {
     String(String),
     List(Vec<Value>),
     Map(BTreeMap<String, Value>),
+}
+
+thread_local! {
+    /// Levels of [`Value`] being decoded on this thread right now. Decoding never awaits,
+    /// so one count per thread is exact.
+    static DECODING_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts one level of decoding for as long as it lives.
+struct Level;
+
+impl Level {
+    fn enter() -> Option<Level> {
+        DECODING_DEPTH.with(|depth| {
+            let now = depth.get() + 1;
+            (now <= MAX_DEPTH).then(|| {
+                depth.set(now);
+                Level
+            })
+        })
+    }
+}
+
+impl Drop for Level {
+    fn drop(&mut self) {
+        DECODING_DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
+
+/// The wire shape of [`Value`]: the same variants in the same order, so that the derived
+/// encoding is unchanged; nested values go back through [`Value`]'s own `Deserialize`,
+/// which counts the levels.
+#[derive(Deserialize)]
+#[serde(rename = "Value")]
+enum Shape {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+    List(Vec<Value>),
+    Map(BTreeMap<String, Value>),
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+        let Some(_level) = Level::enter() else {
+            return Err(serde::de::Error::custom(format_args!(
+                "a value is nested more than {MAX_DEPTH} levels deep"
+            )));
+        };
+        Ok(match Shape::deserialize(deserializer)? {
+            Shape::Null => Value::Null,
+            Shape::Bool(b) => Value::Bool(b),
+            Shape::Int(i) => Value::Int(i),
+            Shape::Float(f) => Value::Float(f),
+            Shape::String(s) => Value::String(s),
+            Shape::List(items) => Value::List(items),
+            Shape::Map(map) => Value::Map(map),
+        })
+    }
 }
 
 /// A float that JSON cannot carry (NaN or an infinity) was found.
@@ -69,6 +140,15 @@ impl Value {
             Value::List(items) => items.iter().try_for_each(Value::check_finite),
             Value::Map(map) => map.values().try_for_each(Value::check_finite),
             _ => Ok(()),
+        }
+    }
+
+    /// How many levels deep this value nests: 1 for a scalar or an empty collection.
+    pub fn depth(&self) -> usize {
+        1 + match self {
+            Value::List(items) => items.iter().map(Value::depth).max().unwrap_or(0),
+            Value::Map(map) => map.values().map(Value::depth).max().unwrap_or(0),
+            _ => 0,
         }
     }
 
@@ -206,6 +286,47 @@ mod tests {
             Value::parse_cli("[1, \"a\"]"),
             Value::List(vec![Value::Int(1), Value::from("a")])
         );
+    }
+
+    fn nested(levels: usize) -> Value {
+        let mut value = Value::Null;
+        for _ in 1..levels {
+            value = Value::List(vec![value]);
+        }
+        value
+    }
+
+    #[test]
+    fn values_as_deep_as_allowed_decode_and_deeper_ones_are_refused() {
+        let deepest = nested(MAX_DEPTH);
+        assert_eq!(deepest.depth(), MAX_DEPTH);
+        let bytes = crate::codec::encode(&deepest).expect("encode");
+        assert_eq!(
+            crate::codec::decode::<Value>(&bytes).expect("decode"),
+            deepest
+        );
+
+        let too_deep = crate::codec::encode(&nested(MAX_DEPTH + 1)).expect("encode");
+        let err = crate::codec::decode::<Value>(&too_deep).expect_err("refused");
+        assert!(err.to_string().contains("nested more than"), "{err}");
+        // The count is back to zero after a refusal: the next value decodes.
+        assert_eq!(
+            crate::codec::decode::<Value>(&bytes).expect("decode"),
+            deepest
+        );
+    }
+
+    #[test]
+    fn a_small_frame_nesting_thousands_of_levels_is_refused_without_recursing() {
+        // A list tag and a length of one per level: 2 bytes a level, as an attacker
+        // would write it, far deeper than any stack allows.
+        let mut bytes = Vec::new();
+        for _ in 0..1_000_000 {
+            bytes.extend_from_slice(&[5, 1]);
+        }
+        bytes.push(0);
+        let err = crate::codec::decode::<Value>(&bytes).expect_err("refused");
+        assert!(err.to_string().contains("nested more than"), "{err}");
     }
 
     #[test]

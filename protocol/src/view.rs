@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::summary::{
-    ActivitySummary, FunctionArgs, GitArgs, ProcedureSummary, ScriptSpec, Timestamp,
+    ActivitySummary, FunctionArgs, GitArgs, ProcedureSummary, ResourceUsage, ScriptSpec, Timestamp,
 };
 use crate::value::Value;
 
@@ -78,8 +78,28 @@ fn states<'a>(changes: impl Iterator<Item = (&'a str, Timestamp)>) -> Value {
     )
 }
 
+/// `{peak_memory_bytes, cpu_secs, limits: {memory_max_bytes, pids_max, cpu_max}}`, each
+/// `null` where unknown or unlimited.
+pub fn resources(usage: &ResourceUsage) -> Value {
+    let count = |n: Option<u64>| n.map_or(Value::Null, Value::from);
+    let float = |x: Option<f64>| x.map_or(Value::Null, Value::Float);
+    map([
+        ("peak_memory_bytes", count(usage.peak_memory_bytes)),
+        ("cpu_secs", float(usage.cpu_secs)),
+        (
+            "limits",
+            map([
+                ("memory_max_bytes", count(usage.limits.memory_max_bytes)),
+                ("pids_max", count(usage.limits.pids_max)),
+                ("cpu_max", float(usage.limits.cpu_max)),
+            ]),
+        ),
+    ])
+}
+
 /// A procedure summary as upstream's REST API shows it, plus `calls` (every call with its
-/// time) which upstream did not keep.
+/// time) which upstream did not keep, and `resources` (what its cgroup measured; `null`
+/// without one).
 pub fn procedure(summary: &ProcedureSummary) -> Value {
     let calls = summary
         .calls
@@ -123,6 +143,10 @@ pub fn procedure(summary: &ProcedureSummary) -> Value {
             ]),
         ),
         ("state", Value::from(summary.state.as_str())),
+        (
+            "resources",
+            summary.resources.as_ref().map_or(Value::Null, resources),
+        ),
     ])
 }
 

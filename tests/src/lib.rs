@@ -5,17 +5,19 @@
 pub mod http;
 pub mod journal_capture;
 pub mod systemd_sandbox;
+pub mod users;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use oet_protocol::client::StreamItem;
 use oet_protocol::{
-    ActivityState, ActivitySummary, Client, Event, EventStream, FunctionArgs, ProcedureState,
-    ProcedureSummary, ScriptSpec, Value,
+    ActivityState, ActivitySummary, Client, Containment, Event, EventStream, FunctionArgs,
+    ProcedureState, ProcedureSummary, ScriptSpec, Value,
 };
 use tempfile::TempDir;
 
@@ -116,6 +118,8 @@ pub struct TestDaemon {
     /// oetd's stderr lines not yet read by [`TestDaemon::log_line`] (for daemons
     /// started by [`TestDaemon::start_with`]).
     log: Option<std::sync::Mutex<mpsc::Receiver<String>>>,
+    /// Bytes oetd has written to its stderr (its log, outside journald) so far.
+    log_bytes: Arc<AtomicU64>,
 }
 
 impl TestDaemon {
@@ -204,6 +208,7 @@ impl TestDaemon {
             config_path,
             child: None,
             log: None,
+            log_bytes: Arc::default(),
         }
     }
 
@@ -258,14 +263,74 @@ impl TestDaemon {
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stderr = child.stderr.take().expect("stderr pipe");
         let (tx, rx) = mpsc::channel();
+        let bytes = self.log_bytes.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                bytes.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
                 eprintln!("[oetd] {line}");
                 let _ = tx.send(line);
             }
         });
         self.child = Some(child);
         rx
+    }
+
+    /// oetd's log lines from now on, up to and including the first that contains
+    /// `needle` (waiting for it, bounded by [`DEADLINE`]).
+    pub fn log_lines_until(&self, needle: &str) -> Vec<String> {
+        let lines = self
+            .log
+            .as_ref()
+            .expect("a daemon started with start_with")
+            .lock()
+            .expect("log lock");
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("no line containing {needle:?} from oetd ({e}); saw {seen:#?}"),
+            }
+        }
+    }
+
+    /// How many bytes oetd has logged to its stderr so far.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// How this daemon contains procedures, as `oetctl status` tells.
+    pub async fn containment(&self) -> Containment {
+        self.client()
+            .await
+            .status()
+            .await
+            .expect("status")
+            .containment
+    }
+
+    /// Whether this daemon gives each procedure a cgroup of its own. Where it cannot
+    /// (no writable cgroup v2), the test is skipped with the reason printed — unless `CI`
+    /// is set, where that fails the test.
+    pub async fn has_cgroups(&self) -> bool {
+        match self.containment().await {
+            Containment::Cgroup { .. } => true,
+            Containment::ProcessGroup { reason } => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI needs a writable cgroup v2 hierarchy: {reason}"
+                );
+                eprintln!("skipped: procedures are not in cgroups here: {reason}");
+                false
+            }
+        }
     }
 
     /// The daemon's process ID.
@@ -346,7 +411,49 @@ impl TestDaemon {
     }
 }
 
+/// A procedure whose script has announced the pids of its processes.
+pub struct Announced {
+    pub id: u64,
+    /// The announcement's payload: pids by name.
+    pub pids: std::collections::BTreeMap<String, u32>,
+    /// Subscribed since before `main` started.
+    pub events: EventStream,
+}
+
+impl Announced {
+    /// The pid announced as `key`.
+    pub fn pid(&self, key: &str) -> u32 {
+        *self
+            .pids
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} pid in {:?}", self.pids))
+    }
+}
+
 impl TestDaemon {
+    /// Writes script `name`, creates its procedure (which must become READY), starts its
+    /// `main` and waits for the script's event on `topic`, whose payload holds pids.
+    pub async fn start_until_announced(&self, name: &str, body: &str, topic: &str) -> Announced {
+        let ready = self.ready_script(name, body).await;
+        assert_state(&ready, ProcedureState::Ready);
+        let mut events = self.events().await;
+        self.start_main(ready.id, FunctionArgs::default()).await;
+        let event = next_event_of(&mut events, ready.id, |e| e.topic == topic).await;
+        let map = event.payload.as_map().expect("payload map");
+        let pids = map
+            .iter()
+            .map(|(key, value)| match value {
+                Value::Int(pid) => (key.clone(), *pid as u32),
+                other => panic!("{key} is not a pid: {other:?}"),
+            })
+            .collect();
+        Announced {
+            id: ready.id,
+            pids,
+            events,
+        }
+    }
+
     /// Starts `main` of a READY procedure with `args`, without waiting for it.
     pub async fn start_main(&self, id: u64, args: FunctionArgs) {
         self.client()

@@ -226,3 +226,128 @@ def main():
     .expect("a lag notice");
     assert!(missed > 0);
 }
+
+/// A script that publishes on every reserved topic, pretending to be oetd, then says it
+/// has done so, and returns once the test opens `gate`.
+const FORGER: &str = r#"
+import os
+from pubsub import pub
+
+def main(gate):
+    me = int(os.environ["OET_PROCEDURE_ID"])
+    pub.sendMessage("procedure.lifecycle.statechange", msg_src="oetd", procedure_id=me,
+                    new_state="COMPLETE", previous_state="RUNNING")
+    pub.sendMessage("procedure.lifecycle.complete", msg_src="oetd", procedure_id=me)
+    pub.sendMessage("activity.lifecycle.complete", msg_src="oetd", activity_id=1)
+    pub.sendMessage("request.procedure.stop", msg_src="oetd", cmd={"process_uid": me})
+    pub.sendMessage("sb.lifecycle.allocated", msg_src="oetd", sbi_id="sbi-1")
+    pub.sendMessage("user.after.forgery", msg_src="oetd")
+    with open(gate) as fifo:
+        fifo.read()
+"#;
+
+#[tokio::test]
+async fn forged_lifecycle_events_never_reach_listeners_nor_end_a_listening_start() {
+    let daemon = TestDaemon::start();
+    let ready = daemon.ready_script("forger.py", FORGER).await;
+    let id = ready.id.to_string();
+    let gate = oet_tests::git::BuildGate::new();
+    let gate_path = gate.path().to_str().expect("utf-8 path").to_owned();
+    let mut events = daemon.events().await;
+    let listening = std::process::Command::new(oet_tests::oetctl_bin())
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["procedure", "start", "--pid", &id, "--listen"])
+        .arg(format!("--gate={gate_path}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("oetctl starts");
+
+    // What the script published, in order: only its own topics get through, with its
+    // procedure as their source.
+    let mut seen = Vec::new();
+    loop {
+        let event = next_event(&mut events, |_| true).await;
+        let last = event.topic == "user.after.forgery";
+        seen.push(event);
+        if last {
+            break;
+        }
+    }
+    let from_script: Vec<(&str, &str)> = seen
+        .iter()
+        .filter(|e| !e.from_daemon())
+        .map(|e| (e.topic.as_str(), e.msg_src.as_str()))
+        .collect();
+    assert_eq!(
+        from_script,
+        [
+            ("sb.lifecycle.allocated", id.as_str()),
+            ("user.after.forgery", id.as_str())
+        ]
+    );
+    for event in seen.iter().filter(|e| e.from_daemon()) {
+        assert!(
+            event.new_state() != Some(ProcedureState::Complete),
+            "a COMPLETE reached listeners as oetd's: {event:?}"
+        );
+        assert!(
+            event
+                .payload
+                .as_map()
+                .and_then(|m| m.get("msg_src"))
+                .is_none(),
+            "{event:?}"
+        );
+    }
+    let payload = seen
+        .last()
+        .and_then(|e| e.payload.as_map())
+        .expect("payload");
+    assert_eq!(
+        payload.get("msg_src"),
+        None,
+        "oetd stamps the source, not the script"
+    );
+
+    // The listening start has not ended on the forgeries: let the script finish, and it
+    // ends on oetd's own COMPLETE, having shown what came after them.
+    drop(gate.wait_for_build(oet_tests::DEADLINE).await);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(listening.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(oet_tests::DEADLINE)
+        .expect("oetctl ends with the procedure")
+        .expect("oetctl output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let forgery = stdout.find("user.after.forgery").unwrap_or_else(|| {
+        panic!("oetctl stopped listening before the script's last event:\n{stdout}")
+    });
+    let complete = stdout
+        .find("\"new_state\":\"COMPLETE\"")
+        .unwrap_or_else(|| panic!("no COMPLETE from oetd:\n{stdout}"));
+    assert!(forgery < complete, "{stdout}");
+
+    // The drops are noticed once, and counted when the procedure ends.
+    let noticed = daemon
+        .log_lines_until(&format!("procedure {id} is COMPLETE"))
+        .into_iter()
+        .filter(|line| line.contains("reserved topic"))
+        .count();
+    assert_eq!(noticed, 1, "one notice of the dropped events");
+    let counted = daemon
+        .log_line("events on reserved topics")
+        .expect("the count of dropped events");
+    assert!(
+        counted.contains(&format!("procedure {id}: 4 events")),
+        "{counted}"
+    );
+}

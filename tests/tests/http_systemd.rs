@@ -165,19 +165,21 @@ fn the_shim_runs_hardened_as_its_own_user_under_real_systemd() {
     let (status, _) = curl(&sandbox, &[&format!("{API}/procedures/1")]);
     assert_eq!(status, 200);
 
-    // oetd sees the call as the shim's own user.
+    // oetd sees the call as the shim's own user, in group oet, and lets it operate.
     let request = sandbox
         .wait_for_journal_entry(
-            &["-u", "oetd.service"],
-            |e| {
-                e["MESSAGE"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("request.procedure.create requested by uid"))
-            },
+            &[
+                "-u",
+                "oetd.service",
+                "AUDIT_REQUEST=request.procedure.create",
+            ],
+            |_| true,
             WAIT,
         )
-        .expect("oetd logs who asked");
+        .expect("oetd audits who asked");
     assert_eq!(request["PEER_UID"], uid, "{request}");
+    assert_eq!(request["PEER_GID"], oet_gid.to_string(), "{request}");
+    assert_eq!(request["AUDIT_DECISION"], "allowed", "{request}");
 
     // Reload re-reads the tokens; stop is clean.
     sandbox

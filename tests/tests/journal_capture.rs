@@ -25,13 +25,13 @@ fn a_programs_journald_records_are_captured_with_their_fields() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"MESSAGE=hello from the script\nPROCEDURE_ID=3\nSCRIPT_STREAM=stdout\n")
+        .write_all(b"MESSAGE=hello from the script\nPROCEDURE_ID=3\nSTREAM=stdout\n")
         .unwrap();
     assert!(child.wait().unwrap().success());
     let record = capture.next_record(Duration::from_secs(10)).unwrap();
     assert_eq!(field(&record, "MESSAGE"), Some("hello from the script"));
     assert_eq!(field(&record, "PROCEDURE_ID"), Some("3"));
-    assert_eq!(field(&record, "SCRIPT_STREAM"), Some("stdout"));
+    assert_eq!(field(&record, "STREAM"), Some("stdout"));
 
     let stream = capture
         .command("sh")

@@ -295,6 +295,7 @@ fn create_wait_start_listen_describe_logs_and_list() {
         .unwrap_or_else(|| panic!("a calls section:\n{described}"))
         .lines()
         .skip(1)
+        .take_while(|line| !line.is_empty())
         .map(|line| line.split_whitespace().skip(1).collect())
         .collect();
     assert_eq!(

@@ -90,3 +90,71 @@ fn keys_under_their_old_names_are_named_at_start_and_on_reload() {
         wait_for_line(&lines, "after a restart").expect("the log says what needs a restart");
     assert!(restart.ends_with("oetd: python"), "{restart}");
 }
+
+#[test]
+fn a_configuration_that_is_dev_zero_is_refused_and_sigterm_still_works() {
+    let mut daemon = TestDaemon::prepare("");
+    let lines = daemon.launch(daemon.command(None));
+    wait_for_line(&lines, "oetd listening on").expect("oetd starts");
+    std::fs::remove_file(&daemon.config_path).expect("rm");
+    std::os::unix::fs::symlink("/dev/zero", &daemon.config_path).expect("symlink");
+    daemon.signal(libc::SIGHUP);
+    let refused = wait_for_line(&lines, "configuration not reloaded").expect("refused");
+    assert!(
+        refused.contains("not a regular file (a device)"),
+        "{refused}"
+    );
+    daemon.signal(libc::SIGTERM);
+    wait_for_line(&lines, "oetd stopped").expect("SIGTERM is handled");
+    assert!(daemon.wait().success());
+
+    // At start-up too, and for --check-config.
+    let refusal = check_config_refusal(&daemon);
+    assert!(refusal.contains("not a regular file"), "{refusal}");
+}
+
+/// What `oetd --check-config` says about the daemon's configuration; it must refuse it.
+fn check_config_refusal(daemon: &TestDaemon) -> String {
+    let out = daemon
+        .command(None)
+        .arg("--check-config")
+        .output()
+        .expect("run oetd");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn check_config_names_a_duration_out_of_range() {
+    let daemon = TestDaemon::prepare("stop_grace_secs = 1e20\n");
+    let refusal = check_config_refusal(&daemon);
+    assert!(refusal.contains("procedures.stop_grace_secs"), "{refusal}");
+}
+
+#[tokio::test]
+async fn oetctl_reload_applies_and_says_what_changed() {
+    let daemon = TestDaemon::start();
+    edit_config(&daemon, |text| {
+        text.replace("[procedures]\n", "[procedures]\nmax_running = 2\n")
+            + "\n[server]\nmax_connections = 8\n"
+    });
+    let out = daemon.oetctl(&["reload"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("now in effect: procedures"), "{stdout}");
+    assert!(
+        stdout.contains("after a restart of oetd: server"),
+        "{stdout}"
+    );
+
+    edit_config(&daemon, |text| text + "\n[procedures]\nmax_running = nan\n");
+    let out = daemon.oetctl(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("configuration not reloaded"), "{stderr}");
+}

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use oet_protocol::{FunctionArgs, ProcedureState::*, Value};
 use oet_tests::{
-    assert_failed_with, assert_state, kwargs, next_event_of, next_final_state, wait_for, wait_gone,
-    TestDaemon,
+    assert_failed_with, assert_state, kwargs, next_final_state, wait_for, wait_gone, TestDaemon,
 };
 
 /// A script that announces its own pid and that of a `sleep` child it spawned, then
@@ -63,21 +62,13 @@ impl Looping {
 /// Writes a [`looping_script`] as `name`, starts it and waits until it has announced
 /// its processes.
 async fn run_until_pids(daemon: &TestDaemon, name: &str, stubborn: bool) -> Looping {
-    let uri = daemon.script(name, &looping_script(stubborn));
-    let ready = daemon.create_ready(&uri, FunctionArgs::default()).await;
-    assert_state(&ready, Ready);
-    let mut events = daemon.events().await;
-    daemon.start_main(ready.id, FunctionArgs::default()).await;
-    let event = next_event_of(&mut events, ready.id, |e| e.topic == "test.pids").await;
-    let map = event.payload.as_map().expect("payload map");
-    let pid = |key: &str| match map.get(key) {
-        Some(Value::Int(pid)) => *pid as u32,
-        other => panic!("no {key} pid in {other:?}"),
-    };
+    let announced = daemon
+        .start_until_announced(name, &looping_script(stubborn), "test.pids")
+        .await;
     Looping {
-        id: ready.id,
-        worker: pid("worker"),
-        child: pid("child"),
+        id: announced.id,
+        worker: announced.pid("worker"),
+        child: announced.pid("child"),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The shipped units under a real systemd and journald (booted in private namespaces by
 //! the sandbox harness): the socket activates oetd on the first `oetctl` call, oetd runs
 //! as the `oet` user with the unit's hardening, reports ready and status, keeps the
-//! watchdog fed, stops a running script cleanly on `systemctl stop`, and
+//! watchdog fed, gives each procedure a cgroup of its own in the unit's delegated cgroup,
+//! stops a running script cleanly on `systemctl stop`, and
 //! `journalctl -u oetd PROCEDURE_ID=1` tells that procedure's story with its fields and
 //! its script's output.
 
@@ -19,6 +20,8 @@ const OBSERVE: &str = r#"import time
 
 def init(subarray_id):
     print(f"init for subarray {subarray_id}", flush=True)
+    with open("/proc/self/cgroup") as f:
+        print("in cgroup", f.read().strip().split("::")[-1], flush=True)
 
 def main():
     tick = 0
@@ -175,12 +178,7 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
     let ticks = (WATCHDOG_SEC * 10 * 3 / 2).to_string();
     sandbox
         .wait_for_journal_entry(
-            &[
-                "-u",
-                "oetd.service",
-                "PROCEDURE_ID=1",
-                "SCRIPT_STREAM=stdout",
-            ],
+            &["-u", "oetd.service", "PROCEDURE_ID=1", "STREAM=stdout"],
             |e| message(e).ends_with(&format!("tick {ticks}")),
             WAIT,
         )
@@ -197,6 +195,36 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
         property(&sandbox, "StatusText"),
         format!("1 procedure live, 1 running: #1 {uri}")
     );
+
+    // The unit's cgroup is delegated: oetd sits in a leaf of it, the script in a cgroup
+    // of its own beside that.
+    let unit_cgroup = property(&sandbox, "ControlGroup");
+    assert!(unit_cgroup.ends_with("/oetd.service"), "{unit_cgroup}");
+    let status = oetctl(&sandbox, &["--json", "status"]);
+    let status: Json = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(status["containment"]["mode"], "cgroup", "{status}");
+    assert_eq!(
+        status["containment"]["root"],
+        format!("/sys/fs/cgroup{unit_cgroup}").as_str(),
+        "{status}"
+    );
+    let oetd_cgroup = sandbox
+        .exec("cat", &[&format!("/proc/{main_pid}/cgroup")])
+        .expect("oetd's cgroup");
+    let oetd_cgroup = String::from_utf8_lossy(&oetd_cgroup.stdout).into_owned();
+    assert!(
+        oetd_cgroup
+            .lines()
+            .any(|line| line == format!("0::{unit_cgroup}/daemon")),
+        "{oetd_cgroup}"
+    );
+    sandbox
+        .wait_for_journal_entry(
+            &["-u", "oetd.service", "PROCEDURE_ID=1", "STREAM=stdout"],
+            |e| message(e) == format!("in cgroup {unit_cgroup}/procedure-1"),
+            WAIT,
+        )
+        .expect("the script runs in the procedure's cgroup");
 
     // Stopping the service stops the running script, and oetd exits cleanly.
     sandbox
@@ -238,8 +266,14 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
     );
     for entry in &entries {
         assert_eq!(entry["_SYSTEMD_UNIT"], "oetd.service", "{entry}");
-        assert_eq!(entry["SYSLOG_IDENTIFIER"], "oetd", "{entry}");
-        if entry.get("STATE").is_some() {
+        // The script's lines are its own records, not oetd's.
+        let identifier = if entry.get("STREAM").is_some() {
+            "oet-script"
+        } else {
+            "oetd"
+        };
+        assert_eq!(entry["SYSLOG_IDENTIFIER"], identifier, "{entry}");
+        if entry.get("STATE").is_some() || entry.get("STREAM").is_some() {
             assert_eq!(entry["SCRIPT_URI"], uri.as_str(), "{entry}");
         }
     }
@@ -247,7 +281,7 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
         assert!(
             entries
                 .iter()
-                .any(|e| e["SCRIPT_STREAM"] == "stdout" && message(e).ends_with(printed)),
+                .any(|e| e["STREAM"] == "stdout" && message(e) == printed),
             "no script line {printed:?} in the procedure's journal:\n{log}"
         );
     }
@@ -257,6 +291,27 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
     let status = oetctl(&sandbox, &["--json", "status"]);
     let status: Json = serde_json::from_str(&status).expect("status JSON");
     assert_ne!(status["pid"].to_string(), main_pid, "{status}");
+
+    // Without Delegate=yes, oetd keeps process groups, and says so.
+    sandbox
+        .systemctl_ok(&["stop", "oetd.service"])
+        .expect("stop oetd");
+    std::fs::write(drop_in.join("undelegated.conf"), "[Service]\nDelegate=no\n").expect("drop-in");
+    sandbox
+        .systemctl_ok(&["daemon-reload"])
+        .expect("daemon-reload");
+    let status = oetctl(&sandbox, &["--json", "status"]);
+    let status: Json = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(status["containment"]["mode"], "process_group", "{status}");
+    let reason = status["containment"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("Delegate=yes"), "{status}");
+    sandbox
+        .wait_for_journal_entry(
+            &["-u", "oetd.service", "-t", "oetd"],
+            |e| message(e).contains("contained by process groups only"),
+            WAIT,
+        )
+        .expect("the start-up log says so");
     sandbox
         .systemctl_ok(&["stop", "oetd.service", "oetd.socket"])
         .expect("stop both units");

@@ -345,7 +345,7 @@ async fn journald_records_tell_a_procedures_story_with_its_fields() {
         return;
     }
     let capture = JournalCapture::new().expect("capture");
-    let mut daemon = TestDaemon::prepare("");
+    let mut daemon = TestDaemon::prepare("journal_burst = 20");
     let mut cmd = capture.command(oetd_bin());
     cmd.args(daemon.command(None).get_args());
     for var in SYSTEMD_VARIABLES {
@@ -418,6 +418,27 @@ async fn journald_records_tell_a_procedures_story_with_its_fields() {
     let complete = wait_for(&mut events, &mut client, id, |_| false).await;
     assert_eq!(complete.state, ProcedureState::Complete);
 
+    // One that prints more than its budget of 20 lines.
+    let chatty = daemon.script(
+        "chatty.py",
+        "def main():\n    for i in range(50):\n        print(f'chatter {i}')\n",
+    );
+    let chatty = client
+        .create(ScriptSpec::filesystem(&chatty), FunctionArgs::default())
+        .await
+        .expect("create")
+        .id;
+    wait_for(&mut events, &mut client, chatty, |s| {
+        s == ProcedureState::Ready
+    })
+    .await;
+    client
+        .start(chatty, "main", FunctionArgs::default())
+        .await
+        .expect("start");
+    let done = wait_for(&mut events, &mut client, chatty, |_| false).await;
+    assert_eq!(done.state, ProcedureState::Complete);
+
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().success());
     wait_record(&mut seen, &|r| message(r) == "oetd stopped");
@@ -445,20 +466,61 @@ async fn journald_records_tell_a_procedures_story_with_its_fields() {
         assert_eq!(field(record, "PRIORITY"), Some("6"));
     }
 
-    // The script's lines, as records of the procedure.
+    // The script's lines, as the script's own records of the procedure.
     for (stream, text) in [("stdout", "hello on stdout"), ("stderr", "hello on stderr")] {
         let line = of_procedure
             .iter()
-            .find(|r| message(r).contains(text))
+            .find(|r| message(r) == text)
             .unwrap_or_else(|| panic!("no record of {text:?} in {of_procedure:#?}"));
-        assert_eq!(field(line, "SCRIPT_STREAM"), Some(stream), "{line:#?}");
+        assert_eq!(field(line, "STREAM"), Some(stream), "{line:#?}");
+        assert_eq!(
+            field(line, "SYSLOG_IDENTIFIER"),
+            Some("oet-script"),
+            "{line:#?}"
+        );
+        assert_eq!(field(line, "SCRIPT_URI"), Some(uri.as_str()), "{line:#?}");
     }
+    // A script's budget: 20 of its lines, the rest counted in one record of oetd's.
+    let chatty_id = chatty.to_string();
+    let of_chatty: Vec<&JournalRecord> = seen
+        .iter()
+        .filter(|r| field(r, "PROCEDURE_ID") == Some(&chatty_id))
+        .collect();
+    let printed: Vec<&str> = of_chatty
+        .iter()
+        .filter(|r| r.contains_key("STREAM"))
+        .map(|r| message(r))
+        .collect();
+    let first: Vec<String> = (0..20).map(|i| format!("chatter {i}")).collect();
+    assert_eq!(printed, first, "{of_chatty:#?}");
+    let suppressed = of_chatty
+        .iter()
+        .find(|r| message(r).contains("lines suppressed"))
+        .unwrap_or_else(|| panic!("no suppression notice in {of_chatty:#?}"));
+    assert!(
+        message(suppressed).starts_with(&format!("procedure {chatty}: 30 lines suppressed")),
+        "{suppressed:#?}"
+    );
+    assert_eq!(field(suppressed, "SYSLOG_IDENTIFIER"), Some("oetd"));
+    // Nothing the script printed is a record of oetd's.
+    assert!(
+        seen.iter()
+            .all(|r| field(r, "SYSLOG_IDENTIFIER") != Some("oetd")
+                || !message(r).contains("chatter")),
+        "a script line logged as oetd's"
+    );
 
-    // Who started it is part of its story.
+    // Who started it is part of its story, as an audit record.
     let request = seen
         .iter()
-        .find(|r| message(r).starts_with("request.procedure.start requested by uid"))
-        .expect("the start request is logged");
+        .find(|r| message(r).starts_with("audit: request.procedure.start by uid"))
+        .expect("the start request is audited");
+    assert_eq!(field(request, "OET_AUDIT"), Some("1"), "{request:#?}");
+    assert_eq!(
+        field(request, "AUDIT_REQUEST"),
+        Some("request.procedure.start"),
+        "{request:#?}"
+    );
     assert_eq!(
         field(request, "PROCEDURE_ID"),
         Some(pid.as_str()),
@@ -511,8 +573,8 @@ async fn journald_records_tell_a_procedures_story_with_its_fields() {
     assert!(
         seen.iter()
             .any(|r| field(r, "PROCEDURE_ID") == Some(&activity_pid)
-                && message(r).contains("allocating")
-                && field(r, "SCRIPT_STREAM") == Some("stdout")),
+                && message(r) == "allocating"
+                && field(r, "STREAM") == Some("stdout")),
         "the activity's script output is a record of its procedure"
     );
 }

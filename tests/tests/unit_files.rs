@@ -110,3 +110,17 @@ fn sysusers_and_tmpfiles_snippets_apply() {
     assert_eq!(run_dir.uid(), uid, "/run/oet belongs to oet");
     assert_eq!(run_dir.mode() & 0o7777, 0o755);
 }
+
+#[test]
+fn the_service_raises_the_open_file_limit_for_its_procedures() {
+    // About 6 descriptors per live procedure: systemd's default of 1024 fits ~165.
+    let unit = fs::read_to_string(repo().join("systemd/oetd.service")).expect("the unit");
+    let limit: u64 = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("LimitNOFILE="))
+        .expect("oetd.service sets LimitNOFILE=")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(limit >= 65536, "LimitNOFILE={limit}");
+}

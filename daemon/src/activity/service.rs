@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -42,8 +42,10 @@ use tracing::{info, warn};
 
 use super::oda::{ActivityCall, NewSbi, Oda, OdaError};
 use super::sbd::{Sbd, UnknownActivity};
+use crate::bounded;
 use crate::events::{ActivityNews, BusEvent};
 use crate::procedure::{ProcedureError, ProcedureService};
+use crate::state_dir::{self, EntryKind, StateDirError};
 use crate::store::{HistoryQuery, Record, Store, StoreError};
 use crate::table::IdTable;
 
@@ -105,16 +107,16 @@ struct Entry {
 impl ActivityService {
     /// Creates the service over an ODA and the procedure service (and its store), issuing
     /// IDs after the highest the store has issued. `sb_dir` holds the SBD files handed to
-    /// scripts; it is created (mode 0700), and files that no stored activity names (an
-    /// earlier run wrote them, then stopped before recording their activity) are
-    /// removed. Must be called inside a tokio runtime: it starts the task that forgets
-    /// activities with their procedures. Call [`ActivityService::recover`] before
-    /// serving anyone.
+    /// scripts; it is created (mode 0700), and the SBD files that no stored activity
+    /// names (an earlier run wrote them, then stopped before recording their activity)
+    /// are removed, never through a link. Must be called inside a tokio runtime: it
+    /// starts the task that forgets activities with their procedures. Call
+    /// [`ActivityService::recover`] before serving anyone.
     pub fn new(
         oda: Arc<dyn Oda>,
         procedures: ProcedureService,
         sb_dir: PathBuf,
-    ) -> Result<Self, io::Error> {
+    ) -> Result<Self, StateDirError> {
         let store = procedures.store().clone();
         prepare_sb_dir(&sb_dir, store.sb_files().ok())?;
         let last_id = store.issued().map_or(0, |(_, activities)| activities);
@@ -328,6 +330,8 @@ impl ActivityService {
         &self,
         query: HistoryQuery,
     ) -> Result<Vec<ActivitySummary>, ActivityError> {
+        // What the table already shows is in the history too: read after it is written.
+        self.inner.store.synced().await;
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.activities(&query))
             .await
@@ -374,6 +378,7 @@ impl ActivityService {
     /// Moves activity `id` to `to` at `time`, unless it is already final; the one place
     /// an activity's state changes. Returns whether it changed.
     fn advance(&self, id: u64, to: ActivityState, time: Timestamp, error: Option<String>) -> bool {
+        let error = error.map(|e| bounded::head_and_tail(e, bounded::ERROR));
         let mut table = self.inner.table.lock();
         let Some(entry) = table.entries.get_mut(&id) else {
             return false;
@@ -407,6 +412,7 @@ impl ActivityService {
 
     /// Records why an activity did not go on as asked, and tells listeners.
     fn record_error(&self, id: u64, error: String) {
+        let error = bounded::head_and_tail(error, bounded::ERROR);
         let mut table = self.inner.table.lock();
         if let Some(entry) = table.entries.get_mut(&id) {
             entry.summary.error = Some(error.clone());
@@ -648,25 +654,27 @@ fn check_args(args: &BTreeMap<String, FunctionArgs>) -> Result<(), ActivityError
     Ok(())
 }
 
-/// Creates the SBD file directory for the daemon's user only, and removes the files an
-/// earlier run left behind that no stored activity names (`kept`; `None` when the store
-/// cannot say, and nothing is removed).
-fn prepare_sb_dir(dir: &Path, kept: Option<Vec<PathBuf>>) -> io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+/// Creates the SBD file directory for the daemon's user only, and removes the SBD files
+/// an earlier run left behind that no stored activity names (`kept`; `None` when the
+/// store cannot say, and nothing is removed) — those alone, and never through a link.
+fn prepare_sb_dir(dir: &Path, kept: Option<Vec<PathBuf>>) -> Result<(), StateDirError> {
+    let own = state_dir::open_own_dir(dir, 0o700)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        StateDirError::Clean {
+            path: dir.to_owned(),
+            source,
+        }
+    })?;
     let Some(kept) = kept else {
         return Ok(());
     };
     let kept: BTreeSet<PathBuf> = kept.into_iter().collect();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() && !kept.contains(&entry.path()) {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
+    own.remove_own_entries(|name, kind| {
+        kind == EntryKind::File
+            && name.starts_with("sb-")
+            && name.ends_with(".json")
+            && !kept.contains(&dir.join(name))
+    })?;
     Ok(())
 }
 

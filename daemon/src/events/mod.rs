@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 pub use event::{ActivityNews, BusEvent, StateChanged};
+pub use wire::is_reserved_topic;
 
 /// The settings of the bus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,12 +43,8 @@ impl Default for EventConfig {
 impl EventConfig {
     /// Checks the values that types cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.buffer == 0 {
-            return Err("events.buffer must be at least 1".into());
-        }
-        if self.buffer_bytes < 1024 {
-            return Err("events.buffer_bytes must be at least 1024".into());
-        }
+        crate::limits::check("events.buffer", self.buffer, 1, 1_000_000)?;
+        crate::limits::check("events.buffer_bytes", self.buffer_bytes, 1024, 1 << 30)?;
         Ok(())
     }
 }

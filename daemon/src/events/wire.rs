@@ -11,6 +11,20 @@ use super::event::{ActivityNews, BusEvent, StateChanged};
 /// why.
 pub const ACTIVITY_ERROR_TOPIC: &str = "activity.lifecycle.error";
 
+/// The topics only oetd publishes, each with everything below it: a script's event on
+/// one of them is dropped. Scripts keep `sb.lifecycle.*`, `subarray.*`, `user.*` and the
+/// rest.
+pub const RESERVED_TOPICS: [&str; 3] = ["procedure.lifecycle", "activity.lifecycle", "request"];
+
+/// Whether `topic` is one of [`RESERVED_TOPICS`] or below one.
+pub fn is_reserved_topic(topic: &str) -> bool {
+    RESERVED_TOPICS.iter().any(|root| {
+        topic
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
 /// The upstream lifecycle topic a state change also announces, if any.
 fn lifecycle_topic(change: &StateChanged) -> Option<&'static str> {
     match (change.from, change.to) {
@@ -149,5 +163,33 @@ pub fn approx_bytes(event: &BusEvent) -> usize {
                 + summary.error.as_ref().map_or(0, String::len)
         }
         BusEvent::SbStarted { sbd_id, sbi_id, .. } => sbd_id.len() + sbi_id.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oetds_topics_are_reserved_and_scripts_keep_theirs() {
+        for topic in [
+            "procedure.lifecycle.statechange",
+            "procedure.lifecycle",
+            "activity.lifecycle.complete",
+            "request.procedure.stop",
+            "request",
+        ] {
+            assert!(is_reserved_topic(topic), "{topic}");
+        }
+        for topic in [
+            "sb.lifecycle.allocated",
+            "subarray.resources",
+            "user.script.announce",
+            "requests.mine",
+            "procedure.lifecycles",
+            "procedure.pool.list",
+        ] {
+            assert!(!is_reserved_topic(topic), "{topic}");
+        }
     }
 }

@@ -20,6 +20,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use git2::Oid;
 use tempfile::TempDir;
 
+use crate::state_dir;
+
 use super::config::GitConfig;
 use super::error::GitError;
 use super::fetch;
@@ -154,19 +156,15 @@ impl RepoCache {
         let root = config.cache_dir(state_dir);
         let checkouts_dir = root.join("checkouts");
         let tmp_dir = root.join("tmp");
-        for dir in [&checkouts_dir, &tmp_dir] {
-            fs::create_dir_all(dir).map_err(|e| GitError::cache(dir, e))?;
-        }
-        for entry in fs::read_dir(&tmp_dir).map_err(|e| GitError::cache(&tmp_dir, e))? {
-            let entry = entry.map_err(|e| GitError::cache(&tmp_dir, e))?;
-            let path = entry.path();
-            let removed = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            removed.map_err(|e| GitError::cache(&path, e))?;
-        }
+        fs::create_dir_all(&checkouts_dir).map_err(|e| GitError::cache(&checkouts_dir, e))?;
+        // Only the names fetches and evictions give their scratch directories, and no
+        // link is followed.
+        state_dir::remove_own_entries(&tmp_dir, 0o755, |name, _| {
+            ["fetch-", "clone-", "evicted-"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        })
+        .map_err(|e| GitError::cache(&tmp_dir, e))?;
 
         let mut found = Vec::new();
         for entry in fs::read_dir(&checkouts_dir).map_err(|e| GitError::cache(&checkouts_dir, e))? {

@@ -62,6 +62,12 @@ impl Default for GitConfig {
 }
 
 impl GitConfig {
+    /// Checks the values that types cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::limits::check("git.max_checkouts", self.max_checkouts, 1, 100_000)?;
+        crate::limits::check("git.clone_timeout_secs", self.clone_timeout_secs, 1, 86_400)
+    }
+
     /// The checkout cache directory, given the daemon's state directory.
     pub fn cache_dir(&self, state_dir: &Path) -> PathBuf {
         self.cache_dir

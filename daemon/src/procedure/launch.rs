@@ -1,10 +1,13 @@
 //! What supervisors start workers with, and work with while they run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::config::Settings;
 use super::git_services::GitServices;
+use super::output::OutputSink;
 use super::worker::WorkerCommand;
+use crate::cgroup::Containment;
 use crate::events::EventBus;
 
 /// How workers are started: given once, at start-up.
@@ -14,6 +17,10 @@ pub struct Launcher {
     pub git: GitServices,
     /// The working directory of filesystem scripts.
     pub work_dir: PathBuf,
+    /// How each procedure's processes are kept together.
+    pub containment: Containment,
+    /// Where the lines scripts print go.
+    pub output: Arc<OutputSink>,
 }
 
 /// What every supervisor works with.

@@ -13,8 +13,12 @@
 //!   with, `config` the `[procedures]` section and the settings in effect.
 //! - `prepare` makes a script runnable (a git checkout, a Python environment: PREP_ENV),
 //!   with what `git_services` opens at start-up.
-//! - `worker` spawns and signals the worker process, `worker_link` is the channel to the
-//!   Python harness in `worker.py`, `script` parses script URIs.
+//! - `worker` spawns and signals the worker process (in its cgroup), `worker_link` is the
+//!   channel to the Python harness in `worker.py`, `link_check` says which of the
+//!   worker's messages may come when (the channel is untrusted), `script` parses script
+//!   URIs.
+//! - `output` sends the lines scripts print to the journal as their own records,
+//!   rate-limited.
 
 mod config;
 mod control;
@@ -22,6 +26,8 @@ mod error;
 pub mod git_services;
 mod handle;
 mod launch;
+mod link_check;
+mod output;
 mod prepare;
 mod records;
 pub mod recovery;
@@ -36,5 +42,6 @@ pub use config::{ProcedureConfig, Settings};
 pub use error::ProcedureError;
 pub use git_services::GitServices;
 pub use launch::Launcher;
+pub use output::{OutputSink, OutputTarget};
 pub use service::ProcedureService;
 pub use worker::WORKER_HARNESS;

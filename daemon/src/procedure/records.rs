@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use oet_protocol::{
     now, CallRecord, FunctionArgs, GitCheckout, LogLine, ProcedureLogs, ProcedureState,
-    ProcedureSummary, ScriptSpec, StateChange, Stream, Value,
+    ProcedureSummary, ResourceUsage, ScriptSpec, StateChange, Stream, Value,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -24,6 +24,7 @@ use super::config::Settings;
 use super::control::Control;
 use super::error::ProcedureError;
 use super::state;
+use crate::bounded;
 use crate::events::{BusEvent, EventBus, StateChanged};
 use crate::store::{KeptOutput, Record, Store};
 use crate::table::{IdTable, Rows};
@@ -38,11 +39,17 @@ pub(super) struct Records {
     changed: watch::Sender<u64>,
 }
 
+/// Reads what a live procedure's cgroup has measured so far.
+pub(super) type UsageProbe = Arc<dyn Fn() -> ResourceUsage + Send + Sync>;
+
 struct Entry {
     summary: ProcedureSummary,
     output: Output,
     /// `init`'s arguments until `init` is called (INITIALISING), when they become a call.
     init_args: Option<FunctionArgs>,
+    /// While the procedure's processes run in a cgroup: its measurements, read when the
+    /// summary is.
+    usage: Option<UsageProbe>,
     /// The supervisor's inbox; closed once the supervisor has ended.
     control: mpsc::UnboundedSender<Control>,
     /// Bumped on every state change of this procedure.
@@ -62,10 +69,26 @@ enum Output {
     NotKept(String),
 }
 
+impl Entry {
+    fn snapshot(&self) -> (ProcedureSummary, Option<UsageProbe>) {
+        (self.summary.clone(), self.usage.clone())
+    }
+}
+
+/// A summary with its live measurements, read outside the records' lock.
+fn measured((mut summary, probe): (ProcedureSummary, Option<UsageProbe>)) -> ProcedureSummary {
+    if let Some(probe) = probe {
+        summary.resources = Some(probe());
+    }
+    summary
+}
+
 /// The newest lines a script printed, bounded.
 #[derive(Default)]
 struct LogBuffer {
     lines: VecDeque<LogLine>,
+    /// Bytes of the kept lines' text.
+    bytes: usize,
     dropped: u64,
 }
 
@@ -136,6 +159,7 @@ impl Records {
                     summary,
                     output: Output::InStore,
                     init_args: None,
+                    usage: None,
                     control: mpsc::unbounded_channel().0,
                     changed: watch::Sender::new(()),
                     finished: Some((order, 0)),
@@ -155,6 +179,7 @@ impl Records {
                 summary,
                 output: Output::NotKept(not_kept_after_restart(id)),
                 init_args: None,
+                usage: None,
                 control: mpsc::unbounded_channel().0,
                 changed: watch::Sender::new(()),
                 finished: None,
@@ -194,9 +219,11 @@ impl Records {
                 }],
                 stacktrace: None,
                 state: ProcedureState::Creating,
+                resources: None,
             },
             output: Output::Live(LogBuffer::default()),
             init_args: Some(init_args.clone()),
+            usage: None,
             control,
             changed: watch::Sender::new(()),
             finished: None,
@@ -250,7 +277,7 @@ impl Records {
         let control = entry.control.clone();
         let call = CallRecord {
             function: function.to_owned(),
-            args: args.clone(),
+            args: bounded::arguments(args, bounded::ARGUMENT),
             time: now(),
         };
         let seq = entry.summary.calls.len();
@@ -282,6 +309,7 @@ impl Records {
         if entry.summary.state.is_final() {
             return;
         }
+        let stacktrace = bounded::head_and_tail(stacktrace, bounded::STACKTRACE);
         warn!(
             procedure_id = id,
             script_uri = entry.summary.script.uri(),
@@ -341,24 +369,23 @@ impl Records {
         );
     }
 
-    /// Keeps and logs one line a script printed.
+    /// Keeps one line a script printed.
     pub fn append_log(&self, id: u64, stream: Stream, line: String) {
-        info!(
-            procedure_id = id,
-            script_stream = stream.as_str(),
-            "[{id} {}] {line}",
-            stream.as_str()
-        );
-        let limit = self.settings.get(|c| c.log_lines);
+        let line = bounded::head(line, bounded::LOG_LINE);
+        let (limit, limit_bytes) = self.settings.get(|c| (c.log_lines, c.log_bytes));
         let mut table = self.table.lock();
         if let Some(Output::Live(logs)) = table.entries.get_mut(&id).map(|e| &mut e.output) {
+            logs.bytes += line.len();
             logs.lines.push_back(LogLine {
                 time: now(),
                 stream,
                 line,
             });
-            while logs.lines.len() > limit {
-                logs.lines.pop_front();
+            while logs.lines.len() > limit || logs.bytes > limit_bytes {
+                let Some(gone) = logs.lines.pop_front() else {
+                    break;
+                };
+                logs.bytes -= gone.line.len();
                 logs.dropped += 1;
             }
         }
@@ -367,30 +394,54 @@ impl Records {
     /// Publishes a message the script of procedure `id` sent with pypubsub, in order
     /// with the procedure's state changes.
     pub fn publish_script_event(&self, id: u64, topic: String, payload: Value) {
+        let payload = bounded::payload(payload, bounded::EVENT_PAYLOAD);
         self.store.publish(BusEvent::Script { id, topic, payload });
+    }
+
+    /// Reads procedure `id`'s measurements through `probe` whenever its summary is read,
+    /// until [`Records::set_resources`] records the last ones.
+    pub fn watch_usage(&self, id: u64, probe: UsageProbe) {
+        if let Some(entry) = self.table.lock().entries.get_mut(&id) {
+            entry.usage = Some(probe);
+        }
+    }
+
+    /// Records what procedure `id`'s cgroup measured in the end.
+    pub fn set_resources(&self, id: u64, usage: ResourceUsage) {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&id) else {
+            return;
+        };
+        entry.usage = None;
+        entry.summary.resources = Some(usage.clone());
+        self.store
+            .record(vec![Record::Resources { id, usage }], Vec::new());
     }
 
     /// One procedure's summary, from the table or, for an older one, the store.
     pub fn summary(&self, id: u64) -> Result<ProcedureSummary, ProcedureError> {
-        if let Some(entry) = self.table.lock().entries.get(&id) {
-            return Ok(entry.summary.clone());
+        let read = self.table.lock().entries.get(&id).map(Entry::snapshot);
+        match read {
+            Some(read) => Ok(measured(read)),
+            None => self
+                .store
+                .procedure(id)?
+                .ok_or(ProcedureError::NotFound(id)),
         }
-        self.store
-            .procedure(id)?
-            .ok_or(ProcedureError::NotFound(id))
     }
 
     /// Summaries of the given procedures (live or past), or of the table when `ids` is
     /// empty: every live procedure and the newest final ones.
     pub fn list(&self, ids: &[u64]) -> Result<Vec<ProcedureSummary>, ProcedureError> {
         if ids.is_empty() {
-            return Ok(self
+            let read: Vec<_> = self
                 .table
                 .lock()
                 .entries
                 .values()
-                .map(|e| e.summary.clone())
-                .collect());
+                .map(Entry::snapshot)
+                .collect();
+            return Ok(read.into_iter().map(measured).collect());
         }
         ids.iter().map(|id| self.summary(*id)).collect()
     }
@@ -525,7 +576,7 @@ impl Records {
             if let Some(args) = entry.init_args.take() {
                 let call = CallRecord {
                     function: "init".into(),
-                    args,
+                    args: bounded::arguments(&args, bounded::ARGUMENT),
                     time: entered.time,
                 };
                 let seq = entry.summary.calls.len();

@@ -20,10 +20,19 @@ pub fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Kills what an interrupted procedure left running: its worker's process group, and
-/// anything still in it (the children a script spawned). This is the one place that
-/// does so at start-up; a procedure's cgroup, where it has one, is to be killed here
-/// too. Returns what was found, for the procedure's history.
-pub fn kill_leftovers(procedure: &Interrupted) -> String {
+/// anything still in it (the children a script spawned). Its cgroup, where it had one,
+/// start-up has already killed with everything in it (`cgroup_killed`). Returns what was
+/// found, for the procedure's history.
+pub fn kill_leftovers(procedure: &Interrupted, cgroup_killed: bool) -> String {
+    let found = kill_group(procedure);
+    if cgroup_killed {
+        format!("its cgroup was killed with all that was left in it; {found}")
+    } else {
+        found
+    }
+}
+
+fn kill_group(procedure: &Interrupted) -> String {
     let Some((pid, started)) = procedure.worker else {
         return "it had no worker process yet".to_owned();
     };
@@ -68,7 +77,7 @@ mod tests {
             history_len: 1,
             worker: Some((own, started + 1)),
         };
-        let found = kill_leftovers(&stale);
+        let found = kill_leftovers(&stale, false);
         assert!(found.contains("another process"), "{found}");
     }
 }

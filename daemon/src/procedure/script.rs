@@ -28,6 +28,14 @@ pub enum ScriptError {
     NotGitUri(String),
     #[error("git script URI '{0}' names no file")]
     EmptyGitPath(String),
+    #[error("script {uri} cannot be used: {reason}")]
+    Unresolvable { uri: String, reason: String },
+    #[error("script {uri} is {resolved}, outside the directories procedures.allowed_roots allows ({roots})")]
+    OutsideRoots {
+        uri: String,
+        resolved: String,
+        roots: String,
+    },
     #[error("script {path} cannot be used on this host: {reason}")]
     Unusable { path: String, reason: String },
     #[error("script {0} is not a file")]
@@ -78,6 +86,42 @@ pub fn parse(spec: &ScriptSpec) -> Result<Script, ScriptError> {
     }
 }
 
+/// Checks a filesystem script against `procedures.allowed_roots`: with roots given, the
+/// script, resolved through symbolic links, must be a regular file below one of them
+/// (themselves resolved). Returns the path to run: the resolved one, so that the file
+/// checked is the file run. Without roots, the path as given.
+pub fn check_roots(script: Script, roots: &[String]) -> Result<Script, ScriptError> {
+    let Script::File(path) = script else {
+        return Ok(script);
+    };
+    if roots.is_empty() {
+        return Ok(Script::File(path));
+    }
+    let uri = format!("file://{}", path.display());
+    let resolved = std::fs::canonicalize(&path).map_err(|err| ScriptError::Unresolvable {
+        uri: uri.clone(),
+        reason: err.to_string(),
+    })?;
+    if !resolved.is_file() {
+        return Err(ScriptError::Unresolvable {
+            uri,
+            reason: format!("{} is not a regular file", resolved.display()),
+        });
+    }
+    let inside = roots
+        .iter()
+        .filter_map(|root| std::fs::canonicalize(root).ok())
+        .any(|root| resolved.starts_with(root));
+    if !inside {
+        return Err(ScriptError::OutsideRoots {
+            uri,
+            resolved: resolved.display().to_string(),
+            roots: roots.join(", "),
+        });
+    }
+    Ok(Script::File(resolved))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +135,35 @@ mod tests {
         assert!(parse(&ScriptSpec::filesystem("/tmp/a.py")).is_err());
         assert!(parse(&ScriptSpec::filesystem("git://a.py")).is_err());
         assert!(parse(&ScriptSpec::filesystem("file://relative.py")).is_err());
+    }
+
+    #[test]
+    fn scripts_outside_the_allowed_roots_are_refused_after_resolving_links() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("scripts");
+        std::fs::create_dir(&root).expect("mkdir");
+        let inside = root.join("ok.py");
+        std::fs::write(&inside, "").expect("write");
+        let outside = dir.path().join("secret");
+        std::fs::write(&outside, "").expect("write");
+        let link = root.join("link.py");
+        std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+        let roots = [root.display().to_string()];
+        let canonical = std::fs::canonicalize(&inside).expect("canonical");
+
+        assert_eq!(
+            check_roots(Script::File(inside.clone()), &roots),
+            Ok(Script::File(canonical))
+        );
+        let err = check_roots(Script::File(link), &roots).unwrap_err();
+        assert!(matches!(err, ScriptError::OutsideRoots { .. }), "{err}");
+        assert!(err.to_string().contains("secret"), "{err}");
+        let err = check_roots(Script::File(root.join("missing.py")), &roots).unwrap_err();
+        assert!(matches!(err, ScriptError::Unresolvable { .. }), "{err}");
+        assert_eq!(
+            check_roots(Script::File(outside.clone()), &[]),
+            Ok(Script::File(outside))
+        );
     }
 
     #[test]

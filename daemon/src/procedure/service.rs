@@ -18,6 +18,7 @@ use super::control::Control;
 use super::error::ProcedureError;
 use super::handle::ProcedureHandle;
 use super::launch::{Context, Launcher};
+use super::output::ProcedureOutput;
 use super::records::Records;
 use super::script::{self, Script};
 use super::{recovery, state, supervisor};
@@ -53,8 +54,9 @@ impl ProcedureService {
 
     /// Start-up: puts the procedures that ended last back in the default list, and
     /// records each procedure that was live when oetd stopped as UNKNOWN, once what it
-    /// left running is killed. Returns once that is written.
-    pub async fn recover(&self) {
+    /// left running is killed. `cgroups_killed` names the procedures whose leftover
+    /// cgroups start-up has already killed. Returns once that is written.
+    pub async fn recover(&self, cgroups_killed: &[u64]) {
         let records = &self.inner.records;
         let store = records.store();
         let keep = self.inner.settings.get(|c| c.history_size);
@@ -71,7 +73,7 @@ impl ProcedureService {
         records.restore(ended);
         for procedure in interrupted {
             let id = procedure.id;
-            let found = recovery::kill_leftovers(&procedure);
+            let found = recovery::kill_leftovers(&procedure, cgroups_killed.contains(&id));
             let summary = match store.procedure(id) {
                 Ok(Some(summary)) => summary,
                 Ok(None) => continue,
@@ -121,7 +123,8 @@ impl ProcedureService {
     /// a filesystem script is a file on this host, a git script names a repository (or
     /// one is configured) that may be used.
     pub async fn check(&self, spec: &ScriptSpec) -> Result<Script, ProcedureError> {
-        let script = script::parse(spec)?;
+        let roots = self.inner.settings.get(|c| c.allowed_roots.clone());
+        let script = script::check_roots(script::parse(spec)?, &roots)?;
         match &script {
             Script::File(path) => script::check_file(path).await?,
             Script::Git { args, .. } => {
@@ -149,7 +152,13 @@ impl ProcedureService {
         let script = self.check(&spec).await?;
         let (control, inbox) = mpsc::unbounded_channel();
         let summary = self.inner.records.insert(spec, &init_args, control)?;
-        let handle = ProcedureHandle::new(summary.id, self.inner.records.clone());
+        let output = ProcedureOutput::new(
+            self.inner.launcher.output.clone(),
+            self.inner.settings.clone(),
+            summary.id,
+            summary.script.uri(),
+        );
+        let handle = ProcedureHandle::new(summary.id, self.inner.records.clone(), output);
         let context = Context {
             launcher: self.inner.launcher.clone(),
             settings: self.inner.settings.clone(),
@@ -187,7 +196,7 @@ impl ProcedureService {
         Ok(summary)
     }
 
-    /// Stops a procedure (SIGTERM, grace, then SIGKILL of its process group) and waits
+    /// Stops a procedure (SIGTERM, grace, then the kill of its cgroup) and waits
     /// until its state is final. With `run_abort`, then runs the configured abort script
     /// for the stopped procedure's subarray and returns its summary too.
     pub async fn stop(
@@ -313,6 +322,8 @@ impl ProcedureService {
         &self,
         query: HistoryQuery,
     ) -> Result<Vec<ProcedureSummary>, ProcedureError> {
+        // What the table already shows is in the history too: read after it is written.
+        self.durable().await;
         let store = self.store().clone();
         tokio::task::spawn_blocking(move || store.procedures(&query))
             .await
@@ -328,6 +339,11 @@ impl ProcedureService {
     /// The kept output lines of a procedure, or why they were not kept.
     pub fn logs(&self, id: u64) -> Result<ProcedureLogs, ProcedureError> {
         self.inner.records.logs(id)
+    }
+
+    /// How procedures' processes are kept together, for `oetctl status`.
+    pub fn containment(&self) -> oet_protocol::Containment {
+        self.inner.launcher.containment.to_wire()
     }
 
     /// How many procedures are live (not final), and the IDs of those RUNNING.

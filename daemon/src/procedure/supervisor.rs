@@ -1,27 +1,34 @@
-//! One procedure's supervisor: from preparing the script and spawning its worker to the
-//! final state. It is the only task that talks to the worker: it relays the worker's
-//! reports to the procedure's record (through its [`ProcedureHandle`]), hands the worker
-//! calls and bus events, and carries out stops — SIGTERM, the grace period, then SIGKILL
-//! of the whole process group.
+//! One procedure's supervisor: from preparing the script and spawning its worker (in the
+//! procedure's cgroup) to the final state. It is the only task that talks to the worker:
+//! it checks and relays the worker's reports to the procedure's record (through its
+//! [`ProcedureHandle`]), hands the worker calls and bus events, and carries out stops —
+//! SIGTERM, the grace period, then `cgroup.kill` of everything in the procedure's cgroup
+//! (SIGKILL of its process group where there is no cgroup). A message the harness could
+//! not have sent ends the procedure FAILED as a worker protocol violation.
 
 use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use oet_protocol::{FunctionArgs, ProcedureState, Stream};
+use oet_protocol::{bytes_text, FunctionArgs, ProcedureState, ResourceUsage, Stream};
 use tokio::io::AsyncRead;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::config::Settings;
 use super::control::Control;
 use super::handle::ProcedureHandle;
 use super::launch::Context;
+use super::link_check::{Heard, LastWords, LinkCheck, Violation};
 use super::prepare;
 use super::script::Script;
-use super::worker::{describe_exit, Worker};
-use super::worker_link::{self, FromWorker, JsonArgs, LinkReader, LinkWriter, ToWorker};
+use super::worker::{describe_exit, Confinement, Worker};
+use super::worker_link::{self, FromWorker, JsonArgs, LinkError, LinkReader, LinkWriter, ToWorker};
+use crate::cgroup::ProcedureCgroup;
 use crate::events::{BusEvent, Received};
 use crate::process;
 
@@ -30,206 +37,396 @@ use crate::process;
 const EVENT_BACKLOG: usize = 1024;
 
 /// How long to keep reading a worker's last reports and output after its process has
-/// exited. Only a process that escaped the process group can make this wait matter.
+/// exited. Only a process that escaped the procedure (without a cgroup) can make this
+/// wait matter.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long a worker's process may live on after its final word: the harness exits at
+/// once, so a process still there later was not the harness speaking.
+const LAST_WORDS_EXIT_SECS: u64 = 5;
+
+/// How the supervision of a running worker ended.
+enum End {
+    /// The service asked for a stop; answer `done` once the state is final.
+    Stop(oneshot::Sender<()>),
+    /// The worker's process exited.
+    Exited(std::io::Result<ExitStatus>),
+    /// The worker said something the harness could not have said.
+    Violation(Violation),
+}
 
 pub(super) async fn run(
     handle: ProcedureHandle,
     context: Context,
     script: Script,
     init: FunctionArgs,
+    control: mpsc::UnboundedReceiver<Control>,
+) {
+    supervise(&handle, context, script, init, control).await;
+    handle.finish();
+}
+
+async fn supervise(
+    handle: &ProcedureHandle,
+    context: Context,
+    script: Script,
+    init: FunctionArgs,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
-    let prepared = match prepare::prepare(&handle, &context, script, &mut control).await {
+    let prepared = match prepare::prepare(handle, &context, script, &mut control).await {
         Ok(Some(prepared)) => prepared,
         // Stopped while preparing: the state is already recorded.
         Ok(None) => return,
         Err(message) => return handle.fail(message),
     };
+    let id = handle.id();
+    let confinement = match confine(id, &context) {
+        Ok(confinement) => confinement,
+        Err(message) => return handle.fail(message),
+    };
+    let cgroup = confinement.as_ref().map(|c| c.cgroup.clone());
     let workers = &context.launcher.workers;
-    let (mut worker, io) = match workers.spawn(&prepared.python, handle.id(), &prepared.cwd) {
+    let spawned = workers.spawn(&prepared.python, id, &prepared.cwd, confinement);
+    let (worker, io) = match spawned {
         Ok(spawned) => spawned,
         Err(err) => {
+            release(&context, cgroup.as_deref());
             return handle.fail(format!(
                 "cannot start the script interpreter '{}': {err}",
                 prepared.python.display()
-            ))
+            ));
         }
     };
     handle.worker_started(worker.pid());
+    if let Some(cgroup) = &cgroup {
+        let probe = cgroup.clone();
+        handle.watch_usage(Arc::new(move || probe.usage()));
+    }
     let output = [
-        capture_output(&handle, io.stdout, Stream::Stdout),
-        capture_output(&handle, io.stderr, Stream::Stderr),
+        capture_output(handle, io.stdout, Stream::Stdout),
+        capture_output(handle, io.stderr, Stream::Stderr),
     ];
-    let (mut reader, writer) = worker_link::split(io.channel);
-    let outbox = Outbox::start(writer);
-    let mut events = context.bus.subscribe();
-    let mut link = LinkState {
+    let (reader, writer) = worker_link::split(io.channel);
+    let mut running = Running {
+        handle,
+        context: &context,
+        worker,
+        reader,
+        outbox: Outbox::start(writer),
+        check: LinkCheck::new(),
         pending_load: Some((prepared.path.clone(), init)),
         last_words: None,
     };
-    let mut reader_open = true;
-    let id = handle.id();
-
-    loop {
-        tokio::select! {
-            biased;
-            message = reader.next(), if reader_open => match message {
-                Some(message) => link.handle(&handle, message, &outbox),
-                None => reader_open = false,
-            },
-            command = control.recv() => match command {
-                Some(Control::Call { function, args }) => {
-                    let JsonArgs { args, kwargs } = JsonArgs::from_args(&args);
-                    outbox.command(ToWorker::Call { function, args, kwargs });
-                }
-                Some(Control::Stop { done }) => {
-                    let state = stop(id, &mut worker, &context.settings).await;
-                    collect_output(output).await;
-                    if let Err(err) = handle.enter(state) {
-                        debug!(procedure_id = id, "stop found the procedure already ended: {err}");
-                    }
-                    let _ = done.send(());
-                    break;
-                }
-                // The record keeps a sender while the procedure exists.
-                None => {}
-            },
-            status = worker.child.wait() => {
-                drain(&handle, &mut reader, &mut link, &outbox).await;
-                // Whatever the script left running goes now, so that its output ends.
-                worker.kill_group();
-                collect_output(output).await;
-                match link.last_words.take() {
-                    Some(LastWords::Complete) => {
-                        if let Err(err) = handle.enter(ProcedureState::Complete) {
-                            warn!(procedure_id = id, "{err}");
-                        }
-                    }
-                    Some(LastWords::Failed(trace)) => handle.fail(trace),
-                    None => handle.fail(match status {
-                        Ok(status) => describe_exit(status),
-                        Err(err) => format!("lost track of the script process: {err}"),
-                    }),
-                }
-                break;
-            },
-            received = events.recv() => match received {
-                Received::Event(published) => {
-                    // A script's own events are not handed back to it.
-                    if !matches!(published.event(), BusEvent::Script { id: from, .. } if *from == id) {
-                        for event in published.wire() {
-                            outbox.event(event);
-                        }
-                    }
-                }
-                Received::Lagged(missed) => {
-                    debug!(procedure_id = id, "worker missed {missed} bus events");
-                }
-            },
-        }
-    }
-    worker.finish().await;
+    let end = running.watch(&mut control).await;
+    running.end(end, output).await;
     // The checkout stays pinned in the cache until the procedure's process is gone.
     drop(prepared);
 }
 
-/// What the supervisor remembers of the worker's reports.
-struct LinkState {
+/// Makes the procedure's cgroup, where procedures get one.
+fn confine(id: u64, context: &Context) -> Result<Option<Confinement>, String> {
+    let Some(root) = context.launcher.containment.root() else {
+        return Ok(None);
+    };
+    let limits = context.settings.get(|c| c.limits());
+    let cgroup = root
+        .procedure(id, &limits)
+        .map_err(|err| format!("cannot make the procedure's cgroup: {err}"))?;
+    Ok(Some(Confinement {
+        cgroup: Arc::new(cgroup),
+        roots: root.made_dirs(),
+    }))
+}
+
+/// Hands a procedure's cgroup back to the root, which removes it.
+fn release(context: &Context, cgroup: Option<&ProcedureCgroup>) {
+    if let (Some(root), Some(cgroup)) = (context.launcher.containment.root(), cgroup) {
+        root.release(cgroup);
+    }
+}
+
+/// A worker being supervised, and what the supervisor knows of it.
+struct Running<'a> {
+    handle: &'a ProcedureHandle,
+    context: &'a Context,
+    worker: Worker,
+    reader: LinkReader,
+    outbox: Outbox,
+    check: LinkCheck,
     /// The script to hand the worker once its interpreter is up.
     pending_load: Option<(PathBuf, FunctionArgs)>,
-    /// How the worker said the procedure ended. It is recorded once the process has
-    /// exited and its output is collected, so that a final state always comes with the
-    /// script's complete output.
-    last_words: Option<LastWords>,
+    /// How the worker said the procedure ended, and when. It is recorded once the
+    /// process has exited and its output is collected, so that a final state always
+    /// comes with the script's complete output.
+    last_words: Option<(LastWords, Instant)>,
 }
 
-enum LastWords {
-    Complete,
-    Failed(String),
-}
-
-impl LinkState {
-    /// Acts on one report from the worker.
-    fn handle(
-        &mut self,
-        handle: &ProcedureHandle,
-        message: Result<FromWorker, worker_link::LinkError>,
-        outbox: &Outbox,
-    ) {
-        match message {
-            Ok(FromWorker::State {
-                state: ProcedureState::Failed,
-                stacktrace,
-            }) => {
-                self.last_words =
-                    Some(LastWords::Failed(stacktrace.unwrap_or_else(|| {
-                        "the script failed without a stack trace".into()
-                    })))
-            }
-            Ok(FromWorker::State {
-                state: ProcedureState::Complete,
-                ..
-            }) => self.last_words = Some(LastWords::Complete),
-            Ok(FromWorker::State { state, .. }) => {
-                if let Err(err) = handle.enter(state) {
-                    warn!(procedure_id = handle.id(), "ignoring worker report: {err}");
-                    return;
-                }
-                // The first IDLE means the interpreter is up: hand it its script.
-                if state == ProcedureState::Idle {
-                    if let Some((path, init)) = self.pending_load.take() {
-                        outbox.command(ToWorker::Load {
-                            path: path.to_string_lossy().into_owned(),
-                            init: JsonArgs::from_args(&init),
-                        });
+impl Running<'_> {
+    /// Relays between the worker and the rest of oetd until the worker's process exits,
+    /// a stop is asked for, or the worker breaks the protocol.
+    async fn watch(&mut self, control: &mut mpsc::UnboundedReceiver<Control>) -> End {
+        let id = self.handle.id();
+        let mut events = self.context.bus.subscribe();
+        let mut reader_open = true;
+        loop {
+            let lingering = self
+                .last_words
+                .as_ref()
+                .map(|(_, since)| *since + Duration::from_secs(LAST_WORDS_EXIT_SECS));
+            tokio::select! {
+                biased;
+                message = self.reader.next(), if reader_open => match message {
+                    Some(message) => {
+                        if let Err(violation) = self.hear(message) {
+                            return End::Violation(violation);
+                        }
                     }
+                    None => reader_open = false,
+                },
+                command = control.recv() => match command {
+                    Some(Control::Call { function, args }) => {
+                        self.check.calling(&function);
+                        let JsonArgs { args, kwargs } = JsonArgs::from_args(&args);
+                        self.outbox.command(ToWorker::Call { function, args, kwargs });
+                    }
+                    Some(Control::Stop { done }) => return End::Stop(done),
+                    // The record keeps a sender while the procedure exists.
+                    None => {}
+                },
+                status = self.worker.child.wait() => return End::Exited(status),
+                () = sleep_until(lingering), if lingering.is_some() => {
+                    if let Some((last, _)) = &self.last_words {
+                        return End::Violation(LinkCheck::lingering(last, LAST_WORDS_EXIT_SECS));
+                    }
+                },
+                received = events.recv() => match received {
+                    Received::Event(published) => {
+                        // A script's own events are not handed back to it.
+                        let own = matches!(
+                            published.event(),
+                            BusEvent::Script { id: from, .. } if *from == id
+                        );
+                        if !own {
+                            for event in published.wire() {
+                                self.outbox.event(event);
+                            }
+                        }
+                    }
+                    Received::Lagged(missed) => {
+                        debug!(procedure_id = id, "worker missed {missed} bus events");
+                    }
+                },
+            }
+        }
+    }
+
+    /// Checks one report from the worker and acts on it.
+    fn hear(&mut self, message: Result<FromWorker, LinkError>) -> Result<(), Violation> {
+        let message = message.map_err(|err| Violation(err.to_string()))?;
+        match self.check.check(message)? {
+            Heard::Up => {
+                self.enter(ProcedureState::Idle);
+                if let Some((path, init)) = self.pending_load.take() {
+                    self.check.loading();
+                    self.outbox.command(ToWorker::Load {
+                        path: path.to_string_lossy().into_owned(),
+                        init: JsonArgs::from_args(&init),
+                    });
                 }
             }
-            Ok(FromWorker::Event { topic, payload }) => handle.publish(topic, payload),
-            Err(err) => warn!(procedure_id = handle.id(), "{err}"),
+            Heard::Enter(state) => self.enter(state),
+            Heard::Final(last) => self.last_words = Some((last, Instant::now())),
+            Heard::Event { topic, payload } => self.handle.publish(topic, payload),
+        }
+        Ok(())
+    }
+
+    fn enter(&self, state: ProcedureState) {
+        if let Err(err) = self.handle.enter(state) {
+            warn!(
+                procedure_id = self.handle.id(),
+                "ignoring worker report: {err}"
+            );
+        }
+    }
+
+    /// Ends the procedure's processes, collects its output and measurements, and
+    /// records its final state.
+    async fn end(mut self, end: End, output: [JoinHandle<()>; 2]) {
+        let id = self.handle.id();
+        let settings = &self.context.settings;
+        let (final_state, done) = match end {
+            End::Stop(done) => {
+                let state = stop(id, &mut self.worker, settings).await;
+                collect_output(output).await;
+                (Ending::Enter(state), Some(done))
+            }
+            End::Exited(status) => {
+                // Whatever the script left running goes now, so that the channel and its
+                // output end; what the worker sent before it exited is still there to read.
+                self.worker.kill_all();
+                self.drain().await;
+                collect_output(output).await;
+                self.wait_empty().await;
+                let ending = match self.last_words.take() {
+                    Some((LastWords::Complete, _)) => Ending::Enter(ProcedureState::Complete),
+                    Some((LastWords::Failed(trace), _)) => Ending::Fail(trace),
+                    None => Ending::Fail(match status {
+                        Ok(status) => describe_exit(status),
+                        Err(err) => format!("lost track of the script process: {err}"),
+                    }),
+                };
+                (ending, None)
+            }
+            End::Violation(violation) => {
+                warn!(
+                    procedure_id = id,
+                    "procedure {id}: worker protocol violation: {violation}"
+                );
+                self.worker.kill_all();
+                let _ =
+                    tokio::time::timeout(settings.get(|c| c.kill_wait()), self.worker.child.wait())
+                        .await;
+                collect_output(output).await;
+                self.wait_empty().await;
+                (
+                    Ending::Fail(format!("worker protocol violation: {violation}")),
+                    None,
+                )
+            }
+        };
+        let cgroup = self.worker.cgroup().cloned();
+        let ending = match &cgroup {
+            Some(cgroup) => {
+                let usage = cgroup.usage();
+                let ending = out_of_memory(final_state, cgroup, &usage);
+                self.handle.measured(usage);
+                ending
+            }
+            None => final_state,
+        };
+        // Nothing of the procedure is left once its final state is told: its guard is
+        // let go and its cgroup removed first.
+        self.worker.finish().await;
+        release(self.context, cgroup.as_deref());
+        match ending {
+            Ending::Enter(state) => {
+                if let Err(err) = self.handle.enter(state) {
+                    debug!(procedure_id = id, "the procedure had already ended: {err}");
+                }
+            }
+            Ending::Fail(trace) => self.handle.fail(trace),
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Reads what the worker said before it exited.
+    async fn drain(&mut self) {
+        let read_all = async {
+            while let Some(message) = self.reader.next().await {
+                if let Err(violation) = self.hear(message) {
+                    return Some(violation);
+                }
+            }
+            None
+        };
+        // A process the script forked may still hold the channel open; do not wait for it.
+        if let Ok(Some(violation)) = tokio::time::timeout(DRAIN_LIMIT, read_all).await {
+            let id = self.handle.id();
+            warn!(
+                procedure_id = id,
+                "procedure {id}: worker protocol violation: {violation}"
+            );
+            self.last_words = Some((
+                LastWords::Failed(format!("worker protocol violation: {violation}")),
+                Instant::now(),
+            ));
+        }
+    }
+
+    /// Waits until nothing is left in the procedure's cgroup (bounded by the kill wait).
+    async fn wait_empty(&self) -> bool {
+        match self.worker.cgroup() {
+            Some(cgroup) => {
+                let within = self.context.settings.get(|c| c.kill_wait());
+                wait_empty(cgroup.clone(), within).await
+            }
+            None => true,
         }
     }
 }
 
-/// Reads what the worker said before it exited.
-async fn drain(
-    handle: &ProcedureHandle,
-    reader: &mut LinkReader,
-    link: &mut LinkState,
-    outbox: &Outbox,
-) {
-    let read_all = async {
-        while let Some(message) = reader.next().await {
-            link.handle(handle, message, outbox);
-        }
-    };
-    // A process the script forked may still hold the channel open; do not wait for it.
-    let _ = tokio::time::timeout(DRAIN_LIMIT, read_all).await;
+/// How a procedure ends.
+enum Ending {
+    Enter(ProcedureState),
+    Fail(String),
 }
 
-/// SIGTERM, a grace period, then SIGKILL of the whole group; says which final state that
-/// amounts to.
+/// A procedure whose processes the out-of-memory killer ended failed for that, whatever
+/// else it said.
+fn out_of_memory(ending: Ending, cgroup: &ProcedureCgroup, usage: &ResourceUsage) -> Ending {
+    let kills = cgroup.oom_kills();
+    if kills == 0 {
+        return ending;
+    }
+    let limit = match usage.limits.memory_max_bytes {
+        Some(bytes) => format!("limit {}", bytes_text(bytes)),
+        None => "no limit of its own".to_owned(),
+    };
+    let what = match kills {
+        1 => "1 process".to_owned(),
+        n => format!("{n} processes"),
+    };
+    let cause = format!("out of memory ({limit}): the kernel killed {what} of the procedure");
+    match ending {
+        Ending::Fail(trace) => Ending::Fail(format!("{cause}\n{trace}")),
+        // A script that got over it (or was stopped) ended so nonetheless.
+        ending @ Ending::Enter(_) => ending,
+    }
+}
+
+/// SIGTERM, a grace period, then the kill of everything; says which final state that
+/// amounts to: STOPPED once nothing is left of the procedure, UNKNOWN if something is.
 async fn stop(id: u64, worker: &mut Worker, settings: &Settings) -> ProcedureState {
     let (grace, kill_wait) = settings.get(|c| (c.stop_grace(), c.kill_wait()));
     worker.terminate();
     let ended = tokio::time::timeout(grace, worker.child.wait())
         .await
         .is_ok();
-    worker.kill_group();
-    if ended
+    worker.kill_all();
+    let worker_gone = ended
         || tokio::time::timeout(kill_wait, worker.child.wait())
             .await
-            .is_ok()
-    {
+            .is_ok();
+    let all_gone = match worker.cgroup() {
+        Some(cgroup) => worker_gone && wait_empty(cgroup.clone(), kill_wait).await,
+        None => worker_gone,
+    };
+    if all_gone {
         ProcedureState::Stopped
     } else {
         warn!(
             procedure_id = id,
-            "script process {} did not end after SIGKILL",
+            "processes of procedure {id} (worker {}) did not end after they were killed",
             worker.pid()
         );
         ProcedureState::Unknown
+    }
+}
+
+/// Waits, off the async threads, until `cgroup` has no process left (at most `within`).
+async fn wait_empty(cgroup: Arc<ProcedureCgroup>, within: Duration) -> bool {
+    tokio::task::spawn_blocking(move || cgroup.wait_empty(within))
+        .await
+        .unwrap_or(false)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

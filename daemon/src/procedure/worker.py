@@ -11,7 +11,13 @@ To oetd:    {"state": "IDLE" | "LOADING" | "INITIALISING" | "READY" | "COMPLETE"
             {"event": {"topic": ..., "payload": {...}}}
 
 SIGTERM raises ProcedureStopped inside the script so that its finally: blocks run; oetd
-kills the whole process group if the script does not end within the grace period.
+kills everything in the procedure's cgroup if the script does not end within the grace
+period.
+
+oetd checks every message against what this harness says when: a state out of turn, a
+line that is not a message, or anything after COMPLETE or FAILED fails the procedure.
+So once the final state is sent, nothing more is (a thread the script left behind may
+still publish while the process exits).
 """
 
 import importlib.util
@@ -20,6 +26,7 @@ import os
 import queue
 import signal
 import socket
+import stat
 import sys
 import threading
 import traceback
@@ -33,6 +40,7 @@ _fd = int(os.environ.pop("OET_WORKER_FD"))
 os.set_inheritable(_fd, False)
 _channel = socket.socket(fileno=_fd)
 _send_lock = threading.Lock()
+_final_sent = False
 _commands = queue.Queue()
 
 try:
@@ -42,9 +50,13 @@ except ImportError:
 
 
 def _send(message):
+    global _final_sent
     data = (json.dumps(message, default=repr) + "\n").encode("utf-8")
     with _send_lock:
+        if _final_sent:
+            return
         _channel.sendall(data)
+        _final_sent = message.get("state") in ("COMPLETE", "FAILED")
 
 
 def _state(name, **extra):
@@ -94,17 +106,45 @@ def _on_sigterm(signum, frame):
     raise ProcedureStopped("procedure stopped by oetd")
 
 
+class ScriptUnreadable(Exception):
+    """The script's file cannot be read or compiled as Python. Its text is never quoted:
+    the file may not be a script at all (a link to some other file), and the stack trace
+    goes to everyone who may read."""
+
+
+def _source(path):
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ScriptUnreadable(f"the script {path} is not a regular file")
+        with open(path, "rb") as file:
+            source = file.read()
+    except OSError as err:
+        raise ScriptUnreadable(
+            f"cannot read the script {path}: {type(err).__name__}: {err.strerror}"
+        ) from None
+    try:
+        return compile(source, path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, UnicodeDecodeError) as err:
+        line = getattr(err, "lineno", None)
+        where = f" at line {line}" if line else ""
+        raise ScriptUnreadable(
+            f"the script {path} is not valid Python ({type(err).__name__}{where}); "
+            "its text is not quoted here"
+        ) from None
+
+
 def _load(path, init):
     _state("LOADING")
     script_dir = os.path.dirname(path)
     if script_dir not in sys.path:
         sys.path.insert(0, script_dir)
+    code = _source(path)
     spec = importlib.util.spec_from_file_location("__oet_script__", path)
-    if spec is None or spec.loader is None:
+    if spec is None:
         raise ImportError(f"cannot load a Python module from {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    exec(code, module.__dict__)
     _state("IDLE")
     if callable(getattr(module, "init", None)):
         _state("INITIALISING")

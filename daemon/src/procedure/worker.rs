@@ -1,10 +1,13 @@
-//! Worker processes: spawning the Python harness in its own process group, signalling
-//! it, and making sure nothing it started outlives it — or outlives the daemon.
+//! Worker processes: spawning the Python harness in its procedure's cgroup (and a
+//! process group of its own), signalling it, and making sure nothing it started outlives
+//! it — or outlives the daemon.
 //!
-//! Each worker gets a companion reaper (see `crate::reaper`) that SIGKILLs the worker's
-//! whole process group when the procedure ends or the daemon dies, even by SIGKILL. The
-//! worker itself also has a parent-death signal, which covers the moment before its
-//! reaper exists.
+//! The worker joins its cgroup between fork and exec, so every process the script starts
+//! is in it from its first instruction, whatever it does to its process group. Each
+//! worker gets a companion reaper (see `crate::reaper`) that kills the whole cgroup (or,
+//! without one, the process group) when the procedure ends or the daemon dies, even by
+//! SIGKILL. The worker itself also has a parent-death signal, which covers the moment
+//! before its reaper exists.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -12,13 +15,15 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+use crate::cgroup::{self, ProcedureCgroup};
 use crate::process::{self, ProcessGroup};
-use crate::reaper::Reaper;
+use crate::reaper::{Guarded, Reaper};
 
 /// The worker harness, shipped inside the binary and written out at start-up.
 pub const WORKER_HARNESS: &str = include_str!("worker.py");
@@ -39,7 +44,16 @@ pub struct WorkerCommand {
 pub struct Worker {
     pub child: Child,
     group: ProcessGroup,
+    cgroup: Option<Arc<ProcedureCgroup>>,
     reaper: Reaper,
+}
+
+/// Where a worker's processes are kept: a cgroup, and what its guard removes when
+/// oetd is gone.
+pub struct Confinement {
+    pub cgroup: Arc<ProcedureCgroup>,
+    /// The daemon's root cgroups, for the guard to remove if the daemon died.
+    pub roots: Vec<PathBuf>,
 }
 
 /// The daemon's ends of a worker's channel and output pipes.
@@ -50,8 +64,15 @@ pub struct WorkerIo {
 }
 
 impl WorkerCommand {
-    /// Starts `python` running the harness for procedure `id`, in a new process group.
-    pub fn spawn(&self, python: &Path, id: u64, cwd: &Path) -> io::Result<(Worker, WorkerIo)> {
+    /// Starts `python` running the harness for procedure `id`, in a new process group,
+    /// and in `confinement`'s cgroup when there is one.
+    pub fn spawn(
+        &self,
+        python: &Path,
+        id: u64,
+        cwd: &Path,
+        confinement: Option<Confinement>,
+    ) -> io::Result<(Worker, WorkerIo)> {
         let (ours, theirs) = StdUnixStream::pair()?;
         let their_fd = theirs.as_raw_fd();
         let mut command = Command::new(python);
@@ -65,22 +86,46 @@ impl WorkerCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        process::pass_fd(command.as_std_mut(), their_fd, WORKER_FD);
-        // SAFETY: only an async-signal-safe call (prctl) between fork and exec.
+        // Opened here, so that the child only has to write to them.
+        let membership = match &confinement {
+            Some(confinement) => Some(confinement.cgroup.membership()?),
+            None => None,
+        };
+        let cgroup_fds = membership.as_ref().map(cgroup::Membership::fds);
+        // SAFETY: only async-signal-safe calls (write, prctl) between fork and exec, on
+        // descriptors that stay open until the child is spawned. Registered before the
+        // channel is put on its number, which could otherwise be one of these.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
+                if let Some(fds) = &cgroup_fds {
+                    cgroup::join(fds)?;
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
+        process::pass_fd(command.as_std_mut(), their_fd, WORKER_FD);
         let (mut child, group) = ProcessGroup::spawn(&mut command)?;
+        drop(membership);
         drop(theirs);
-        let reaper = match Reaper::spawn(&self.daemon_exe, group) {
+        let guarded = Guarded {
+            group,
+            cgroups: confinement
+                .as_ref()
+                .map(|c| c.cgroup.dirs().map(Path::to_owned).collect())
+                .unwrap_or_default(),
+            roots: confinement
+                .as_ref()
+                .map(|c| c.roots.clone())
+                .unwrap_or_default(),
+        };
+        let cgroup = confinement.map(|c| c.cgroup);
+        let reaper = match Reaper::spawn(&self.daemon_exe, guarded) {
             Ok(reaper) => reaper,
             Err(err) => {
-                group.kill();
+                kill_all(group, cgroup.as_deref());
                 return Err(err);
             }
         };
@@ -98,6 +143,7 @@ impl WorkerCommand {
             Worker {
                 child,
                 group,
+                cgroup,
                 reaper,
             },
             WorkerIo {
@@ -121,18 +167,31 @@ impl Worker {
         let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
     }
 
-    /// Kills the worker and everything in its process group.
-    pub fn kill_group(&self) {
-        self.group.kill();
+    /// Kills the worker and everything in its cgroup — or, without one, its process
+    /// group.
+    pub fn kill_all(&self) {
+        kill_all(self.group, self.cgroup.as_deref());
     }
 
-    /// Ends the procedure's processes for good: kills whatever is left in the group and
-    /// lets the reaper go.
+    /// The procedure's cgroup, if it has one.
+    pub fn cgroup(&self) -> Option<&Arc<ProcedureCgroup>> {
+        self.cgroup.as_ref()
+    }
+
+    /// Ends the procedure's processes for good: kills whatever is left and lets the
+    /// reaper go.
     pub async fn finish(mut self) {
-        self.group.kill();
+        self.kill_all();
         let _ = self.child.wait().await;
         self.reaper.release().await;
     }
+}
+
+fn kill_all(group: ProcessGroup, cgroup: Option<&ProcedureCgroup>) {
+    if let Some(cgroup) = cgroup {
+        cgroup.kill();
+    }
+    group.kill();
 }
 
 /// A human description of how a process ended, for the stack-trace text of a procedure

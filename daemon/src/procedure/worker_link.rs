@@ -1,6 +1,11 @@
 //! The channel between the daemon and one worker harness: JSON lines over a socket pair
 //! handed to the worker as a file descriptor. The script's stdout and stderr stay the
 //! script's own.
+//!
+//! The script runs in the harness's process and can write to the channel too, so what
+//! arrives is untrusted: reading is bounded (a line longer than [`MAX_LINE`] is an error,
+//! never a stall), and a line must be exactly one message of the harness's shape. Whether
+//! the message may come *now* is `link_check`'s to say.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +17,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
 
 /// Longest line accepted from a worker (an event or a stack trace).
-const MAX_LINE: usize = 16 * 1024 * 1024;
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
 
 /// What the daemon tells a worker.
 #[derive(Debug, Serialize)]
@@ -70,6 +75,7 @@ pub enum FromWorker {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawFromWorker {
     state: Option<String>,
     stacktrace: Option<String>,
@@ -77,20 +83,24 @@ struct RawFromWorker {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawEvent {
     topic: String,
     #[serde(default)]
     payload: BTreeMap<String, serde_json::Value>,
 }
 
-/// A line from the worker that is not a message the daemon understands.
+/// What came from the worker instead of a message. Each is a sentence completing
+/// "worker protocol violation: ".
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("worker channel failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("worker sent a line longer than {MAX_LINE} bytes")]
+    #[error("the channel failed: {0}")]
+    Io(std::io::Error),
+    #[error("a line longer than {} MiB", MAX_LINE >> 20)]
     TooLong,
-    #[error("worker sent something that is not a message: {0}")]
+    #[error("a line that is not UTF-8")]
+    NotUtf8,
+    #[error("a line that is not a message ({0})")]
     Malformed(String),
 }
 
@@ -98,33 +108,59 @@ impl From<LinesCodecError> for LinkError {
     fn from(err: LinesCodecError) -> Self {
         match err {
             LinesCodecError::MaxLineLengthExceeded => LinkError::TooLong,
+            // The codec's only InvalidData is a line it cannot decode as UTF-8.
+            LinesCodecError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                LinkError::NotUtf8
+            }
             LinesCodecError::Io(io) => LinkError::Io(io),
         }
     }
 }
 
 fn parse(line: &str) -> Result<FromWorker, LinkError> {
+    let malformed = |what: &str| LinkError::Malformed(what.to_owned());
     let raw: RawFromWorker =
         serde_json::from_str(line).map_err(|e| LinkError::Malformed(e.to_string()))?;
-    if let Some(event) = raw.event {
-        let payload = event
-            .payload
-            .into_iter()
-            .map(|(k, v)| (k, Value::from(v)))
-            .collect();
-        return Ok(FromWorker::Event {
-            topic: event.topic,
-            payload: Value::Map(payload),
-        });
+    match raw {
+        RawFromWorker {
+            event: Some(event),
+            state: None,
+            stacktrace: None,
+        } => {
+            if event.topic.is_empty() {
+                return Err(malformed("an event without a topic"));
+            }
+            let payload: BTreeMap<String, Value> = event
+                .payload
+                .into_iter()
+                .map(|(k, v)| (k, Value::from(v)))
+                .collect();
+            let payload = Value::Map(payload);
+            // What oetd passes on, its clients must be able to decode.
+            if payload.depth() > oet_protocol::value::MAX_DEPTH {
+                return Err(LinkError::Malformed(format!(
+                    "an event payload nested more than {} levels deep",
+                    oet_protocol::value::MAX_DEPTH
+                )));
+            }
+            Ok(FromWorker::Event {
+                topic: event.topic,
+                payload,
+            })
+        }
+        RawFromWorker {
+            event: None,
+            state: Some(name),
+            stacktrace,
+        } => {
+            let state: ProcedureState = name.parse().map_err(LinkError::Malformed)?;
+            if stacktrace.is_some() && state != ProcedureState::Failed {
+                return Err(malformed("a stack trace with a state other than FAILED"));
+            }
+            Ok(FromWorker::State { state, stacktrace })
+        }
+        _ => Err(malformed("not exactly one state or event")),
     }
-    let name = raw
-        .state
-        .ok_or_else(|| LinkError::Malformed(format!("no state or event in {line}")))?;
-    let state = name.parse().map_err(LinkError::Malformed)?;
-    Ok(FromWorker::State {
-        state,
-        stacktrace: raw.stacktrace,
-    })
 }
 
 /// The reading half of a worker channel.
@@ -236,8 +272,44 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        assert!(parse("not json").is_err());
-        assert!(parse(r#"{"state": "DANCING"}"#).is_err());
-        assert!(parse(r#"{}"#).is_err());
+        for line in [
+            "not json",
+            r#"{"state": "DANCING"}"#,
+            r#"{}"#,
+            r#"{"state": "READY", "by": "me"}"#,
+            r#"{"state": "READY", "stacktrace": "x"}"#,
+            r#"{"state": "READY", "event": {"topic": "a"}}"#,
+            r#"{"event": {"topic": ""}}"#,
+            r#"{"event": {"topic": "a", "extra": 1}}"#,
+            r#"{"event": {"topic": "a", "payload": [1]}}"#,
+        ] {
+            let err = parse(line).expect_err(line);
+            assert!(matches!(err, LinkError::Malformed(_)), "{line}: {err}");
+        }
+    }
+
+    /// Writes `bytes` as the worker and reads what the daemon makes of them.
+    async fn read_from_worker(bytes: Vec<u8>) -> Option<Result<FromWorker, LinkError>> {
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        let (mut reader, writer) = split(ours);
+        let theirs = theirs.into_std().expect("std stream");
+        theirs.set_nonblocking(false).expect("blocking");
+        let writing = std::thread::spawn(move || {
+            // The reader stops early on a long line; the rest then cannot be written.
+            let _ = std::io::Write::write_all(&mut &theirs, &bytes);
+        });
+        let got = reader.next().await;
+        // Closing our end lets a writer blocked on a full socket fail and end.
+        drop((reader, writer));
+        let _ = writing.join();
+        got
+    }
+
+    #[tokio::test]
+    async fn junk_and_endless_lines_are_errors_not_stalls() {
+        let junk = read_from_worker(b"\xff\xfe\x00junk\n".to_vec()).await;
+        assert!(matches!(junk, Some(Err(LinkError::NotUtf8))), "{junk:?}");
+        let long = read_from_worker(vec![b'x'; MAX_LINE + 2]).await;
+        assert!(matches!(long, Some(Err(LinkError::TooLong))), "{long:?}");
     }
 }

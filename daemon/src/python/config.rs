@@ -40,6 +40,11 @@ impl Default for PythonConfig {
 }
 
 impl PythonConfig {
+    /// Checks the values that types cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::limits::check("python.env_wait_secs", self.env_wait_secs, 1, 86_400)
+    }
+
     /// The environment directory, given the daemon's state directory.
     pub fn env_dir(&self, state_dir: &Path) -> PathBuf {
         self.env_dir

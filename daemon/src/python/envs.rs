@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::process::{self, ProcessGroup};
 use crate::reaper::Reaper;
+use crate::state_dir::{self, EntryKind};
 
 use super::config::PythonConfig;
 
@@ -204,15 +205,19 @@ impl<P: Project> EnvManager<P> {
     /// environments whose build never completed.
     pub fn new(config: PythonConfig, state_dir: &Path) -> Result<Self, EnvError> {
         let env_dir = config.env_dir(state_dir);
-        fs::create_dir_all(&env_dir).map_err(|e| EnvError::dir(&env_dir, e))?;
-        for entry in fs::read_dir(&env_dir).map_err(|e| EnvError::dir(&env_dir, e))? {
-            let entry = entry.map_err(|e| EnvError::dir(&env_dir, e))?;
-            let is_env = entry.file_name().to_str().is_some_and(P::is_key);
-            let path = entry.path();
-            if is_env && path.is_dir() && !path.join(MARKER).exists() {
-                fs::remove_dir_all(&path).map_err(|e| EnvError::dir(&path, e))?;
-            }
+        if let Some(parent) = env_dir.parent() {
+            fs::create_dir_all(parent).map_err(|e| EnvError::dir(&env_dir, e))?;
         }
+        // Only environments, as their names tell, whose build never finished; no link is
+        // followed, so the marker is looked for in the directory itself.
+        let dir =
+            state_dir::open_own_dir(&env_dir, 0o755).map_err(|e| EnvError::dir(&env_dir, e))?;
+        dir.remove_own_entries(|name, kind| {
+            kind == EntryKind::Dir
+                && P::is_key(name)
+                && env_dir.join(name).join(MARKER).symlink_metadata().is_err()
+        })
+        .map_err(|e| EnvError::dir(&env_dir, e))?;
         Ok(EnvManager {
             inner: Arc::new(Inner {
                 config,

@@ -64,9 +64,11 @@ impl StoreConfig {
                 "store.max_age_days must be at most 1000000 (use 0 for no age bound)".into(),
             );
         }
-        if self.retention_interval_secs == 0 {
-            return Err("store.retention_interval_secs must be at least 1".into());
-        }
-        Ok(())
+        crate::limits::check(
+            "store.retention_interval_secs",
+            self.retention_interval_secs,
+            1,
+            365 * 86_400,
+        )
     }
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use oet_protocol::{
     ActivityState, ActivityStateChange, ActivitySummary, CallRecord, GitCheckout, LogLine,
-    ProcedureState, ProcedureSummary, ScriptSpec, StateChange, Timestamp,
+    ProcedureState, ProcedureSummary, ResourceUsage, ScriptSpec, StateChange, Timestamp,
 };
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -57,7 +57,9 @@ fn id_of(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
 /// One procedure, whole.
 pub(super) fn procedure(conn: &Connection, id: u64) -> rusqlite::Result<Option<ProcedureSummary>> {
     let head = conn
-        .prepare_cached("SELECT script, state, stacktrace, checkout FROM procedures WHERE id = ?1")?
+        .prepare_cached(
+            "SELECT script, state, stacktrace, checkout, resources FROM procedures WHERE id = ?1",
+        )?
         .query_row(params![id as i64], |row| {
             let script: String = row.get(0)?;
             let state: String = row.get(1)?;
@@ -65,15 +67,20 @@ pub(super) fn procedure(conn: &Connection, id: u64) -> rusqlite::Result<Option<P
                 Some(json) => Some(from_json::<GitCheckout>(3, &json)?),
                 None => None,
             };
+            let resources = match row.get::<_, Option<String>>(4)? {
+                Some(json) => Some(from_json::<ResourceUsage>(4, &json)?),
+                None => None,
+            };
             Ok((
                 from_json::<ScriptSpec>(0, &script)?,
                 parse::<ProcedureState>(1, &state)?,
                 row.get::<_, Option<String>>(2)?,
                 checkout,
+                resources,
             ))
         })
         .optional()?;
-    let Some((script, state, stacktrace, checkout)) = head else {
+    let Some((script, state, stacktrace, checkout, resources)) = head else {
         return Ok(None);
     };
     let calls = conn
@@ -112,6 +119,7 @@ pub(super) fn procedure(conn: &Connection, id: u64) -> rusqlite::Result<Option<P
         history,
         stacktrace,
         state,
+        resources,
     }))
 }
 

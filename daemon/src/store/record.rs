@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use oet_protocol::{
     ActivityStateChange, ActivitySummary, CallRecord, GitCheckout, LogLine, ProcedureSummary,
-    StateChange,
+    ResourceUsage, StateChange,
 };
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -32,6 +32,8 @@ pub enum Record {
     },
     /// Where a procedure's git script was checked out from.
     Checkout { id: u64, checkout: GitCheckout },
+    /// What a procedure's cgroup measured in the end.
+    Resources { id: u64, usage: ResourceUsage },
     /// The worker process of a procedure: its PID and its start time in clock ticks
     /// since boot, which tell it apart from a later process given the same PID.
     Worker { id: u64, pid: u32, start_time: u64 },
@@ -74,8 +76,8 @@ impl Record {
                 );
                 conn.prepare_cached(
                     "INSERT INTO procedures (id, script, script_uri, created_at, state, final_at,
-                         stacktrace, checkout)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                         stacktrace, checkout, resources)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?
                 .execute(params![
                     summary.id as i64,
@@ -86,6 +88,7 @@ impl Record {
                     final_at,
                     summary.stacktrace,
                     summary.checkout.as_ref().map(to_json).transpose()?,
+                    summary.resources.as_ref().map(to_json).transpose()?,
                 ])?;
                 for (seq, call) in summary.calls.iter().enumerate() {
                     insert_call(conn, summary.id, seq, call)?;
@@ -99,6 +102,10 @@ impl Record {
             Record::Checkout { id, checkout } => conn
                 .prepare_cached("UPDATE procedures SET checkout = ?2 WHERE id = ?1")?
                 .execute(params![*id as i64, to_json(checkout)?])
+                .map(drop),
+            Record::Resources { id, usage } => conn
+                .prepare_cached("UPDATE procedures SET resources = ?2 WHERE id = ?1")?
+                .execute(params![*id as i64, to_json(usage)?])
                 .map(drop),
             Record::ProcedureState {
                 id,

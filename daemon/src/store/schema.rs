@@ -82,9 +82,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX activities_final_at ON activities (final_at);
     CREATE INDEX activities_state ON activities (state);
     "#,
-    // 3: where a git script was checked out from (repository, branch, commit), as JSON.
+    // 3: where a git script was checked out from (repository, branch, commit), and
+    // what its cgroup measured (peak memory, CPU time, the limits applied), as JSON.
     r#"
     ALTER TABLE procedures ADD COLUMN checkout TEXT;
+    ALTER TABLE procedures ADD COLUMN resources TEXT;
     "#,
 ];
 

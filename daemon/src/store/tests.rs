@@ -47,6 +47,11 @@ fn procedure(id: u64, created: f64) -> ProcedureSummary {
             },
             create_env: true,
         },
+        resources: Some(oet_protocol::ResourceUsage {
+            peak_memory_bytes: Some(12 << 20),
+            cpu_secs: Some(0.25),
+            ..Default::default()
+        }),
         checkout: Some(oet_protocol::GitCheckout {
             repo: "https://example.org/s.git".into(),
             branch: Some("main".into()),

@@ -261,6 +261,7 @@ mod tests {
             id,
             script: ScriptSpec::filesystem("file:///s.py"),
             checkout: None,
+            resources: None,
             calls: Vec::new(),
             history: vec![StateChange::now(ProcedureState::Creating)],
             // Large enough to need pages the full store does not have.

@@ -63,11 +63,8 @@ impl OdaConfig {
                 .ok_or("oda: backend \"rest\" needs `url`, the ODA's base URL")?;
             reqwest::Url::parse(url)
                 .map_err(|err| format!("oda.url '{url}' is not a URL: {err}"))?;
-            if self.timeout_secs == 0 {
-                return Err("oda.timeout_secs must be at least 1".into());
-            }
         }
-        Ok(())
+        crate::limits::check("oda.timeout_secs", self.timeout_secs, 1, 3600)
     }
 }
 

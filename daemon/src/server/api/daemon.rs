@@ -1,8 +1,10 @@
-//! The requests about the daemon itself and its events: status and subscribe.
+//! The requests about the daemon itself and its events: status, subscribe and reload.
 
 use std::time::SystemTime;
 
-use oet_protocol::{DaemonStatus, GetStatus, ProtocolError, Subscribe, PROTOCOL_VERSION};
+use oet_protocol::{
+    DaemonStatus, GetStatus, ProtocolError, Reload, Reloaded, Subscribe, PROTOCOL_VERSION,
+};
 
 use super::handler::{Handler, Services, Session};
 use crate::events::Topics;
@@ -33,6 +35,7 @@ impl Handler for GetStatus {
                 .store()
                 .problem()
                 .map(|problem| problem.to_string()),
+            containment: services.procedures.containment(),
         })
     }
 }
@@ -48,5 +51,11 @@ impl Handler for Subscribe {
         };
         session.subscription = Some(services.procedures.bus().subscribe_to(topics));
         Ok(())
+    }
+}
+
+impl Handler for Reload {
+    async fn handle(self, services: &Services, _: &mut Session) -> Result<Reloaded, ProtocolError> {
+        services.reload.reload().await
     }
 }

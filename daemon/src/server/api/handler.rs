@@ -2,47 +2,33 @@
 //! connection the request came on.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use oet_protocol::{Call, ProtocolError, Value};
-use tokio::net::UnixStream;
+use oet_protocol::{Call, ProtocolError, Reloaded, Value};
 
 use crate::activity::ActivityService;
 use crate::events::Subscription;
 use crate::procedure::ProcedureService;
+use crate::server::access::{Access, Peer};
 
 /// What requests are served by.
 #[derive(Clone)]
 pub struct Services {
     pub procedures: ProcedureService,
     pub activities: ActivityService,
+    /// Who may do what; a reload replaces the roles.
+    pub access: Access,
+    /// Re-reads the configuration, as SIGHUP does.
+    pub reload: Arc<dyn Reload>,
     pub socket: String,
     pub started_at: SystemTime,
 }
 
-/// Who is on the other end of a connection, from SO_PEERCRED.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub pid: Option<i32>,
-}
-
-impl Peer {
-    pub fn of(stream: &UnixStream) -> Peer {
-        match stream.peer_cred() {
-            Ok(cred) => Peer {
-                uid: Some(cred.uid()),
-                gid: Some(cred.gid()),
-                pid: cred.pid(),
-            },
-            Err(_) => Peer {
-                uid: None,
-                gid: None,
-                pid: None,
-            },
-        }
-    }
+/// Re-reading the configuration, which the daemon's start-up code owns.
+pub trait Reload: Send + Sync {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Reloaded, ProtocolError>> + Send + '_>>;
 }
 
 /// One connection's state, as requests may change it.
@@ -54,8 +40,13 @@ pub struct Session {
 
 /// How one kind of request is served.
 pub trait Handler: Call + Send + 'static {
-    /// The procedure the request is about, for its log record.
+    /// The procedure the request is about, for its log and audit records.
     fn procedure_id(&self) -> Option<u64> {
+        None
+    }
+
+    /// The procedure a successful answer tells was made (a create's), for the audit.
+    fn made(_answer: &Self::Response) -> Option<u64> {
         None
     }
 

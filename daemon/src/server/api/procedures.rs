@@ -11,6 +11,10 @@ use super::handler::{Handler, Services, Session};
 use crate::store::HistoryQuery;
 
 impl Handler for CreateProcedure {
+    fn made(answer: &ProcedureSummary) -> Option<u64> {
+        Some(answer.id)
+    }
+
     fn announce(&self) -> Vec<(&'static str, Value)> {
         vec![
             ("script_uri", Value::from(self.script.uri())),
