@@ -34,6 +34,8 @@ for exe in oetd oetctl oet-http; do
     [ -x "$bin_dir/$exe" ] || { echo "build-deb.sh: no $exe in $bin_dir" >&2; exit 1; }
 done
 
+# Who the package names as its maintainer; set OET_DEB_MAINTAINER for a site's own build.
+maintainer=${OET_DEB_MAINTAINER:-Observation Execution Tool maintainers <oet-maintainers@observatory.example>}
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$repo/Cargo.toml")
 arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
@@ -70,6 +72,20 @@ install -Dm644 "$gen/_oetctl" "$root/usr/share/zsh/vendor-completions/_oetctl"
 install -Dm644 "$gen/oetctl.fish" "$root/usr/share/fish/vendor_completions.d/oetctl.fish"
 install -Dm644 "$repo/README.md" "$root/usr/share/doc/oet/README.md"
 
+# Debian policy: a machine-readable copyright file and a changelog in the docs.
+install -Dm644 "$repo/packaging/copyright" "$root/usr/share/doc/oet/copyright"
+# The changelog's date is the last commit's (or SOURCE_DATE_EPOCH), so that two builds
+# of one tree give the same package.
+when=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}
+cat >"$gen/changelog" <<EOF
+oet ($version) unstable; urgency=medium
+
+  * Release $version; see /usr/share/doc/oet/README.md.
+
+ -- $maintainer  $(date -R -u -d "@$when")
+EOF
+gzip -9n <"$gen/changelog" >"$root/usr/share/doc/oet/changelog.gz"
+
 # Shared-library dependencies: the packages owning what the binaries link against.
 depends=$(ldd "$root/usr/bin/oetd" "$root/usr/bin/oetctl" "$root/usr/bin/oet-http" |
     awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
@@ -81,11 +97,11 @@ cat >"$root/DEBIAN/control" <<EOF
 Package: oet
 Version: $version
 Architecture: $arch
-Maintainer: Observation Execution Tool maintainers <root@localhost>
+Maintainer: $maintainer
 Section: science
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
-Depends: ${depends:+$depends, }python3, adduser | systemd
+Depends: ${depends:+$depends, }python3, systemd
 Recommends: python3-venv, git
 Description: Observation Execution Tool: runs and supervises observing scripts
  oetd is a systemd service that loads Python observing scripts into their own
@@ -101,14 +117,9 @@ cat >"$root/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
-    if command -v systemd-sysusers >/dev/null; then
-        systemd-sysusers /usr/lib/sysusers.d/oet.conf
-    elif ! getent passwd oet >/dev/null; then
-        adduser --system --group --home /var/lib/oet --no-create-home oet
-    fi
-    if command -v systemd-tmpfiles >/dev/null; then
-        systemd-tmpfiles --create /usr/lib/tmpfiles.d/oet.conf || true
-    fi
+    # Both come with systemd, which the package depends on.
+    systemd-sysusers /usr/lib/sysusers.d/oet.conf
+    systemd-tmpfiles --create /usr/lib/tmpfiles.d/oet.conf || true
 fi
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] ||
     [ "$1" = abort-remove ]; then

@@ -148,3 +148,8 @@ fn exposure_at_most_2(unit: &str) {
 fn the_daemon_service_is_exposed_at_most_2() {
     exposure_at_most_2("oetd.service");
 }
+
+#[test]
+fn the_http_shim_service_is_exposed_at_most_2() {
+    exposure_at_most_2("oet-http.service");
+}
