@@ -122,8 +122,8 @@ fn request_fields<'a>(topic: &str, payload: &'a BTreeMap<String, Value>) -> Vec<
             "cmd",
             json!({"process_uid": get("procedure_id"), "run_abort": get("run_abort")}),
         )],
-        "request.procedure.list" => vec![("pids", Json::Null)],
-        "request.activity.list" => vec![("activity_ids", Json::Null)],
+        "request.procedure.list" => vec![("pids", get("ids"))],
+        "request.activity.list" => vec![("activity_ids", get("ids"))],
         "request.activity.run" => vec![(
             "cmd",
             json!({

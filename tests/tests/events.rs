@@ -174,7 +174,7 @@ async fn a_request_is_announced_with_the_id_its_client_gave_it() {
         framed.next().await,
         Some(Ok(ServerMessage::Welcome(_)))
     ));
-    let body = RequestBody::ListProcedures(ListProcedures::default());
+    let body = RequestBody::ListProcedures(ListProcedures { ids: vec![7, 9] });
     let id = 4_242_424_242;
     framed
         .send(ClientMessage::Request(Request { id, body }))
@@ -184,6 +184,11 @@ async fn a_request_is_announced_with_the_id_its_client_gave_it() {
     assert_eq!(
         request.payload.as_map().and_then(|m| m.get("request_id")),
         Some(&Value::Int(id as i64))
+    );
+    assert_eq!(
+        request.payload.as_map().and_then(|m| m.get("ids")),
+        Some(&Value::List(vec![Value::Int(7), Value::Int(9)])),
+        "a list request announces the IDs it asked for"
     );
 }
 

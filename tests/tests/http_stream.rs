@@ -313,7 +313,14 @@ async fn the_shared_subscription_ends_with_its_last_client_and_opens_again() {
     shim.log_line("subscribed to oetd's events")
         .expect("the next client opens a new one");
     assert_eq!(api.get(&shim.url("/procedures/")).await.status, 200);
-    again
+    let all = again
         .next_where(|e| e["topic"] == "request.procedure.list")
         .await;
+    assert_eq!(all.json()["pids"], serde_json::Value::Null, "{}", all.raw);
+    // One procedure asked for by ID: the announcement names it, as upstream's did.
+    assert_eq!(api.get(&shim.url("/procedures/5")).await.status, 404);
+    let one = again
+        .next_where(|e| e["topic"] == "request.procedure.list")
+        .await;
+    assert_eq!(one.json()["pids"], serde_json::json!([5]), "{}", one.raw);
 }

@@ -7,7 +7,7 @@ use oet_protocol::{
     ProcedureSummary, ProtocolError, StartProcedure, StopProcedure, Value, HISTORY_PAGE_MAX,
 };
 
-use super::handler::{Handler, Services, Session};
+use super::handler::{announce_ids, Handler, Services, Session};
 use crate::store::HistoryQuery;
 
 impl Handler for CreateProcedure {
@@ -87,6 +87,10 @@ impl Handler for StopProcedure {
 }
 
 impl Handler for ListProcedures {
+    fn announce(&self) -> Vec<(&'static str, Value)> {
+        announce_ids(&self.ids)
+    }
+
     async fn handle(
         self,
         services: &Services,
