@@ -363,45 +363,21 @@ fn the_hardened_service_fetches_git_scripts_builds_their_environment_and_runs_th
 
     // The repository is served over TCP inside the sandbox's own network namespace, so
     // that the fetch goes through the service's socket restrictions.
-    let mut daemon = sandbox
-        .command("git")
-        .args([
-            "daemon",
-            "--verbose",
-            "--export-all",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-            "--port=9418",
-            "--base-path=/usr/share/oet-test",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("git daemon");
-    // Its log: "Ready to rumble" says it listens; the rest tells a failed fetch.
-    let (said, heard) = std::sync::mpsc::channel();
-    let stderr = daemon.stderr.take().expect("git daemon's stderr");
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("[git daemon] {line}");
-            let _ = said.send(line);
-        }
-    });
-    assert!(
-        heard.iter().any(|line| line.contains("Ready to rumble")),
-        "git daemon did not start"
+    let served = oet_tests::git::GitDaemon::serve_with(
+        sandbox.command("git"),
+        std::path::Path::new("/usr/share/oet-test"),
+        9418,
+        "git://127.0.0.1/project".into(),
     );
 
+    let git_repo = format!("--git_repo={}", served.url);
     let created = oetctl(
         &sandbox,
         &[
             "procedure",
             "create",
             "git://scripts/observe.py",
-            "--git_repo=git://127.0.0.1/project",
+            &git_repo,
             "--create_env",
             "--wait",
             "--timeout",
@@ -414,8 +390,7 @@ fn the_hardened_service_fetches_git_scripts_builds_their_environment_and_runs_th
     let logs = oetctl(&sandbox, &["procedure", "logs"]);
     assert!(logs.contains("value 42 callback 42"), "{logs}");
 
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(served);
     sandbox
         .systemctl_ok(&["stop", "oetd.service", "oetd.socket"])
         .expect("stop");
