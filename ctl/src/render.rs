@@ -270,7 +270,8 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
          Started:     {} (up {})\n\
          Procedures:  {} live, running: {}\n\
          Store:       {}\n\
-         Containment: {}\n",
+         Containment: {}\n\
+         Zygotes:     {}\n",
         status.server,
         status.protocol_version,
         status.pid,
@@ -284,7 +285,19 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
             None => status.store.clone(),
         },
         containment(&status.containment),
+        zygotes(&status.zygotes),
     )
+}
+
+fn zygotes(zygotes: &[oet_protocol::ZygoteStatus]) -> String {
+    if zygotes.is_empty() {
+        return "none (workers start cold)".to_owned();
+    }
+    zygotes
+        .iter()
+        .map(|z| format!("{} (pid {}, {} forks)", z.python, z.pid, z.forks))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn containment(containment: &Containment) -> String {
@@ -439,6 +452,11 @@ pub fn status_json(status: &DaemonStatus) -> Json {
                 "reason": reason,
             }),
         },
+        "zygotes": status.zygotes.iter().map(|z| json!({
+            "python": z.python,
+            "pid": z.pid,
+            "forks": z.forks,
+        })).collect::<Vec<_>>(),
     })
 }
 

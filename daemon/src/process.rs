@@ -22,9 +22,13 @@ use tokio::process::{Child, Command};
 pub struct ProcessGroup(Pid);
 
 impl ProcessGroup {
-    /// Spawns `command` as the leader of a new process group.
+    /// Spawns `command` as the leader of a new process group; tokio waits for it.
     pub fn spawn(command: &mut Command) -> io::Result<(Child, ProcessGroup)> {
+        let starting = crate::children::starting();
         let child = command.process_group(0).spawn()?;
+        if let Some(pid) = child.id() {
+            crate::children::leave_to_tokio(pid, &starting);
+        }
         let group = child
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
