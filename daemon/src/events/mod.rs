@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 
+use oet_protocol::codec::{encode_frame, CodecError, MAX_FRAME_LIMIT};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -34,7 +35,7 @@ pub struct EventConfig {
 impl Default for EventConfig {
     fn default() -> Self {
         EventConfig {
-            buffer: 4096,
+            buffer: 65536,
             buffer_bytes: 16 * 1024 * 1024,
         }
     }
@@ -50,12 +51,14 @@ impl EventConfig {
 }
 
 /// An event as published: the event, its size for the queues' byte budgets, and its
-/// wire form once an edge has asked for it (shared by every subscriber).
+/// wire form and encoded frames once an edge has asked for them (made once, shared by
+/// every subscriber: ten listeners cost one encoding).
 #[derive(Debug)]
 pub struct Published {
     event: BusEvent,
     bytes: usize,
     wire: OnceLock<Vec<oet_protocol::Event>>,
+    frames: OnceLock<Vec<Result<Vec<u8>, usize>>>,
 }
 
 impl Published {
@@ -66,6 +69,23 @@ impl Published {
     /// The wire events this event becomes, made once.
     pub fn wire(&self) -> &[oet_protocol::Event] {
         self.wire.get_or_init(|| wire::to_wire(&self.event))
+    }
+
+    /// The frames (length prefix and message) of the wire events, in their order, made
+    /// once; an event that cannot be a frame at all is its encoded size instead.
+    pub fn frames(&self) -> &[Result<Vec<u8>, usize>] {
+        self.frames.get_or_init(|| {
+            self.wire()
+                .iter()
+                .map(|event| {
+                    let message = oet_protocol::ServerMessage::Event(event.clone());
+                    encode_frame(&message, MAX_FRAME_LIMIT).map_err(|err| match err {
+                        CodecError::FrameTooLarge { len, .. } => len,
+                        _ => usize::MAX,
+                    })
+                })
+                .collect()
+        })
     }
 }
 
@@ -164,6 +184,7 @@ impl EventBus {
             bytes: wire::approx_bytes(&event),
             event,
             wire: OnceLock::new(),
+            frames: OnceLock::new(),
         });
         let limits = &self.inner.limits;
         for queue in subscribers.values() {
