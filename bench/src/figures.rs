@@ -279,7 +279,16 @@ async fn send_and_listen(
     let id = daemon.ready(&uri).await?;
     let mut streams = Vec::new();
     for _ in 0..listeners {
-        streams.push(daemon.client().await?.subscribe_to(vec!["user.bench".into(), "procedure.lifecycle.statechange".into()]).await?);
+        streams.push(
+            daemon
+                .client()
+                .await?
+                .subscribe_to(vec![
+                    "user.bench".into(),
+                    "procedure.lifecycle.statechange".into(),
+                ])
+                .await?,
+        );
     }
     let readers: Vec<_> = streams
         .into_iter()
@@ -320,7 +329,9 @@ async fn send_and_listen(
     let mut lost = 0;
     for reader in readers {
         let (latencies, missed) = reader.await.context("a listener failed")?;
-        lost += (count as u64).saturating_sub(latencies.len() as u64).max(missed);
+        lost += (count as u64)
+            .saturating_sub(latencies.len() as u64)
+            .max(missed);
         all.extend(latencies);
     }
     Ok((all, lost))
@@ -511,6 +522,10 @@ async fn requests_16_clients(daemon: &BenchDaemon, scale: Scale) -> anyhow::Resu
     stop_all(daemon).await?;
     Ok(Outcome {
         values: vec![(16 * per_client) as f64 / elapsed.as_secs_f64()],
-        note: format!("{} requests in {:.2} s", 16 * per_client, elapsed.as_secs_f64()),
+        note: format!(
+            "{} requests in {:.2} s",
+            16 * per_client,
+            elapsed.as_secs_f64()
+        ),
     })
 }

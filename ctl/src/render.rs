@@ -811,6 +811,11 @@ ValueError: no
                 root: "/sys/fs/cgroup/system.slice/oetd.service".into(),
                 controllers: vec!["memory".into(), "pids (v1)".into()],
             },
+            zygotes: vec![oet_protocol::ZygoteStatus {
+                python: "/usr/bin/python3.11".into(),
+                pid: 43,
+                forks: 7,
+            }],
         };
         assert_eq!(
             status(&daemon, T0 + 3723.6),
@@ -821,7 +826,8 @@ ValueError: no
              Procedures:  3 live, running: 2\n\
              Store:       /var/lib/oet/store/history.sqlite\n\
              Containment: a cgroup per procedure under /sys/fs/cgroup/system.slice/oetd.service \
-             (memory, pids (v1))\n"
+             (memory, pids (v1))\n\
+             Zygotes:     /usr/bin/python3.11 (pid 43, 7 forks)\n"
         );
         let failing = DaemonStatus {
             store_problem: Some("the store is full".into()),

@@ -204,7 +204,9 @@ mod tests {
     async fn a_watched_child_is_reaped_with_its_status_and_a_stray_is_reaped_too() {
         start().expect("subreaper");
         let starting = starting();
-        // sh leaves a child behind, which then becomes ours, unwatched.
+        // sh leaves a child behind, which then becomes ours, unwatched. sh itself is
+        // waited for through `watch`, not std.
+        #[allow(clippy::zombie_processes)]
         let mut child = std::process::Command::new("sh")
             .args(["-c", "sleep 0.2 & echo $!; exit 3"])
             .stdout(std::process::Stdio::piped())

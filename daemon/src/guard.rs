@@ -16,7 +16,6 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::{self, BufRead, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -84,7 +83,7 @@ impl Guard {
             }
         });
         Ok(Guard {
-            pipe: Mutex::new(Some(std::fs::File::from(OwnedFd::from(write)))),
+            pipe: Mutex::new(Some(std::fs::File::from(write))),
         })
     }
 

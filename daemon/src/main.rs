@@ -18,14 +18,14 @@ use oetd::guard::{self, Guard};
 use oetd::procedure::worker::Workers;
 use oetd::procedure::zygote::Zygotes;
 use oetd::procedure::{
-    GitServices, Launcher, OutputSink, OutputTarget, ProcedureConfig, ProcedureService,
-    Settings, WORKER_HARNESS,
+    GitServices, Launcher, OutputSink, OutputTarget, ProcedureConfig, ProcedureService, Settings,
+    WORKER_HARNESS,
 };
-use oetd::{children, reaper};
 use oetd::server::{self, Access, Services, Shutdown};
 use oetd::state_dir::StateDir;
 use oetd::store::Store;
 use oetd::systemd;
+use oetd::{children, reaper};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -183,9 +183,8 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         },
         None => guard::Places::default(),
     };
-    let guard = Arc::new(
-        Guard::spawn(&daemon_exe, &places).context("cannot start the procedures' guard")?,
-    );
+    let guard =
+        Arc::new(Guard::spawn(&daemon_exe, &places).context("cannot start the procedures' guard")?);
     let output = OutputSink::new(match log.target() {
         systemd::LogTarget::Journald => OutputTarget::Journal,
         systemd::LogTarget::Stderr => OutputTarget::Stderr,

@@ -68,9 +68,7 @@ pub fn run_reaper(args: &[OsString]) -> i32 {
     loop {
         // SAFETY: reading into a valid buffer of the stated length.
         let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n == 0
-            || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
-        {
+        if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
             break;
         }
     }

@@ -374,7 +374,9 @@ async fn workers_receive_only_the_topics_their_scripts_subscribed_to_and_never_r
     let topics = |names: &[&str]| positional(names.iter().map(|t| Value::from(*t)).collect());
     // request.procedure.list goes to listeners, never to a worker.
     client.list(vec![]).await.expect("list");
-    let first = daemon.create_ready(&publisher, FunctionArgs::default()).await;
+    let first = daemon
+        .create_ready(&publisher, FunctionArgs::default())
+        .await;
     let done = daemon
         .run_main(first.id, topics(&["user.y", "user", "user.xy", "user.x"]))
         .await;
@@ -384,7 +386,9 @@ async fn workers_receive_only_the_topics_their_scripts_subscribed_to_and_never_r
         let listened = daemon.run_call(id, "listen").await;
         assert_eq!(listened.state, ProcedureState::Ready, "{listened:?}");
     }
-    let second = daemon.create_ready(&publisher, FunctionArgs::default()).await;
+    let second = daemon
+        .create_ready(&publisher, FunctionArgs::default())
+        .await;
     let done = daemon.run_main(second.id, topics(&["user.sentinel"])).await;
     assert_eq!(done.state, ProcedureState::Complete);
     for (ready, expected) in [
@@ -400,10 +404,19 @@ async fn workers_receive_only_the_topics_their_scripts_subscribed_to_and_never_r
         .await;
     assert_eq!(done.state, ProcedureState::Complete, "{done:?}");
     let seen = daemon.output(everything.id).await.join("\n");
-    for topic in ["'user.y'", "'user'", "'user.xy'", "'user.x'", "'procedure.lifecycle.statechange'"] {
+    for topic in [
+        "'user.y'",
+        "'user'",
+        "'user.xy'",
+        "'user.x'",
+        "'procedure.lifecycle.statechange'",
+    ] {
         assert!(seen.contains(topic), "{topic} not in {seen}");
     }
-    assert!(!seen.contains("request."), "a request reached a worker: {seen}");
+    assert!(
+        !seen.contains("request."),
+        "a request reached a worker: {seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

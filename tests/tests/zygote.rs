@@ -11,7 +11,13 @@ async fn zygote_up(daemon: &TestDaemon) -> ZygoteStatus {
     daemon
         .log_line("is up (pid")
         .expect("oetd says its zygote is up");
-    let zygotes = daemon.client().await.status().await.expect("status").zygotes;
+    let zygotes = daemon
+        .client()
+        .await
+        .status()
+        .await
+        .expect("status")
+        .zygotes;
     assert_eq!(zygotes.len(), 1, "{zygotes:?}");
     zygotes[0].clone()
 }
@@ -45,11 +51,20 @@ async fn two_creates_get_fresh_workers_forked_by_the_zygote_and_waited_for_by_oe
     let (one, one_parent) = pids(&daemon, first.id).await;
     let (two, two_parent) = pids(&daemon, second.id).await;
     assert_ne!(one, two, "each procedure is a process of its own");
-    assert!(one != zygote.pid && two != zygote.pid, "no script runs in the zygote");
+    assert!(
+        one != zygote.pid && two != zygote.pid,
+        "no script runs in the zygote"
+    );
     // Double-forked by the zygote, reparented to oetd (a child subreaper), which waits
     // for them.
     assert_eq!((one_parent, two_parent), (daemon.pid(), daemon.pid()));
-    let zygotes = daemon.client().await.status().await.expect("status").zygotes;
+    let zygotes = daemon
+        .client()
+        .await
+        .status()
+        .await
+        .expect("status")
+        .zygotes;
     assert_eq!(zygotes[0].pid, zygote.pid);
     assert_eq!(zygotes[0].forks, 2, "both were forked by the zygote");
     let done = daemon.run_main(first.id, FunctionArgs::default()).await;
@@ -99,8 +114,17 @@ def main():
             "json False pub False harness False deliver _deliver",
         )
         .await;
-    let zygotes = daemon.client().await.status().await.expect("status").zygotes;
-    assert_eq!(zygotes[0].forks, 2, "both ran in workers forked by the zygote");
+    let zygotes = daemon
+        .client()
+        .await
+        .status()
+        .await
+        .expect("status")
+        .zygotes;
+    assert_eq!(
+        zygotes[0].forks, 2,
+        "both ran in workers forked by the zygote"
+    );
 }
 
 #[tokio::test]
@@ -144,7 +168,13 @@ async fn a_killed_zygote_is_replaced_and_creates_succeed_meanwhile() {
     assert_ne!(replaced.pid, zygote.pid);
     let after = daemon.create_ready(&uri, FunctionArgs::default()).await;
     assert_state(&after, Ready);
-    let zygotes = daemon.client().await.status().await.expect("status").zygotes;
+    let zygotes = daemon
+        .client()
+        .await
+        .status()
+        .await
+        .expect("status")
+        .zygotes;
     assert_eq!(zygotes[0].pid, replaced.pid);
     assert!(zygotes[0].forks >= 1, "{zygotes:?}");
     let done = daemon.run_main(after.id, FunctionArgs::default()).await;

@@ -374,9 +374,8 @@ mod tests {
 
     #[test]
     fn a_script_gets_the_subtrees_it_subscribed_to_and_never_requests() {
-        let script = |topics: &[&str]| {
-            Topics::Script(topics.iter().map(|t| (*t).to_owned()).collect())
-        };
+        let script =
+            |topics: &[&str]| Topics::Script(topics.iter().map(|t| (*t).to_owned()).collect());
         let user_x = script(&["user.x"]);
         assert!(user_x.wants_topic("user.x"));
         assert!(user_x.wants_topic("user.x.y"));

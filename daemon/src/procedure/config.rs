@@ -137,7 +137,12 @@ impl ProcedureConfig {
             86_400.0,
         )?;
         limits::check("procedures.max_running", self.max_running, 1, 1000)?;
-        limits::check("procedures.zygote_env_uses", self.zygote_env_uses, 0, 1_000_000)?;
+        limits::check(
+            "procedures.zygote_env_uses",
+            self.zygote_env_uses,
+            0,
+            1_000_000,
+        )?;
         limits::check("procedures.zygote_max", self.zygote_max, 1, 64)?;
         limits::check("procedures.history_size", self.history_size, 1, 100_000)?;
         limits::check("procedures.log_lines", self.log_lines, 1, 1_000_000)?;

@@ -338,21 +338,33 @@ mod tests {
         let subscribe = |topic: &str| FromWorker::Subscribe(topic.into());
         let unsubscribe = |topic: &str| FromWorker::Unsubscribe(topic.into());
         let mut check = LinkCheck::new();
-        assert!(check.check(subscribe("user.x")).is_err(), "before the script");
+        assert!(
+            check.check(subscribe("user.x")).is_err(),
+            "before the script"
+        );
         let mut check = ready();
         assert_eq!(check.check(subscribe("user.x")), Ok(Heard::Topics));
         assert_eq!(check.check(subscribe("")), Ok(Heard::Topics));
         assert_eq!(
-            check.topics().iter().map(String::as_str).collect::<Vec<_>>(),
+            check
+                .topics()
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             ["", "user.x"]
         );
         assert!(check.check(subscribe("user.x")).is_err(), "twice");
         assert_eq!(check.check(unsubscribe("user.x")), Ok(Heard::Topics));
-        assert!(check.check(unsubscribe("user.x")).is_err(), "not subscribed");
+        assert!(
+            check.check(unsubscribe("user.x")).is_err(),
+            "not subscribed"
+        );
         let long = "x".repeat(MAX_TOPIC_BYTES + 1);
         assert!(check.check(subscribe(&long)).is_err(), "too long");
         for n in 1..MAX_TOPICS {
-            check.check(subscribe(&format!("t.{n}"))).expect("within the bound");
+            check
+                .check(subscribe(&format!("t.{n}")))
+                .expect("within the bound");
         }
         let err = check.check(subscribe("one.more")).expect_err("beyond");
         assert_eq!(
@@ -361,6 +373,9 @@ mod tests {
         );
         check.calling("main");
         check.check(state(Complete)).expect("the end");
-        assert!(check.check(unsubscribe("")).is_err(), "after the final word");
+        assert!(
+            check.check(unsubscribe("")).is_err(),
+            "after the final word"
+        );
     }
 }

@@ -358,7 +358,10 @@ impl ProcedureService {
         let workers = &self.inner.launcher.workers;
         let before = workers.python();
         let python = workers.set_python(&name).await;
-        let replaced: Vec<_> = Some(before).filter(|before| *before != python).into_iter().collect();
+        let replaced: Vec<_> = Some(before)
+            .filter(|before| *before != python)
+            .into_iter()
+            .collect();
         workers.zygotes().retire(&replaced).await;
     }
 

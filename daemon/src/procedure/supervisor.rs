@@ -306,8 +306,8 @@ impl Running<'_> {
                     "procedure {id}: worker protocol violation: {violation}"
                 );
                 self.worker.kill_all();
-                let _ = tokio::time::timeout(settings.get(|c| c.kill_wait()), self.worker.wait())
-                    .await;
+                let _ =
+                    tokio::time::timeout(settings.get(|c| c.kill_wait()), self.worker.wait()).await;
                 collect_output(output).await;
                 self.wait_empty().await;
                 (

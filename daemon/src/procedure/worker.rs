@@ -205,7 +205,10 @@ impl Workers {
             .stderr(Stdio::from(ends.stderr))
             .process_group(0);
         // Opened here, so that the child only has to write to them.
-        let membership = cgroup.as_deref().map(ProcedureCgroup::membership).transpose()?;
+        let membership = cgroup
+            .as_deref()
+            .map(ProcedureCgroup::membership)
+            .transpose()?;
         let cgroup_fds = membership.as_ref().map(cgroup::Membership::fds);
         // SAFETY: only async-signal-safe calls (write, prctl) between fork and exec, on
         // descriptors that stay open until the child is spawned. Registered before the

@@ -271,9 +271,7 @@ impl Zygotes {
             .values()
             .filter(|slot| !matches!(slot, Slot::Used(_)))
             .count();
-        let slot = slots
-            .entry(python.to_owned())
-            .or_insert(Slot::Used(0));
+        let slot = slots.entry(python.to_owned()).or_insert(Slot::Used(0));
         match slot {
             Slot::Up(zygote) => Some(zygote.clone()),
             Slot::Starting(_) => None,
@@ -301,9 +299,8 @@ impl Zygotes {
     /// One life of `python`'s zygote: start it, serve while it lives, then decide
     /// whether to start it again.
     async fn run(&self, python: PathBuf) {
-        let still_wanted = |slots: &HashMap<PathBuf, Slot>| {
-            matches!(slots.get(&python), Some(Slot::Starting(_)))
-        };
+        let still_wanted =
+            |slots: &HashMap<PathBuf, Slot>| matches!(slots.get(&python), Some(Slot::Starting(_)));
         if !self.enabled() || !still_wanted(&self.slots()) {
             return;
         }
