@@ -19,13 +19,13 @@ use std::io::{self, BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::cgroup::files;
 use crate::children;
-use crate::process::ProcessGroup;
-use crate::reaper::ignore_terminal_signals;
+use crate::process::{ignore_terminal_signals, ProcessGroup};
 
 /// The hidden flag that turns `oetd` into the procedures' guard.
 pub const GUARD_FLAG: &str = "--guard-procedures";
@@ -47,6 +47,7 @@ pub struct Places {
 /// oetd's side: the pipe to the guard.
 pub struct Guard {
     pipe: Mutex<Option<std::fs::File>>,
+    released: Arc<AtomicBool>,
 }
 
 impl Guard {
@@ -73,8 +74,11 @@ impl Guard {
             .process_group(0)
             .spawn()?;
         let mut exit = children::watch(child.id(), &starting);
+        let released = Arc::new(AtomicBool::new(false));
+        let clean = released.clone();
         tokio::spawn(async move {
-            if let Ok(status) = exit.wait().await {
+            let status = exit.wait().await;
+            if let (Ok(status), false) = (status, clean.load(Ordering::SeqCst)) {
                 tracing::error!(
                     "the procedures' guard ended ({}): should oetd die now, procedures \
                      would be killed only by its next start",
@@ -84,6 +88,7 @@ impl Guard {
         });
         Ok(Guard {
             pipe: Mutex::new(Some(std::fs::File::from(write))),
+            released,
         })
     }
 
@@ -120,6 +125,7 @@ impl Guard {
 
     /// A clean shutdown: everything is ended; the guard leaves without killing.
     pub fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
         self.tell("released");
         self.pipe
             .lock()

@@ -135,6 +135,15 @@ fn install_fd(fd: RawFd, target: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Signals aimed at a terminal's foreground group must not end a guard early.
+pub fn ignore_terminal_signals() {
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 /// Longest output line kept whole; a longer line is replaced by a note saying so.
 pub const MAX_LINE: usize = 64 * 1024;
 

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use tokio::process::{Child, Command};
 
 use crate::children;
-use crate::process::ProcessGroup;
+use crate::process::{self, ProcessGroup};
 
 /// The hidden flag that turns `oetd` into a reaper.
 pub const REAPER_FLAG: &str = "--reap-process-group";
@@ -63,7 +63,7 @@ pub fn run_reaper(args: &[OsString]) -> i32 {
         eprintln!("oetd: {REAPER_FLAG} needs a process group id");
         return 2;
     };
-    ignore_terminal_signals();
+    process::ignore_terminal_signals();
     let mut buf = [0u8; 64];
     loop {
         // SAFETY: reading into a valid buffer of the stated length.
@@ -74,15 +74,6 @@ pub fn run_reaper(args: &[OsString]) -> i32 {
     }
     group.kill();
     0
-}
-
-/// Signals aimed at a terminal's foreground group must not end a guard early.
-pub fn ignore_terminal_signals() {
-    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-    }
 }
 
 fn parse(args: &[OsString]) -> Option<ProcessGroup> {

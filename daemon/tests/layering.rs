@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `daemon/src`, lowest layer first. A module may use the ones
 /// in lower layers only.
 const LAYERS: &[&[&str]] = &[
+    &["children"],
     &[
         "bounded",
         "cgroup",
-        "children",
         "journal",
         "limits",
         "process",

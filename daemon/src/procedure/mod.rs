@@ -14,7 +14,8 @@
 //! - `prepare` makes a script runnable (a git checkout, a Python environment: PREP_ENV),
 //!   with what `git_services` opens at start-up.
 //! - `worker` starts (cold, or forked by the interpreter's zygote: `zygote`) and signals
-//!   the worker process (in its cgroup), `worker_link` is the channel to the Python
+//!   the worker process (in its cgroup; `worker_io` is what a worker is given),
+//!   `worker_link` is the channel to the Python
 //!   harness in `worker.py`, `link_check` says which of the
 //!   worker's messages may come when (the channel is untrusted), `script` parses script
 //!   URIs.
@@ -37,6 +38,7 @@ mod service;
 pub mod state;
 mod supervisor;
 pub mod worker;
+mod worker_io;
 pub mod worker_link;
 pub mod zygote;
 

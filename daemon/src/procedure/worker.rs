@@ -14,8 +14,7 @@
 //! one from when it is handed its script.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -23,10 +22,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::net::unix::pipe;
 
+use super::worker_io::{contain, Ends, WorkerIo};
 use super::zygote::{Forked, Zygotes};
-use crate::cgroup::{self, ProcedureCgroup};
+use crate::cgroup::ProcedureCgroup;
 use crate::children::{self, Exit};
 use crate::guard::Guard;
 use crate::process::{self, ProcessGroup};
@@ -58,41 +57,6 @@ pub struct Worker {
     guard: Arc<Guard>,
     exit: Exit,
     finished: bool,
-}
-
-/// The daemon's ends of a worker's channel and output pipes.
-pub struct WorkerIo {
-    pub channel: tokio::net::UnixStream,
-    pub stdout: pipe::Receiver,
-    pub stderr: pipe::Receiver,
-}
-
-/// The descriptors a worker is given, made by oetd: its channel and output pipes, with
-/// oetd's ends.
-pub(super) struct Ends {
-    pub ours: WorkerIo,
-    pub channel: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-}
-
-impl Ends {
-    pub fn new() -> io::Result<Ends> {
-        let (ours, theirs) = StdUnixStream::pair()?;
-        ours.set_nonblocking(true)?;
-        let (out_read, stdout) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (err_read, stderr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        Ok(Ends {
-            ours: WorkerIo {
-                channel: tokio::net::UnixStream::from_std(ours)?,
-                stdout: pipe::Receiver::from_owned_fd(out_read)?,
-                stderr: pipe::Receiver::from_owned_fd(err_read)?,
-            },
-            channel: theirs.into(),
-            stdout,
-            stderr,
-        })
-    }
 }
 
 impl Workers {
@@ -153,7 +117,7 @@ impl Workers {
     ) -> io::Result<(Worker, WorkerIo)> {
         if let Some(forked) = self.zygotes.fork(python, id, cwd).await {
             let Forked { pid, exit, io } = forked;
-            let worker = self.worker(pid, exit, cgroup);
+            let worker = self.worker(pid, exit, cgroup)?;
             if let Some(cgroup) = &worker.cgroup {
                 // Before the script is handed over, which only the supervisor does.
                 if let Err(err) = cgroup.add(pid) {
@@ -168,20 +132,26 @@ impl Workers {
         self.start_cold(python, id, cwd, cgroup)
     }
 
-    fn worker(&self, pid: u32, exit: Exit, cgroup: Option<Arc<ProcedureCgroup>>) -> Worker {
-        let group = ProcessGroup::from_id(pid as i32).unwrap_or_else(|| {
-            unreachable!("a worker's pid is never 0 or 1");
-        });
+    fn worker(
+        &self,
+        pid: u32,
+        exit: Exit,
+        cgroup: Option<Arc<ProcedureCgroup>>,
+    ) -> io::Result<Worker> {
+        let group = i32::try_from(pid)
+            .ok()
+            .and_then(ProcessGroup::from_id)
+            .ok_or_else(|| io::Error::other(format!("the worker was given pid {pid}")))?;
         if cgroup.is_none() {
             self.guard.group(group);
         }
-        Worker {
+        Ok(Worker {
             group,
             cgroup,
             guard: self.guard.clone(),
             exit,
             finished: false,
-        }
+        })
     }
 
     /// Starts `python` on the harness afresh.
@@ -204,32 +174,13 @@ impl Workers {
             .stdout(Stdio::from(ends.stdout))
             .stderr(Stdio::from(ends.stderr))
             .process_group(0);
-        // Opened here, so that the child only has to write to them.
-        let membership = cgroup
-            .as_deref()
-            .map(ProcedureCgroup::membership)
-            .transpose()?;
-        let cgroup_fds = membership.as_ref().map(cgroup::Membership::fds);
-        // SAFETY: only async-signal-safe calls (write, prctl) between fork and exec, on
-        // descriptors that stay open until the child is spawned. Registered before the
-        // channel is put on its number, which could otherwise be one of these.
-        unsafe {
-            command.pre_exec(move || {
-                if let Some(fds) = &cgroup_fds {
-                    cgroup::join(fds)?;
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let membership = contain(&mut command, cgroup.as_deref())?;
         process::pass_fd(&mut command, ends.channel.as_raw_fd(), WORKER_FD);
         let starting = children::starting();
         let child = command.spawn()?;
         let exit = children::watch(child.id(), &starting);
         drop((membership, ends.channel, command));
-        Ok((self.worker(child.id(), exit, cgroup), ends.ours))
+        Ok((self.worker(child.id(), exit, cgroup)?, ends.ours))
     }
 }
 

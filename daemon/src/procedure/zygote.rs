@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +34,8 @@ use tokio::io::Interest;
 use tracing::{info, warn};
 
 use super::config::Settings;
-use super::worker::{Ends, WorkerIo};
-use crate::cgroup::{self, CgroupRoot, ProcedureCgroup};
+use super::worker_io::{self, Ends, WorkerIo};
+use crate::cgroup::{CgroupRoot, ProcedureCgroup};
 use crate::children::{self, Exit};
 use crate::guard::Guard;
 use crate::process::{self, ProcessGroup};
@@ -493,21 +493,7 @@ impl Zygotes {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .process_group(0);
-        let membership = cgroup.map(ProcedureCgroup::membership).transpose()?;
-        let cgroup_fds = membership.as_ref().map(cgroup::Membership::fds);
-        // SAFETY: only async-signal-safe calls (write, prctl) between fork and exec, on
-        // descriptors that stay open until the child is spawned.
-        unsafe {
-            command.pre_exec(move || {
-                if let Some(fds) = &cgroup_fds {
-                    cgroup::join(fds)?;
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let _membership = worker_io::contain(&mut command, cgroup)?;
         process::pass_fd(&mut command, socket.as_raw_fd(), 3);
         let starting = children::starting();
         let child = command.spawn()?;
