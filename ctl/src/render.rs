@@ -270,7 +270,8 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
          Started:     {} (up {})\n\
          Procedures:  {} live, running: {}\n\
          Store:       {}\n\
-         Containment: {}\n",
+         Containment: {}\n\
+         Zygotes:     {}\n",
         status.server,
         status.protocol_version,
         status.pid,
@@ -284,7 +285,19 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
             None => status.store.clone(),
         },
         containment(&status.containment),
+        zygotes(&status.zygotes),
     )
+}
+
+fn zygotes(zygotes: &[oet_protocol::ZygoteStatus]) -> String {
+    if zygotes.is_empty() {
+        return "none (workers start cold)".to_owned();
+    }
+    zygotes
+        .iter()
+        .map(|z| format!("{} (pid {}, {} forks)", z.python, z.pid, z.forks))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn containment(containment: &Containment) -> String {
@@ -439,6 +452,11 @@ pub fn status_json(status: &DaemonStatus) -> Json {
                 "reason": reason,
             }),
         },
+        "zygotes": status.zygotes.iter().map(|z| json!({
+            "python": z.python,
+            "pid": z.pid,
+            "forks": z.forks,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -793,6 +811,11 @@ ValueError: no
                 root: "/sys/fs/cgroup/system.slice/oetd.service".into(),
                 controllers: vec!["memory".into(), "pids (v1)".into()],
             },
+            zygotes: vec![oet_protocol::ZygoteStatus {
+                python: "/usr/bin/python3.11".into(),
+                pid: 43,
+                forks: 7,
+            }],
         };
         assert_eq!(
             status(&daemon, T0 + 3723.6),
@@ -803,7 +826,8 @@ ValueError: no
              Procedures:  3 live, running: 2\n\
              Store:       /var/lib/oet/store/history.sqlite\n\
              Containment: a cgroup per procedure under /sys/fs/cgroup/system.slice/oetd.service \
-             (memory, pids (v1))\n"
+             (memory, pids (v1))\n\
+             Zygotes:     /usr/bin/python3.11 (pid 43, 7 forks)\n"
         );
         let failing = DaemonStatus {
             store_problem: Some("the store is full".into()),

@@ -463,6 +463,18 @@ impl TestDaemon {
             .expect("start");
     }
 
+    /// Calls `function` (not `main`) of a READY procedure without arguments and waits
+    /// until it is READY again (or final).
+    pub async fn run_call(&self, id: u64, function: &str) -> ProcedureSummary {
+        let mut events = self.events().await;
+        let mut client = self.client().await;
+        client
+            .start(id, function, FunctionArgs::default())
+            .await
+            .expect("start");
+        wait_for(&mut events, &mut client, id, |s| s == ProcedureState::Ready).await
+    }
+
     /// Starts `main` of a READY procedure with `args` and waits until it has ended.
     pub async fn run_main(&self, id: u64, args: FunctionArgs) -> ProcedureSummary {
         let mut events = self.events().await;

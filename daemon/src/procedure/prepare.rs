@@ -35,7 +35,7 @@ pub(super) async fn prepare(
     match script {
         Script::File(path) => Ok(Some(Prepared {
             path,
-            python: PathBuf::from(context.settings.get(|c| c.python.clone())),
+            python: context.launcher.workers.python(),
             cwd: context.launcher.work_dir.clone(),
             _checkout: None,
         })),
@@ -98,7 +98,7 @@ async fn prepare_git(
                 Err(err) => return Err(err.to_string()),
             }
         } else {
-            PathBuf::from(context.settings.get(|c| c.python.clone()))
+            context.launcher.workers.python()
         };
         Ok(Some(Prepared {
             path,

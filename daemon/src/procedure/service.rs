@@ -40,8 +40,7 @@ struct Inner {
 impl ProcedureService {
     /// The service over the durable `store`, issuing IDs after the highest it has
     /// issued. Call [`ProcedureService::recover`] before serving anyone.
-    pub fn new(config: ProcedureConfig, launcher: Launcher, store: Store) -> Self {
-        let settings = Settings::new(config);
+    pub fn new(settings: Settings, launcher: Launcher, store: Store) -> Self {
         let last_id = store.issued().map_or(0, |(procedures, _)| procedures);
         ProcedureService {
             inner: Arc::new(Inner {
@@ -346,6 +345,26 @@ impl ProcedureService {
         self.inner.launcher.containment.to_wire()
     }
 
+    /// The zygotes workers are forked from, for `oetctl status`.
+    pub fn zygotes(&self) -> Vec<oet_protocol::ZygoteStatus> {
+        self.inner.launcher.workers.zygotes().status()
+    }
+
+    /// Applies `procedures.python` and `procedures.zygote*` as they are set now (at
+    /// start-up and after a reload): the interpreter is resolved again, and zygotes no
+    /// longer wanted end.
+    pub async fn apply_interpreter(&self) {
+        let name = self.inner.settings.get(|c| c.python.clone());
+        let workers = &self.inner.launcher.workers;
+        let before = workers.python();
+        let python = workers.set_python(&name).await;
+        let replaced: Vec<_> = Some(before)
+            .filter(|before| *before != python)
+            .into_iter()
+            .collect();
+        workers.zygotes().retire(&replaced).await;
+    }
+
     /// How many procedures are live (not final), and the IDs of those RUNNING.
     pub fn counts(&self) -> (u64, Vec<u64>) {
         self.inner.records.counts()
@@ -370,5 +389,6 @@ impl ProcedureService {
             }
         });
         futures::future::join_all(stops).await;
+        self.inner.launcher.workers.zygotes().shutdown().await;
     }
 }
