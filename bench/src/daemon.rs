@@ -9,6 +9,9 @@ use anyhow::{bail, Context};
 use oet_protocol::{Client, EventStream, FunctionArgs, ProcedureState, ScriptSpec};
 use tempfile::TempDir;
 
+/// Procedures that may run at once: the cycle figure runs this many side by side.
+pub const MAX_RUNNING: usize = 4;
+
 pub struct BenchDaemon {
     dir: TempDir,
     socket: PathBuf,
@@ -27,7 +30,7 @@ impl BenchDaemon {
         std::fs::write(
             &config,
             format!(
-                "[paths]\nstate_dir = {:?}\n\n[procedures]\npython = {python:?}\n\n[log]\nlevel = \"warn,oetd=info\"\n",
+                "[paths]\nstate_dir = {:?}\n\n[procedures]\npython = {python:?}\nmax_running = {MAX_RUNNING}\nhistory_size = 10\n\n[log]\nlevel = \"warn,oetd=info\"\n",
                 dir.path().join("state")
             ),
         )?;
@@ -65,6 +68,11 @@ impl BenchDaemon {
             socket,
             child: Some(child),
         })
+    }
+
+    /// oetd's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {

@@ -20,6 +20,15 @@ struct Flags {
     /// Measurements per figure (after one warm-up run that is not counted)
     #[arg(long, default_value_t = 100)]
     iterations: usize,
+    /// READY procedures for the figures about many (list_many, memory, descriptors)
+    #[arg(long, default_value_t = 500)]
+    many: usize,
+    /// create -> start -> COMPLETE cycles of the cycles figure
+    #[arg(long, default_value_t = 10_000)]
+    cycles: usize,
+    /// Events of each burst
+    #[arg(long, default_value_t = 10_000)]
+    burst: usize,
     /// Only these figures (repeatable) [default: all]
     #[arg(long, value_name = "NAME")]
     figure: Vec<String>,
@@ -48,7 +57,7 @@ fn main() -> ExitCode {
 fn run(flags: Flags) -> anyhow::Result<()> {
     if flags.list {
         for figure in figures::FIGURES {
-            println!("{:<20} {}", figure.name, figure.what);
+            println!("{:<24} {} ({})", figure.name, figure.what, figure.unit);
         }
         return Ok(());
     }
@@ -88,13 +97,22 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             flags.iterations
         );
         println!("{}", stats::header());
+        let scale = figures::Scale {
+            iterations: flags.iterations + 1,
+            many: flags.many,
+            cycles: flags.cycles,
+            burst: flags.burst,
+        };
         for figure in chosen {
-            let samples = (figure.measure)(&daemon, flags.iterations + 1)
+            let mut outcome = (figure.measure)(&daemon, scale)
                 .await
                 .with_context(|| format!("figure {} failed", figure.name))?;
-            // The first run warms caches and the interpreter's imports; it is not counted.
-            let counted = samples.get(1..).unwrap_or_default();
-            println!("{}", stats::row(figure, counted));
+            // A figure sampled once per iteration had a first run that warmed caches and
+            // the interpreter's imports; it is not counted.
+            if outcome.values.len() == scale.iterations {
+                outcome.values.remove(0);
+            }
+            println!("{}", stats::row(figure, &outcome));
         }
         daemon.stop()
     })

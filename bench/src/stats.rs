@@ -1,41 +1,46 @@
-//! Turning samples into the printed figures: median and 99th percentile.
+//! Turning samples into the printed figures: median and 99th percentile, in the
+//! figure's unit.
 
-use std::time::Duration;
-
-use crate::figures::Figure;
+use crate::figures::{Figure, Outcome};
 
 /// The `p`-th percentile (0 < p <= 100) of `samples`, by the nearest-rank method.
-pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
+pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     if samples.is_empty() {
         return None;
     }
     let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
+    sorted.sort_unstable_by(f64::total_cmp);
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
-fn millis(value: Option<Duration>) -> String {
-    value.map_or_else(
-        || "-".into(),
-        |d| format!("{:.3} ms", d.as_secs_f64() * 1e3),
-    )
+fn value(value: Option<f64>, unit: &str) -> String {
+    match value {
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0} {unit}"),
+        Some(v) => format!("{v:.3} {unit}"),
+        None => "-".into(),
+    }
 }
 
 pub fn header() -> String {
     format!(
-        "{:<20} {:>5} {:>11} {:>11}  what",
+        "{:<24} {:>6} {:>14} {:>14}  what",
         "figure", "n", "median", "p99"
     )
 }
 
-pub fn row(figure: &Figure, samples: &[Duration]) -> String {
+pub fn row(figure: &Figure, outcome: &Outcome) -> String {
+    let note = if outcome.note.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", outcome.note)
+    };
     format!(
-        "{:<20} {:>5} {:>11} {:>11}  {}",
+        "{:<24} {:>6} {:>14} {:>14}  {}{note}",
         figure.name,
-        samples.len(),
-        millis(percentile(samples, 50.0)),
-        millis(percentile(samples, 99.0)),
+        outcome.values.len(),
+        value(percentile(&outcome.values, 50.0), figure.unit),
+        value(percentile(&outcome.values, 99.0), figure.unit),
         figure.what
     )
 }
@@ -46,11 +51,10 @@ mod tests {
 
     #[test]
     fn percentiles_by_nearest_rank() {
-        let ms = |n: u64| Duration::from_millis(n);
-        let samples: Vec<Duration> = (1..=100).rev().map(ms).collect();
-        assert_eq!(percentile(&samples, 50.0), Some(ms(50)));
-        assert_eq!(percentile(&samples, 99.0), Some(ms(99)));
-        assert_eq!(percentile(&[ms(7)], 99.0), Some(ms(7)));
+        let samples: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&samples, 50.0), Some(50.0));
+        assert_eq!(percentile(&samples, 99.0), Some(99.0));
+        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
         assert_eq!(percentile(&[], 50.0), None);
     }
 }

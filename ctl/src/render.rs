@@ -271,6 +271,7 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
          Procedures:  {} live, running: {}\n\
          Store:       {}\n\
          Containment: {}\n\
+         Zygotes:     {}\n\
          Checkouts:   {}\n\
          Python envs: {}\n\
          pip cache:   {}\n",
@@ -287,10 +288,22 @@ pub fn status(status: &DaemonStatus, now: Timestamp) -> String {
             None => status.store.clone(),
         },
         containment(&status.containment),
+        zygotes(&status.zygotes),
         checkouts(&status.caches),
         envs(&status.caches),
         bytes_text(status.caches.pip_cache_bytes),
     )
+}
+
+fn zygotes(zygotes: &[oet_protocol::ZygoteStatus]) -> String {
+    if zygotes.is_empty() {
+        return "none (workers start cold)".to_owned();
+    }
+    zygotes
+        .iter()
+        .map(|z| format!("{} (pid {}, {} forks)", z.python, z.pid, z.forks))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn containment(containment: &Containment) -> String {
@@ -488,6 +501,11 @@ pub fn status_json(status: &DaemonStatus) -> Json {
                 "reason": reason,
             }),
         },
+        "zygotes": status.zygotes.iter().map(|z| json!({
+            "python": z.python,
+            "pid": z.pid,
+            "forks": z.forks,
+        })).collect::<Vec<_>>(),
         "caches": caches_json(&status.caches),
     })
 }
@@ -871,6 +889,11 @@ ValueError: no
                 root: "/sys/fs/cgroup/system.slice/oetd.service".into(),
                 controllers: vec!["memory".into(), "pids (v1)".into()],
             },
+            zygotes: vec![oet_protocol::ZygoteStatus {
+                python: "/usr/bin/python3.11".into(),
+                pid: 43,
+                forks: 7,
+            }],
             caches: CacheUsage {
                 checkouts: 3,
                 checkouts_in_use: 1,
@@ -892,6 +915,7 @@ ValueError: no
              Store:       /var/lib/oet/store/history.sqlite\n\
              Containment: a cgroup per procedure under /sys/fs/cgroup/system.slice/oetd.service \
              (memory, pids (v1))\n\
+             Zygotes:     /usr/bin/python3.11 (pid 43, 7 forks)\n\
              Checkouts:   3 (1 in use), 1.5 KiB\n\
              Python envs: 2 (1 in use, 1 being built), 310 MiB\n\
              pip cache:   0 B\n"

@@ -10,10 +10,12 @@
 pub mod activity;
 pub mod bounded;
 pub mod cgroup;
+pub mod children;
 pub mod config;
 pub mod disk;
 pub mod events;
 pub mod git;
+pub mod guard;
 pub mod journal;
 pub mod limits;
 pub mod procedure;

@@ -14,16 +14,18 @@ use oetd::activity::{oda, ActivityService};
 use oetd::cgroup::{Containment, Controller};
 use oetd::config::Config;
 use oetd::events::EventBus;
-use oetd::procedure::worker::WorkerCommand;
+use oetd::guard::{self, Guard};
+use oetd::procedure::worker::Workers;
+use oetd::procedure::zygote::Zygotes;
 use oetd::procedure::{
-    GitServices, Launcher, OutputSink, OutputTarget, ProcedureConfig, ProcedureService,
+    GitServices, Launcher, OutputSink, OutputTarget, ProcedureConfig, ProcedureService, Settings,
     WORKER_HARNESS,
 };
-use oetd::reaper;
 use oetd::server::{self, Access, Services, Shutdown};
 use oetd::state_dir::StateDir;
 use oetd::store::Store;
 use oetd::systemd;
+use oetd::{children, reaper};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -55,6 +57,9 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == reaper::REAPER_FLAG) {
         return ExitCode::from(reaper::run_reaper(&args[2..]) as u8);
+    }
+    if args.get(1).is_some_and(|a| a == guard::GUARD_FLAG) {
+        return ExitCode::from(guard::run_guard(&args[2..]) as u8);
     }
     let flags = Flags::parse();
     match run(flags) {
@@ -169,6 +174,17 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let harness = write_harness(&state_dir)?;
     let daemon_exe = std::env::current_exe().context("cannot find oetd's own executable")?;
     let (containment, cgroups_killed) = contain(&state_dir, &config.procedures);
+    children::start().context("cannot become the child subreaper of oetd's workers")?;
+    let places = match containment.root() {
+        Some(root) => guard::Places {
+            root: Some(root.dir().to_owned()),
+            v1: root.v1_dirs(),
+            made: root.made_dirs(),
+        },
+        None => guard::Places::default(),
+    };
+    let guard =
+        Arc::new(Guard::spawn(&daemon_exe, &places).context("cannot start the procedures' guard")?);
     let output = OutputSink::new(match log.target() {
         systemd::LogTarget::Journald => OutputTarget::Journal,
         systemd::LogTarget::Stderr => OutputTarget::Stderr,
@@ -183,11 +199,16 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         &daemon_exe,
     )
     .context("cannot set up git scripts")?;
+    let settings = Settings::new(config.procedures.clone());
+    let zygotes = Zygotes::new(
+        settings.clone(),
+        harness.clone(),
+        containment.root().cloned(),
+        guard.clone(),
+    );
     let launcher = Launcher {
-        workers: WorkerCommand {
-            harness,
-            daemon_exe,
-        },
+        workers: Workers::new(harness, guard.clone(), zygotes),
+        guard: guard.clone(),
         git: git.clone(),
         work_dir: state_dir.clone(),
         containment: containment.clone(),
@@ -197,8 +218,9 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
     let store_file = config.store.file(&state_dir);
     let store = Store::open(&config.store, &store_file, &sb_dir, bus);
     info!("store: {}", store_file.display());
-    let procedures = ProcedureService::new(config.procedures.clone(), launcher, store.clone());
+    let procedures = ProcedureService::new(settings, launcher, store.clone());
     procedures.recover(&cgroups_killed).await;
+    procedures.apply_interpreter().await;
 
     let oda = oda::open(&config.oda, &state_dir).context("cannot open the ODA")?;
     info!("ODA: {} ({:?} backend)", oda.location(), config.oda.backend);
@@ -301,6 +323,8 @@ async fn serve(daemon: Daemon) -> anyhow::Result<()> {
         }
     }
     store.close().await;
+    // Everything is ended: the guard has nothing left to do.
+    guard.release();
     info!("oetd stopped");
     Ok(())
 }
@@ -369,6 +393,7 @@ impl Reloader {
             warnings.extend(unenforced(root, &new.procedures));
         }
         self.procedures.set_config(new.procedures.clone());
+        self.procedures.apply_interpreter().await;
         self.git
             .repos
             .set_allowed_repos(new.git.allowed_repos.clone());

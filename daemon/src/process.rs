@@ -22,9 +22,13 @@ use tokio::process::{Child, Command};
 pub struct ProcessGroup(Pid);
 
 impl ProcessGroup {
-    /// Spawns `command` as the leader of a new process group.
+    /// Spawns `command` as the leader of a new process group; tokio waits for it.
     pub fn spawn(command: &mut Command) -> io::Result<(Child, ProcessGroup)> {
+        let starting = crate::children::starting();
         let child = command.process_group(0).spawn()?;
+        if let Some(pid) = child.id() {
+            crate::children::leave_to_tokio(pid, &starting);
+        }
         let group = child
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
@@ -129,6 +133,15 @@ fn install_fd(fd: RawFd, target: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Signals aimed at a terminal's foreground group must not end a guard early.
+pub fn ignore_terminal_signals() {
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
 }
 
 /// Longest output line kept whole; a longer line is replaced by a note saying so.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `daemon/src`, lowest layer first. A module may use the ones
 /// in lower layers only.
 const LAYERS: &[&[&str]] = &[
+    &["children"],
     &[
         "bounded",
         "cgroup",
@@ -18,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "state_dir",
         "table",
     ],
-    &["reaper"],
+    &["guard", "reaper"],
     &["events"],
     &["git", "python", "store"],
     &["procedure"],

@@ -54,7 +54,6 @@ pub enum ClientError {
 /// A connection to `oetd` that has completed the handshake.
 pub struct Client {
     transport: Transport,
-    next_id: u64,
     server: String,
     path: PathBuf,
     /// How long a request may wait for its answer; `None`: as long as it takes.
@@ -108,7 +107,6 @@ impl Client {
         match transport.next().await {
             Some(Ok(ServerMessage::Welcome(Welcome::Accepted { server, .. }))) => Ok(Client {
                 transport,
-                next_id: 1,
                 server,
                 path: path.to_owned(),
                 timeout: None,
@@ -143,8 +141,7 @@ impl Client {
     }
 
     async fn exchange<R: Call>(&mut self, request: R) -> Result<R::Response, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = next_request_id();
         self.transport
             .send(ClientMessage::Request(Request {
                 id,
@@ -324,6 +321,25 @@ impl Client {
             transport: self.transport,
         })
     }
+}
+
+/// A request ID no other request of this process had, and which those of other processes
+/// are unlikely to have: the time in nanoseconds since the Unix epoch, or one more than the
+/// previous ID when the clock has not moved on (as upstream's REST layer numbered its
+/// requests). oetd announces each request with its ID (`request_id`), so that whoever
+/// watches the events can tell which request an announcement is.
+pub fn next_request_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(0);
+    now.max(previous.saturating_add(1))
 }
 
 /// A record of the history, known by its ID.
@@ -593,5 +609,23 @@ impl Followed for ActivitySummary {
 
     async fn read(client: &mut Client, id: u64) -> Result<Self, ClientError> {
         client.describe_activity(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_never_repeat_and_follow_the_clock() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_nanos() as u64;
+        let ids: Vec<u64> = (0..1000).map(|_| next_request_id()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+        assert!(ids[0] >= before);
+        // As an event payload carries them: an i64 until the year 2262.
+        assert!(i64::try_from(ids[999]).is_ok());
     }
 }

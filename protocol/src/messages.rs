@@ -210,8 +210,20 @@ pub struct DaemonStatus {
     pub store_problem: Option<String>,
     /// How the processes of procedures are kept together and ended.
     pub containment: Containment,
+    /// The zygotes workers are forked from, one per interpreter that has one.
+    pub zygotes: Vec<ZygoteStatus>,
     /// What the git checkouts, the Python environments and pip's cache hold on disk.
     pub caches: CacheUsage,
+}
+
+/// A zygote: a Python that has imported the worker harness and forks workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ZygoteStatus {
+    /// The interpreter it runs.
+    pub python: String,
+    pub pid: u32,
+    /// Workers it has forked.
+    pub forks: u64,
 }
 
 /// How oetd keeps a procedure's processes together, so that stopping it (or oetd's

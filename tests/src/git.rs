@@ -120,9 +120,6 @@ impl GitDaemon {
     /// Serves `repo` (its parent directory is the base path) and returns once the
     /// daemon says it is listening.
     pub fn serve(repo: &Path) -> Self {
-        use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
-
         let base = repo.parent().expect("repo has a parent");
         let name = repo
             .file_name()
@@ -133,7 +130,18 @@ impl GitDaemon {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut child = Command::new("git")
+        let url = format!("git://127.0.0.1:{port}/{name}");
+        Self::serve_with(Command::new("git"), base, port, url)
+    }
+
+    /// Runs `git daemon` through `git` (`git` itself, or e.g. a command that enters a
+    /// sandbox first) on 127.0.0.1:`port`, serving the repositories under `base`, and
+    /// returns once it says it is listening; `url` is what the test reaches it by.
+    pub fn serve_with(mut git: Command, base: &Path, port: u16, url: String) -> Self {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+
+        let mut child = git
             .args([
                 "daemon",
                 "--verbose",
@@ -156,16 +164,18 @@ impl GitDaemon {
         loop {
             match lines.next() {
                 Some(Ok(line)) if line.contains("Ready to rumble") => break,
-                Some(Ok(_)) => continue,
+                Some(Ok(line)) => eprintln!("[git daemon] {line}"),
                 other => panic!("git daemon did not come up: {other:?}"),
             }
         }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        GitDaemon {
-            child,
-            url: format!("git://127.0.0.1:{port}/{name}"),
-        }
+        // Keep passing its log on (it tells why a fetch failed), so that it never
+        // blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("[git daemon] {line}");
+            }
+        });
+        GitDaemon { child, url }
     }
 }
 

@@ -2,6 +2,7 @@
 //! directory, killed when the test ends; helpers to write scripts, talk to the daemon,
 //! run the real `oetctl`, and wait for processes to disappear.
 
+pub mod http;
 pub mod journal_capture;
 pub mod systemd_sandbox;
 pub mod users;
@@ -63,6 +64,20 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile> directory")
         .to_owned()
+}
+
+/// The repository's root, for the files a test checks (units, configurations, fixtures).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// A file of the repository, as text.
+pub fn repo_file(relative: &str) -> String {
+    let path = repo().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn oetd_bin() -> PathBuf {
@@ -446,6 +461,18 @@ impl TestDaemon {
             .start(id, "main", args)
             .await
             .expect("start");
+    }
+
+    /// Calls `function` (not `main`) of a READY procedure without arguments and waits
+    /// until it is READY again (or final).
+    pub async fn run_call(&self, id: u64, function: &str) -> ProcedureSummary {
+        let mut events = self.events().await;
+        let mut client = self.client().await;
+        client
+            .start(id, function, FunctionArgs::default())
+            .await
+            .expect("start");
+        wait_for(&mut events, &mut client, id, |s| s == ProcedureState::Ready).await
     }
 
     /// Starts `main` of a READY procedure with `args` and waits until it has ended.

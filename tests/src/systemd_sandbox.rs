@@ -196,6 +196,15 @@ impl SandboxBuilder {
         self
     }
 
+    /// Makes the host directory `source`, with everything in it, appear at `inside`.
+    pub fn copy_dir(mut self, source: &Path, inside: &str) -> Self {
+        let result = self
+            .staged(inside)
+            .and_then(|path| copy_tree(source, &path));
+        self.record(result);
+        self
+    }
+
     /// Applies a sysusers.d snippet (e.g. `systemd/sysusers.d/oet.conf`) on top of the
     /// host's users, so `User=` in the units resolves inside.
     pub fn sysusers(mut self, conf: &Path) -> Self {
@@ -671,4 +680,22 @@ fn remove_cgroup_tree(root: &Path) {
     for dir in dirs.iter().rev() {
         let _ = fs::remove_dir(dir);
     }
+}
+
+/// Copies the tree at `from` to `to`, files with their modes; links are copied as links.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }

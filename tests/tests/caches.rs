@@ -36,8 +36,13 @@ fn project_script(repo: &TestRepo, commit: &str, create_env: bool) -> ScriptSpec
 /// A daemon whose `[python]` section has the offline pip settings and `python`, logging
 /// at debug level (which says when a procedure lets go of its environment).
 fn daemon_with(python: &str) -> TestDaemon {
+    daemon_with_procedures("", python)
+}
+
+/// Like [`daemon_with`], with `procedures` added to `[procedures]`.
+fn daemon_with_procedures(procedures: &str, python: &str) -> TestDaemon {
     let mut daemon = TestDaemon::prepare(&format!(
-        "\n[log]\nlevel = \"debug\"\n\n[python]\n{OFFLINE_PIP}{python}"
+        "{procedures}\n[log]\nlevel = \"debug\"\n\n[python]\n{OFFLINE_PIP}{python}"
     ));
     let mut cmd = daemon.command(None);
     // Python writes bytecode beside what it imports, as it does on an observatory host
@@ -250,6 +255,43 @@ async fn pips_cache_is_cleared_beyond_its_bound_once_no_build_runs() {
         .expect("oetd clears pip's cache after the build");
     assert!(line.contains("python.max_pip_cache_bytes"), "{line}");
     assert!(!pip_cache.join("earlier-download").exists());
+}
+
+#[tokio::test]
+async fn an_evicted_environments_zygote_ends_before_its_files_go() {
+    let repo = TestRepo::new();
+    // A zygote for an environment's interpreter from its first use on.
+    let daemon = daemon_with_procedures("zygote_env_uses = 1\n", "");
+    let commit = repo.commit_project(PYPROJECT, None, &script_printing("v"));
+    let id = ready(&daemon, &repo, &commit).await;
+    let env = entry_for(&env_dir(&daemon), &commit);
+    let python = env.join("bin/python");
+    daemon
+        .log_line(&format!("zygote of {} is up", python.display()))
+        .expect("the environment's interpreter gets a zygote");
+    complete(&daemon, id).await;
+    let zygote_of_env = |status: &serde_json::Value| {
+        status["zygotes"]
+            .as_array()
+            .expect("zygotes")
+            .iter()
+            .find(|z| z["python"] == python.display().to_string())
+            .and_then(|z| z["pid"].as_u64())
+    };
+    let status = ok(&daemon.oetctl(&["--json", "status"]));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let pid = zygote_of_env(&status).expect("the zygote is up") as u32;
+
+    let pruned = ok(&daemon.oetctl(&["--json", "cache", "prune"]));
+    let pruned: serde_json::Value = serde_json::from_str(&pruned).expect("JSON");
+    assert_eq!(pruned["removed"]["envs"], 1, "{pruned}");
+    let status = ok(&daemon.oetctl(&["--json", "status"]));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(zygote_of_env(&status), None, "{status}");
+    assert!(
+        oet_tests::wait_gone(pid, DEADLINE),
+        "the zygote {pid} lives on"
+    );
 }
 
 /// Every file, directory and link under `root` with its kind, mode and contents: equal

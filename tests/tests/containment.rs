@@ -131,9 +131,9 @@ async fn cgroup_root(daemon: &TestDaemon) -> PathBuf {
     }
 }
 
-/// The guards (reapers) of procedures in cgroups under `root`.
+/// The guard of procedures in cgroups under `root` (one for the whole daemon).
 fn guards_of(root: &std::path::Path) -> Vec<u32> {
-    live_processes_mentioning(&format!("--cgroup-root {}", root.display()))
+    live_processes_mentioning(&format!("--guard-procedures --root {}", root.display()))
         .iter()
         .filter_map(|line| line.split(':').next()?.parse().ok())
         .collect()
@@ -148,7 +148,7 @@ async fn processes_that_left_the_process_group_are_gone_after_oetd_is_killed() {
     let root = cgroup_root(&daemon).await;
     let escapees = run_escaping(&daemon, false).await;
     let guards = guards_of(&root);
-    assert_eq!(guards.len(), 1, "one guard per procedure: {guards:?}");
+    assert_eq!(guards.len(), 1, "one guard for the daemon: {guards:?}");
     daemon.signal(libc::SIGKILL);
     daemon.wait();
     escapees.assert_gone("oetd's death");
@@ -191,7 +191,12 @@ async fn the_next_oetd_kills_what_an_oetd_and_its_guards_left_behind() {
     for (what, pid) in &escapees.pids[1..] {
         assert!(!alive(*pid), "{what} {pid} survived");
     }
-    assert!(!root.exists(), "{} is left behind", root.display());
+    let procedure_cgroup = root.join(format!("procedure-{}", escapees.id));
+    assert!(
+        !procedure_cgroup.exists(),
+        "{} is left behind",
+        procedure_cgroup.display()
+    );
 }
 
 #[tokio::test]

@@ -522,9 +522,19 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// oetd's child processes now.
+fn children(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .map(|list| list.split_whitespace().count())
+        .sum()
+}
+
 #[tokio::test]
-async fn a_live_procedure_holds_at_most_six_file_descriptors() {
-    // README: "Each live procedure holds 6 descriptors", which sizes LimitNOFILE.
+async fn a_live_procedure_holds_at_most_three_file_descriptors_and_one_process() {
+    // README: "Each live procedure holds 3 descriptors", which sizes LimitNOFILE.
     let daemon = TestDaemon::start();
     let uri = daemon.script("idle.py", "def main():\n    pass\n");
     let mut client = daemon.client().await;
@@ -532,6 +542,7 @@ async fn a_live_procedure_holds_at_most_six_file_descriptors() {
     // Warm up whatever oetd opens once (its runtime's threads, the first procedure).
     let first = daemon.create_ready(&uri, FunctionArgs::default()).await;
     let before = open_fds(daemon.pid());
+    let processes_before = children(daemon.pid());
     let mut ids = Vec::new();
     for _ in 0..20 {
         let created = client
@@ -551,8 +562,14 @@ async fn a_live_procedure_holds_at_most_six_file_descriptors() {
     let per_procedure = (after - before) as f64 / ids.len() as f64;
     eprintln!("{before} descriptors with one procedure, {after} with 21: {per_procedure} each");
     assert!(
-        per_procedure <= 6.0,
+        per_procedure <= 3.0,
         "{per_procedure} descriptors per procedure"
+    );
+    // The worker alone: no guard per procedure.
+    assert_eq!(
+        children(daemon.pid()) - processes_before,
+        ids.len(),
+        "processes per live procedure"
     );
     assert_eq!(first.state, ProcedureState::Ready);
 }

@@ -244,9 +244,16 @@ async fn kill_and_restart(point: KillPoint) {
             );
         }
     }
+    // The restarted oetd and its own zygote are not what was left.
+    let zygotes = client.status().await.expect("status").zygotes;
     let workers: Vec<String> = live_processes_mentioning(&state_dir)
         .into_iter()
         .filter(|p| !p.starts_with(&format!("{}:", daemon.pid())))
+        .filter(|p| {
+            !zygotes
+                .iter()
+                .any(|z| p.starts_with(&format!("{}:", z.pid)))
+        })
         .collect();
     assert!(workers.is_empty(), "left running: {workers:?}");
     let logs = client.logs(id).await.expect("logs");
@@ -310,6 +317,18 @@ async fn sigkill_right_after_a_create_leaves_it_unknown_with_every_announced_sta
     .await;
 }
 
+/// The parent pid of a process listed as "pid: cmdline".
+fn parent_of(listed: &str) -> Option<u32> {
+    let pid = listed.split(':').next()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 #[tokio::test]
 async fn what_an_interrupted_procedure_left_running_is_killed_at_restart() {
     let mut daemon = TestDaemon::start();
@@ -317,9 +336,13 @@ async fn what_an_interrupted_procedure_left_running_is_killed_at_restart() {
     let mut events = daemon.events().await;
     daemon.start_main(ready.id, FunctionArgs::default()).await;
     let (worker, child) = announced_pids(&mut events).await;
-    // Without its guard, nothing else would kill what the script left when oetd dies.
-    let guards = live_processes_mentioning(&format!("--reap-process-group {worker} "));
+    // Without the guard, nothing else would kill what the script left when oetd dies.
+    let guards: Vec<String> = live_processes_mentioning("--guard-procedures")
+        .into_iter()
+        .filter(|p| parent_of(p) == Some(daemon.pid()))
+        .collect();
     assert_eq!(guards.len(), 1, "{guards:?}");
+    assert!(alive(worker), "the worker {worker} runs");
     let guard: i32 = guards[0]
         .split(':')
         .next()

@@ -1,8 +1,16 @@
 //! Events: what scripts publish reaches listeners and other scripts; lifecycle and
 //! request events are on the same bus.
 
-use oet_protocol::{FunctionArgs, ProcedureState, Value};
+use futures::{SinkExt, StreamExt};
+use oet_protocol::client::StreamItem;
+use oet_protocol::codec::FrameCodec;
+use oet_protocol::{
+    ClientMessage, FunctionArgs, Hello, ListProcedures, ProcedureState, Request, RequestBody,
+    ServerMessage, Value, PROTOCOL_VERSION,
+};
 use oet_tests::{next_event, next_event_of, positional, wait_for, TestDaemon};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
 
 const ANNOUNCER: &str = r#"
 from pubsub import pub
@@ -139,9 +147,49 @@ async fn requests_are_announced_on_the_bus() {
     let uri = daemon.script("noop.py", "def main():\n    pass\n");
     daemon.create_ready(&uri, FunctionArgs::default()).await;
     let request = next_event(&mut events, |e| e.topic == "request.procedure.create").await;
+    let payload = request.payload.as_map().expect("a map");
+    assert_eq!(payload.get("script_uri"), Some(&Value::from(uri.as_str())));
+    let script = payload
+        .get("script")
+        .and_then(Value::as_map)
+        .expect("script");
+    assert_eq!(script.get("script_type"), Some(&Value::from("filesystem")));
+    assert!(matches!(payload.get("request_id"), Some(Value::Int(_))));
+}
+
+#[tokio::test]
+async fn a_request_is_announced_with_the_id_its_client_gave_it() {
+    let daemon = TestDaemon::start();
+    let mut events = daemon.events().await;
+    let stream = UnixStream::connect(&daemon.socket).await.expect("connect");
+    let mut framed: Framed<UnixStream, FrameCodec<ServerMessage, ClientMessage>> =
+        Framed::new(stream, FrameCodec::new(1 << 20));
+    framed
+        .send(ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client: "events test".into(),
+        }))
+        .await
+        .expect("hello");
+    assert!(matches!(
+        framed.next().await,
+        Some(Ok(ServerMessage::Welcome(_)))
+    ));
+    let body = RequestBody::ListProcedures(ListProcedures { ids: vec![7, 9] });
+    let id = 4_242_424_242;
+    framed
+        .send(ClientMessage::Request(Request { id, body }))
+        .await
+        .expect("request");
+    let request = next_event(&mut events, |e| e.topic == "request.procedure.list").await;
     assert_eq!(
-        request.payload.as_map().and_then(|m| m.get("script_uri")),
-        Some(&Value::from(uri.as_str()))
+        request.payload.as_map().and_then(|m| m.get("request_id")),
+        Some(&Value::Int(id as i64))
+    );
+    assert_eq!(
+        request.payload.as_map().and_then(|m| m.get("ids")),
+        Some(&Value::List(vec![Value::Int(7), Value::Int(9)])),
+        "a list request announces the IDs it asked for"
     );
 }
 
@@ -308,4 +356,157 @@ async fn forged_lifecycle_events_never_reach_listeners_nor_end_a_listening_start
         counted.contains(&format!("procedure {id}: 4 events")),
         "{counted}"
     );
+}
+
+/// Records the topic of every message pypubsub sends in the script's process — those
+/// oetd delivers included — without subscribing to anything.
+const RECORDER: &str = r#"
+import threading
+from pubsub import pub
+
+seen = []
+sentinel = threading.Event()
+
+class Recorder:
+    def notifySend(self, stage, topicObj, pubListener=None):
+        if stage == "pre":
+            seen.append(topicObj.getName())
+    def notifySubscribe(self, *args): pass
+    def notifyUnsubscribe(self, *args): pass
+    def notifyDeadListener(self, *args): pass
+    def notifyNewTopic(self, *args): pass
+    def notifyDelTopic(self, *args): pass
+
+pub.addNotificationHandler(Recorder())
+pub.setNotificationFlags(sendMessage=True)
+
+def on_sentinel(msg_src=None):
+    sentinel.set()
+
+def listen():
+    pub.subscribe(on_sentinel, "user.sentinel")
+
+def main():
+    if not sentinel.wait(60):
+        raise RuntimeError("the sentinel did not come")
+    print("seen", sorted(set(seen)))
+"#;
+
+const PUBLISHER: &str = r#"
+from pubsub import pub
+
+def main(*topics):
+    for topic in topics:
+        pub.sendMessage(topic)
+"#;
+
+#[tokio::test]
+async fn workers_receive_only_the_topics_their_scripts_subscribed_to_and_never_requests() {
+    let daemon = TestDaemon::start();
+    let nothing = daemon.ready_script("nothing.py", RECORDER).await;
+    let user_x = daemon
+        .ready_script(
+            "user_x.py",
+            &format!("{RECORDER}\ndef on_x(msg_src=None):\n    pass\n\ndef init():\n    pub.subscribe(on_x, 'user.x')\n"),
+        )
+        .await;
+    let everything = daemon
+        .ready_script(
+            "everything.py",
+            &format!("{RECORDER}\ndef on_all(topic=pub.AUTO_TOPIC, **kwargs):\n    pass\n\ndef init():\n    pub.subscribe(on_all, pub.ALL_TOPICS)\n"),
+        )
+        .await;
+    let publisher = daemon.script("publisher.py", PUBLISHER);
+    let mut client = daemon.client().await;
+    let topics = |names: &[&str]| positional(names.iter().map(|t| Value::from(*t)).collect());
+    // request.procedure.list goes to listeners, never to a worker.
+    client.list(vec![]).await.expect("list");
+    let first = daemon
+        .create_ready(&publisher, FunctionArgs::default())
+        .await;
+    let done = daemon
+        .run_main(first.id, topics(&["user.y", "user", "user.xy", "user.x"]))
+        .await;
+    assert_eq!(done.state, ProcedureState::Complete);
+    // Each listens to the sentinel too, which comes after everything above.
+    for id in [nothing.id, user_x.id, everything.id] {
+        let listened = daemon.run_call(id, "listen").await;
+        assert_eq!(listened.state, ProcedureState::Ready, "{listened:?}");
+    }
+    let second = daemon
+        .create_ready(&publisher, FunctionArgs::default())
+        .await;
+    let done = daemon.run_main(second.id, topics(&["user.sentinel"])).await;
+    assert_eq!(done.state, ProcedureState::Complete);
+    for (ready, expected) in [
+        (&nothing, "seen ['user.sentinel']"),
+        (&user_x, "seen ['user.sentinel', 'user.x']"),
+    ] {
+        let done = daemon.run_main(ready.id, FunctionArgs::default()).await;
+        assert_eq!(done.state, ProcedureState::Complete, "{done:?}");
+        daemon.assert_printed(done.id, expected).await;
+    }
+    let done = daemon
+        .run_main(everything.id, FunctionArgs::default())
+        .await;
+    assert_eq!(done.state, ProcedureState::Complete, "{done:?}");
+    let seen = daemon.output(everything.id).await.join("\n");
+    for topic in [
+        "'user.y'",
+        "'user'",
+        "'user.xy'",
+        "'user.x'",
+        "'procedure.lifecycle.statechange'",
+    ] {
+        assert!(seen.contains(topic), "{topic} not in {seen}");
+    }
+    assert!(
+        !seen.contains("request."),
+        "a request reached a worker: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_listeners_get_every_event_of_a_burst_in_order() {
+    const EVENTS: i64 = 10_000;
+    let daemon = TestDaemon::start();
+    let ready = daemon
+        .ready_script(
+            "burst.py",
+            &format!(
+                "from pubsub import pub\n\ndef main():\n    for n in range({EVENTS}):\n        pub.sendMessage('user.burst', n=n)\n"
+            ),
+        )
+        .await;
+    let mut listeners = Vec::new();
+    for _ in 0..10 {
+        listeners.push(daemon.events().await);
+    }
+    daemon.start_main(ready.id, FunctionArgs::default()).await;
+    let readers = listeners.into_iter().map(|mut events| {
+        tokio::spawn(async move {
+            let mut next = 0;
+            while next < EVENTS {
+                match events.next().await {
+                    Some(Ok(StreamItem::Event(event))) if event.topic == "user.burst" => {
+                        let n = event.payload.as_map().and_then(|m| m.get("n")).cloned();
+                        assert_eq!(n, Some(Value::Int(next)), "out of order");
+                        next += 1;
+                    }
+                    Some(Ok(StreamItem::Lagged(missed))) => {
+                        panic!("a listener lost {missed} events after {next}")
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("the stream ended after {next}: {other:?}"),
+                }
+            }
+        })
+    });
+    let all = futures::future::join_all(readers);
+    for reader in tokio::time::timeout(oet_tests::DEADLINE, all)
+        .await
+        .expect("every listener got every event in time")
+    {
+        reader.expect("a listener got every event, in order");
+    }
 }

@@ -69,6 +69,16 @@ fn failure_with(output: &Output, code: i32) -> String {
 }
 
 /// The ID in the first data row of a procedure table.
+/// Runs oetctl against `socket` (where nobody need listen).
+fn oetctl_at(socket: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(oetctl_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run oetctl")
+}
+
 fn first_id(table: &str) -> u64 {
     let mut lines = table.lines();
     assert!(
@@ -120,14 +130,7 @@ fn without_a_daemon_oetctl_says_so_in_one_line() {
 fn a_wrong_command_line_is_refused_before_connecting() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("nobody.sock");
-    let run = |args: &[&str]| {
-        Command::new(oetctl_bin())
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .output()
-            .expect("run oetctl")
-    };
+    let run = |args: &[&str]| oetctl_at(&socket, args);
     let output = run(&["procedure", "create", "file:///x.py", "--git_branch=dev"]);
     assert_eq!(
         usage_failure(&output),
@@ -157,14 +160,7 @@ fn a_wrong_command_line_is_refused_before_connecting() {
 fn with_json_a_failure_is_a_json_object_and_keeps_its_exit_status() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("nobody.sock");
-    let run = |args: &[&str]| {
-        Command::new(oetctl_bin())
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .output()
-            .expect("run oetctl")
-    };
+    let run = |args: &[&str]| oetctl_at(&socket, args);
     for (args, code, kind) in [
         (&["--json", "procedure", "list"][..], 1, "unreachable"),
         (

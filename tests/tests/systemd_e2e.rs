@@ -320,3 +320,78 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
         "the socket file goes with the socket unit"
     );
 }
+
+/// A git project whose script needs the project installed and a ctypes callback (which
+/// libffi must make without memory both writable and executable).
+const NEEDS_ITS_PROJECT: &str = r#"import ctypes
+import oettestpkg
+
+DOUBLE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)
+
+def main():
+    doubled = DOUBLE(lambda x: 2 * x)
+    print(f"value {oettestpkg.VALUE} callback {doubled(21)}", flush=True)
+"#;
+
+#[test]
+fn the_hardened_service_fetches_git_scripts_builds_their_environment_and_runs_them() {
+    if let Some(reason) = skip_reason() {
+        oet_tests::skip_unless_ci(&reason);
+        return;
+    }
+    let repo = repo();
+    let project = oet_tests::git::TestRepo::new();
+    project.commit_project(oet_tests::git::PYPROJECT, None, NEEDS_ITS_PROJECT);
+    // pip works offline: the project builds itself, with no index and no build tools.
+    let config = "[procedures]\npython = \"/usr/bin/python3\"\n\n[python]\n\
+                  interpreter = \"/usr/bin/python3\"\n\
+                  pip_extra_args = [\"--no-index\", \"--no-build-isolation\"]\n";
+    let sandbox = SandboxBuilder::new()
+        .expect("sandbox directory")
+        .copy(&oetd_bin(), "/usr/bin/oetd")
+        .copy(&oetctl_bin(), "/usr/bin/oetctl")
+        .file("/etc/oet/oetd.toml", config, 0o644)
+        .copy_dir(project.path(), "/usr/share/oet-test/project")
+        .sysusers(&repo.join("systemd/sysusers.d/oet.conf"))
+        .unit("oetd.service", &read(&repo.join("systemd/oetd.service")))
+        .unit("oetd.socket", &read(&repo.join("systemd/oetd.socket")))
+        .boot()
+        .expect("boot the sandbox");
+    sandbox
+        .systemctl_ok(&["start", "oetd.socket"])
+        .expect("start oetd.socket");
+
+    // The repository is served over TCP inside the sandbox's own network namespace, so
+    // that the fetch goes through the service's socket restrictions.
+    let served = oet_tests::git::GitDaemon::serve_with(
+        sandbox.command("git"),
+        std::path::Path::new("/usr/share/oet-test"),
+        9418,
+        "git://127.0.0.1/project".into(),
+    );
+
+    let git_repo = format!("--git_repo={}", served.url);
+    let created = oetctl(
+        &sandbox,
+        &[
+            "procedure",
+            "create",
+            "git://scripts/observe.py",
+            &git_repo,
+            "--create_env",
+            "--wait",
+            "--timeout",
+            "300",
+        ],
+    );
+    assert!(created.contains("READY"), "{created}");
+    let done = oetctl(&sandbox, &["procedure", "start", "--listen"]);
+    assert!(done.trim_end().ends_with("COMPLETE"), "{done}");
+    let logs = oetctl(&sandbox, &["procedure", "logs"]);
+    assert!(logs.contains("value 42 callback 42"), "{logs}");
+
+    drop(served);
+    sandbox
+        .systemctl_ok(&["stop", "oetd.service", "oetd.socket"])
+        .expect("stop");
+}

@@ -1,5 +1,6 @@
-//! The shipped systemd files are valid: `systemd-analyze verify` is silent on the units, and
-//! `systemd-sysusers` / `systemd-tmpfiles` apply the snippets to a scratch root.
+//! The shipped systemd files are valid: `systemd-analyze verify` is silent on the units
+//! (oetd's and the HTTP shim's), and `systemd-sysusers` / `systemd-tmpfiles` apply the
+//! snippets to a scratch root.
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
@@ -45,10 +46,10 @@ fn scratch_root() -> tempfile::TempDir {
         .arg(r.join("usr/lib/systemd/system")));
     assert!(ok, "copy the standard units: {out}");
     // Stand-ins for the executables the unit runs; verify checks they exist.
-    for exe in ["oetd", "kill"] {
+    for exe in ["oetd", "oet-http", "kill"] {
         fs::copy("/bin/true", r.join("usr/bin").join(exe)).unwrap();
     }
-    for unit in ["oetd.service", "oetd.socket"] {
+    for unit in ["oetd.service", "oetd.socket", "oet-http.service"] {
         fs::copy(
             repo().join("systemd").join(unit),
             r.join("etc/systemd/system").join(unit),
@@ -70,7 +71,7 @@ fn systemd_analyze_verify_is_clean() {
         // man pages are installed by the package, not present in the scratch root
         .arg("--man=no")
         .arg(format!("--root={}", root.path().display()))
-        .args(["oetd.service", "oetd.socket"]));
+        .args(["oetd.service", "oetd.socket", "oet-http.service"]));
     assert!(
         ok && out.trim().is_empty(),
         "systemd-analyze verify:\n{out}"
@@ -122,4 +123,33 @@ fn the_service_raises_the_open_file_limit_for_its_procedures() {
         .parse()
         .expect("a number");
     assert!(limit >= 65536, "LimitNOFILE={limit}");
+}
+
+/// `systemd-analyze security` rates a unit's exposure from 0 (locked down) to 10. The shipped
+/// services stay at 2.0 or below; the measured figure is printed so a change shows in the log.
+fn exposure_at_most_2(unit: &str) {
+    if !have("systemd-analyze") {
+        oet_tests::skip_unless_ci("systemd-analyze is not installed");
+        return;
+    }
+    let path = repo().join("systemd").join(unit);
+    let (ok, out) = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager", "--threshold=20"])
+        .arg(&path));
+    let overall = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("no overall exposure level in the output");
+    println!("{overall}");
+    assert!(ok, "{unit} is exposed above 2.0:\n{out}");
+}
+
+#[test]
+fn the_daemon_service_is_exposed_at_most_2() {
+    exposure_at_most_2("oetd.service");
+}
+
+#[test]
+fn the_http_shim_service_is_exposed_at_most_2() {
+    exposure_at_most_2("oet-http.service");
 }

@@ -86,17 +86,17 @@ fn set(dir: &Path, file: &'static str, value: String) -> Result<(), CgroupError>
 }
 
 impl ProcedureCgroup {
-    /// Makes procedure `id`'s cgroup under `root` (v2) and under `v1` roots (for the
+    /// Makes the cgroup `name` under `root` (v2) and under `v1` roots (for the
     /// controllers v2 lacks), with the `wanted` limits where a controller for them is
     /// available. The cgroup's limits record what was applied.
     pub(super) fn create(
         root: &Path,
         v2: &[Controller],
         v1: &[(Controller, PathBuf)],
-        id: u64,
+        name: &str,
         wanted: &ResourceLimits,
     ) -> Result<ProcedureCgroup, CgroupError> {
-        let dir = root.join(name(id));
+        let dir = root.join(name);
         make(&dir, true)?;
         let mut cgroup = ProcedureCgroup {
             dir,
@@ -105,7 +105,7 @@ impl ProcedureCgroup {
             limits: ResourceLimits::default(),
         };
         // Whatever goes wrong from here, what was made goes with `cgroup`.
-        match cgroup.apply(v2, v1, id, wanted) {
+        match cgroup.apply(v2, v1, name, wanted) {
             Ok(()) => Ok(cgroup),
             Err(err) => {
                 cgroup.remove();
@@ -118,7 +118,7 @@ impl ProcedureCgroup {
         &mut self,
         v2: &[Controller],
         v1: &[(Controller, PathBuf)],
-        id: u64,
+        name: &str,
         wanted: &ResourceLimits,
     ) -> Result<(), CgroupError> {
         let quota = wanted
@@ -138,7 +138,7 @@ impl ProcedureCgroup {
                 if !needed {
                     continue;
                 }
-                let dir = root.join(name(id));
+                let dir = root.join(name);
                 make(&dir, false)?;
                 self.v1.push(dir.clone());
                 dir
@@ -192,6 +192,14 @@ impl ProcedureCgroup {
     /// The cgroup's directory in the v2 hierarchy.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The cgroup's name, the same in every hierarchy.
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// Every directory of the cgroup, the v2 one first.

@@ -157,6 +157,12 @@ impl CgroupRoot {
         &self.dir
     }
 
+    /// oetd's cgroups in the v1 hierarchies, where cgroups of the same names as in `dir`
+    /// are made for controllers v2 lacks.
+    pub fn v1_dirs(&self) -> Vec<PathBuf> {
+        self.v1.iter().map(|(_, dir)| dir.clone()).collect()
+    }
+
     /// The resource controllers procedures get, e.g. `memory` or `pids (v1)`.
     pub fn controllers(&self) -> Vec<String> {
         let mut all: Vec<(Controller, String)> = self
@@ -185,11 +191,22 @@ impl CgroupRoot {
         id: u64,
         wanted: &ResourceLimits,
     ) -> Result<ProcedureCgroup, CgroupError> {
+        self.make(&procedure::name(id), wanted)
+    }
+
+    /// Makes a cgroup for one of oetd's helpers (a zygote), `name` beside the
+    /// procedures' and without limits: so it is contained, killed as one, and killed by
+    /// the next start-up if oetd dies. Hand it back to [`CgroupRoot::release`].
+    pub fn helper(&self, name: &str) -> Result<ProcedureCgroup, CgroupError> {
+        self.make(name, &ResourceLimits::default())
+    }
+
+    fn make(&self, name: &str, wanted: &ResourceLimits) -> Result<ProcedureCgroup, CgroupError> {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         if self.made {
             self.make_root();
         }
-        let made = ProcedureCgroup::create(&self.dir, &self.v2, &self.v1, id, wanted);
+        let made = ProcedureCgroup::create(&self.dir, &self.v2, &self.v1, name, wanted);
         if made.is_ok() {
             *live += 1;
         } else if *live == 0 {
@@ -239,9 +256,9 @@ impl CgroupRoot {
         }
     }
 
-    /// Kills and removes every procedure cgroup left under the root — by an oetd that
-    /// died, so its guards could not finish — and returns the procedures' IDs. Waits at
-    /// most `within` for each to empty. For start-up, before procedures are made.
+    /// Kills and removes every procedure (and zygote) cgroup left under the root — by an
+    /// oetd that died, so its guard could not finish — and returns the procedures' IDs.
+    /// Waits at most `within` for each to empty. For start-up, before procedures are made.
     pub fn kill_leftovers(&self, within: Duration) -> Vec<u64> {
         let mut ids = Vec::new();
         for (dir, id) in leftovers(&self.dir) {
@@ -255,12 +272,12 @@ impl CgroupRoot {
             if let Err(err) = files::remove(&dir) {
                 tracing::warn!("cannot remove leftover cgroup {}: {err}", dir.display());
             }
-            ids.push(id);
+            ids.extend(id);
         }
         for (_, root) in &self.v1 {
             for (dir, id) in leftovers(root) {
                 let _ = files::remove(&dir);
-                if !ids.contains(&id) {
+                if let Some(id) = id.filter(|id| !ids.contains(id)) {
                     ids.push(id);
                 }
             }
@@ -282,15 +299,22 @@ impl CgroupRoot {
     }
 }
 
-/// The procedure cgroups in `dir`, with their procedures' IDs.
-fn leftovers(dir: &Path) -> Vec<(PathBuf, u64)> {
+/// The procedure cgroups in `dir`, with their procedures' IDs, and zygotes' cgroups.
+fn leftovers(dir: &Path) -> Vec<(PathBuf, Option<u64>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| Some((e.path(), procedure::id_of(e.file_name().to_str()?)?)))
+        .filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            match procedure::id_of(name) {
+                Some(id) => Some((e.path(), Some(id))),
+                None => name.starts_with("zygote-").then(|| (e.path(), None)),
+            }
+        })
         .collect()
 }
 

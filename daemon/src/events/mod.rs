@@ -11,10 +11,11 @@
 mod event;
 pub mod wire;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 
+use oet_protocol::codec::{encode_frame, CodecError, MAX_FRAME_LIMIT};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -34,7 +35,7 @@ pub struct EventConfig {
 impl Default for EventConfig {
     fn default() -> Self {
         EventConfig {
-            buffer: 4096,
+            buffer: 65536,
             buffer_bytes: 16 * 1024 * 1024,
         }
     }
@@ -50,12 +51,14 @@ impl EventConfig {
 }
 
 /// An event as published: the event, its size for the queues' byte budgets, and its
-/// wire form once an edge has asked for it (shared by every subscriber).
+/// wire form and encoded frames once an edge has asked for them (made once, shared by
+/// every subscriber: ten listeners cost one encoding).
 #[derive(Debug)]
 pub struct Published {
     event: BusEvent,
     bytes: usize,
     wire: OnceLock<Vec<oet_protocol::Event>>,
+    frames: OnceLock<Vec<Result<Vec<u8>, usize>>>,
 }
 
 impl Published {
@@ -66,6 +69,23 @@ impl Published {
     /// The wire events this event becomes, made once.
     pub fn wire(&self) -> &[oet_protocol::Event] {
         self.wire.get_or_init(|| wire::to_wire(&self.event))
+    }
+
+    /// The frames (length prefix and message) of the wire events, in their order, made
+    /// once; an event that cannot be a frame at all is its encoded size instead.
+    pub fn frames(&self) -> &[Result<Vec<u8>, usize>] {
+        self.frames.get_or_init(|| {
+            self.wire()
+                .iter()
+                .map(|event| {
+                    let message = oet_protocol::ServerMessage::Event(event.clone());
+                    encode_frame(&message, MAX_FRAME_LIMIT).map_err(|err| match err {
+                        CodecError::FrameTooLarge { len, .. } => len,
+                        _ => usize::MAX,
+                    })
+                })
+                .collect()
+        })
     }
 }
 
@@ -85,6 +105,10 @@ pub enum Topics {
     All,
     /// Events with a topic starting with one of these.
     Prefixes(Vec<String>),
+    /// What a script subscribed to, as pypubsub sees topics: each of these topics with
+    /// every topic below it ("" is every topic) — but never oetd's `request.*`, which
+    /// are for clients only.
+    Script(BTreeSet<String>),
 }
 
 impl Topics {
@@ -93,6 +117,10 @@ impl Topics {
         match self {
             Topics::All => true,
             Topics::Prefixes(prefixes) => prefixes.iter().any(|p| topic.starts_with(p.as_str())),
+            Topics::Script(roots) => {
+                !wire::is_request_topic(topic)
+                    && wire::ancestors(topic).any(|root| roots.contains(root))
+            }
         }
     }
 
@@ -114,13 +142,13 @@ struct BusInner {
 }
 
 struct Queue {
-    topics: Topics,
     state: Mutex<QueueState>,
     ready: Notify,
 }
 
 #[derive(Default)]
 struct QueueState {
+    topics: Topics,
     items: VecDeque<Received>,
     bytes: usize,
 }
@@ -156,13 +184,14 @@ impl EventBus {
             bytes: wire::approx_bytes(&event),
             event,
             wire: OnceLock::new(),
+            frames: OnceLock::new(),
         });
         let limits = &self.inner.limits;
         for queue in subscribers.values() {
-            if !queue.topics.wants(&published.event) {
+            let mut state = queue.lock();
+            if !state.topics.wants(&published.event) {
                 continue;
             }
-            let mut state = queue.lock();
             let fits = state.items.len() < limits.buffer
                 && state.bytes + published.bytes <= limits.buffer_bytes;
             if fits {
@@ -187,8 +216,10 @@ impl EventBus {
     pub fn subscribe_to(&self, topics: Topics) -> Subscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue {
-            topics,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState {
+                topics,
+                ..QueueState::default()
+            }),
             ready: Notify::new(),
         });
         self.inner
@@ -215,7 +246,12 @@ impl Subscription {
     /// Whether this subscription wants wire events of `topic` (a bus event can become
     /// several wire events, not all of them wanted).
     pub fn wants_topic(&self, topic: &str) -> bool {
-        self.queue.topics.wants_topic(topic)
+        self.queue.lock().topics.wants_topic(topic)
+    }
+
+    /// Receives the events of `topics` from now on (those already queued stay).
+    pub fn set_topics(&self, topics: Topics) {
+        self.queue.lock().topics = topics;
     }
 
     /// The next event (or lag notice), waiting for one.
@@ -334,5 +370,32 @@ mod tests {
         assert_eq!(number(user.recv().await), Some(7));
         drop(other);
         assert_eq!(bus.inner.subscribers.read().map(|s| s.len()).ok(), Some(1));
+    }
+
+    #[test]
+    fn a_script_gets_the_subtrees_it_subscribed_to_and_never_requests() {
+        let script =
+            |topics: &[&str]| Topics::Script(topics.iter().map(|t| (*t).to_owned()).collect());
+        let user_x = script(&["user.x"]);
+        assert!(user_x.wants_topic("user.x"));
+        assert!(user_x.wants_topic("user.x.y"));
+        assert!(!user_x.wants_topic("user.xy"));
+        assert!(!user_x.wants_topic("user"));
+        assert!(!script(&[]).wants_topic("user.x"));
+        let everything = script(&[""]);
+        assert!(everything.wants_topic("procedure.lifecycle.statechange"));
+        assert!(!everything.wants_topic("request.procedure.list"));
+        assert!(!script(&["request"]).wants_topic("request.procedure.list"));
+    }
+
+    #[tokio::test]
+    async fn a_subscription_can_change_its_topics() {
+        let bus = EventBus::new(EventConfig::default());
+        let mut sub = bus.subscribe_to(Topics::Script(BTreeSet::new()));
+        bus.publish(script_event(1, 0));
+        assert!(sub.try_recv().is_none());
+        sub.set_topics(Topics::Script(BTreeSet::from(["user".to_owned()])));
+        bus.publish(script_event(2, 0));
+        assert_eq!(number(sub.recv().await), Some(2));
     }
 }

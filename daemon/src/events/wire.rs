@@ -25,6 +25,26 @@ pub fn is_reserved_topic(topic: &str) -> bool {
     })
 }
 
+/// Whether `topic` is one of oetd's request topics, which only clients receive.
+pub fn is_request_topic(topic: &str) -> bool {
+    ancestors(topic).any(|root| root == "request")
+}
+
+/// `topic` and each topic above it, as pypubsub nests them, ending with "" (every
+/// topic): `a.b.c`, `a.b`, `a`, "".
+pub fn ancestors(topic: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(topic);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.rfind('.') {
+            Some(at) => Some(&current[..at]),
+            None if current.is_empty() => None,
+            None => Some(""),
+        };
+        Some(current)
+    })
+}
+
 /// The upstream lifecycle topic a state change also announces, if any.
 fn lifecycle_topic(change: &StateChanged) -> Option<&'static str> {
     match (change.from, change.to) {

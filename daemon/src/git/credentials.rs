@@ -127,6 +127,10 @@ impl<'a> Credentials<'a> {
         }
         let config = git2::Config::open_default().ok()?;
         let username = self.remote.userinfo.as_ref().map(|u| u.username.as_str());
+        // The helper is a child process libgit2 waits for itself; oetd, which reaps the
+        // children nobody watches (see `crate::children`), leaves them all alone until
+        // it has.
+        let _helper = crate::children::starting();
         let helper = git2::CredentialHelper::new(&self.remote.url)
             .config(&config)
             .username(username)

@@ -12,8 +12,17 @@ use crate::limits;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcedureConfig {
-    /// Interpreter for scripts: a name looked up on PATH, or an absolute path.
+    /// Interpreter for scripts: a name looked up on PATH, or an absolute path. Resolved
+    /// once (at start-up and on reload) to the interpreter's own path.
     pub python: String,
+    /// Fork workers from a zygote per interpreter (a Python that has imported the worker
+    /// harness and pypubsub once) instead of starting each interpreter afresh.
+    pub zygote: bool,
+    /// Uses after which another interpreter than `python` (a git commit's environment)
+    /// gets a zygote of its own. 0: never.
+    pub zygote_env_uses: u32,
+    /// Zygotes running at most, the default interpreter's included.
+    pub zygote_max: usize,
     /// Seconds a stopped script gets to finish its `finally:` blocks before its process
     /// group is killed.
     pub stop_grace_secs: f64,
@@ -55,6 +64,9 @@ impl Default for ProcedureConfig {
     fn default() -> Self {
         ProcedureConfig {
             python: "python3".into(),
+            zygote: true,
+            zygote_env_uses: 2,
+            zygote_max: 4,
             stop_grace_secs: 5.0,
             kill_wait_secs: 5.0,
             history_size: 10,
@@ -125,6 +137,13 @@ impl ProcedureConfig {
             86_400.0,
         )?;
         limits::check("procedures.max_running", self.max_running, 1, 1000)?;
+        limits::check(
+            "procedures.zygote_env_uses",
+            self.zygote_env_uses,
+            0,
+            1_000_000,
+        )?;
+        limits::check("procedures.zygote_max", self.zygote_max, 1, 64)?;
         limits::check("procedures.history_size", self.history_size, 1, 100_000)?;
         limits::check("procedures.log_lines", self.log_lines, 1, 1_000_000)?;
         limits::check("procedures.log_bytes", self.log_bytes, 1024, 64 << 20)?;

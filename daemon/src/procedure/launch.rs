@@ -6,14 +6,17 @@ use std::sync::Arc;
 use super::config::Settings;
 use super::git_services::GitServices;
 use super::output::OutputSink;
-use super::worker::WorkerCommand;
+use super::worker::Workers;
 use crate::cgroup::Containment;
 use crate::events::EventBus;
+use crate::guard::Guard;
 
 /// How workers are started: given once, at start-up.
 #[derive(Clone)]
 pub struct Launcher {
-    pub workers: WorkerCommand,
+    pub workers: Workers,
+    /// Kills every procedure's processes if oetd dies.
+    pub guard: Arc<Guard>,
     pub git: GitServices,
     /// The working directory of filesystem scripts.
     pub work_dir: PathBuf,

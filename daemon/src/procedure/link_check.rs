@@ -2,18 +2,29 @@
 //! harness's process and can write to it — so every message is checked against what the
 //! harness itself says at that point, given what oetd has asked of it: IDLE once its
 //! interpreter is up; LOADING, IDLE, [INITIALISING,] READY for a load; READY (or COMPLETE
-//! for `main`) at the end of a call; FAILED only while loading or calling; events only
-//! while script code can run; and nothing at all after its final word. A message that
-//! could not have come from the harness is a [`Violation`].
+//! for `main`) at the end of a call; FAILED only while loading or calling; events and
+//! subscriptions only while script code can run; and nothing at all after its final
+//! word. A message that could not have come from the harness is a [`Violation`].
+//!
+//! The topics a script subscribes to are bounded: at most [`MAX_TOPICS`] at once, each
+//! at most [`MAX_TOPIC_BYTES`] long, and an unsubscription names a topic subscribed to.
 //!
 //! What one process cannot prevent is a script saying exactly what the harness would
 //! say next (READY at the end of a call of a function other than `main`, say); the
 //! records' state machine and the supervisor's watch on the process remain.
 
+use std::collections::BTreeSet;
+
 use oet_protocol::ProcedureState::{self, *};
 use oet_protocol::Value;
 
 use super::worker_link::FromWorker;
+
+/// Topics a script may listen to at once.
+pub(super) const MAX_TOPICS: usize = 1024;
+
+/// The longest topic a script may listen to.
+pub(super) const MAX_TOPIC_BYTES: usize = 1024;
 
 /// A message the harness could not have sent now; the text completes "worker protocol
 /// violation: ".
@@ -32,6 +43,8 @@ pub(super) enum Heard {
     Final(LastWords),
     /// A message the script published.
     Event { topic: String, payload: Value },
+    /// The topics the script listens to changed (see [`LinkCheck::topics`]).
+    Topics,
 }
 
 /// How the harness said the procedure ended.
@@ -71,13 +84,20 @@ enum Phase {
 #[derive(Debug)]
 pub(super) struct LinkCheck {
     phase: Phase,
+    topics: BTreeSet<String>,
 }
 
 impl LinkCheck {
     pub fn new() -> Self {
         LinkCheck {
             phase: Phase::Starting,
+            topics: BTreeSet::new(),
         }
+    }
+
+    /// The topics the script listens to ("" is every topic).
+    pub fn topics(&self) -> &BTreeSet<String> {
+        &self.topics
     }
 
     /// oetd has sent the load command.
@@ -93,13 +113,46 @@ impl LinkCheck {
     /// Checks one message against the harness's protocol and says what it means.
     pub fn check(&mut self, message: FromWorker) -> Result<Heard, Violation> {
         match message {
-            FromWorker::Event { topic, payload } => match &self.phase {
-                Phase::Loading(_) | Phase::Ready | Phase::Calling(_) => {
-                    Ok(Heard::Event { topic, payload })
-                }
-                _ => Err(self.out_of_turn(&format!("an event on {topic}"))),
-            },
+            FromWorker::Event { topic, payload } => {
+                self.script_runs(&format!("an event on {topic}"))?;
+                Ok(Heard::Event { topic, payload })
+            }
             FromWorker::State { state, stacktrace } => self.state(state, stacktrace),
+            FromWorker::Subscribe(topic) => {
+                self.script_runs(&format!("a subscription to {topic:?}"))?;
+                if topic.len() > MAX_TOPIC_BYTES {
+                    return Err(Violation(format!(
+                        "a subscription to a topic of {} bytes, more than {MAX_TOPIC_BYTES}",
+                        topic.len()
+                    )));
+                }
+                if self.topics.len() >= MAX_TOPICS && !self.topics.contains(&topic) {
+                    return Err(Violation(format!(
+                        "a subscription to more than {MAX_TOPICS} topics at once"
+                    )));
+                }
+                if !self.topics.insert(topic) {
+                    return Err(Violation("a second subscription to one topic".into()));
+                }
+                Ok(Heard::Topics)
+            }
+            FromWorker::Unsubscribe(topic) => {
+                self.script_runs(&format!("an unsubscription from {topic:?}"))?;
+                if !self.topics.remove(&topic) {
+                    return Err(Violation(format!(
+                        "an unsubscription from {topic:?}, which it was not subscribed to"
+                    )));
+                }
+                Ok(Heard::Topics)
+            }
+        }
+    }
+
+    /// Whether script code may run now, which `what` needs.
+    fn script_runs(&self, what: &str) -> Result<(), Violation> {
+        match &self.phase {
+            Phase::Loading(_) | Phase::Ready | Phase::Calling(_) => Ok(()),
+            _ => Err(self.out_of_turn(what)),
         }
     }
 
@@ -278,5 +331,51 @@ mod tests {
         check.check(state(Idle)).expect("up");
         check.loading();
         assert!(check.check(state(Ready)).is_err(), "READY before LOADING");
+    }
+
+    #[test]
+    fn subscriptions_are_bounded_and_come_only_while_script_code_runs() {
+        let subscribe = |topic: &str| FromWorker::Subscribe(topic.into());
+        let unsubscribe = |topic: &str| FromWorker::Unsubscribe(topic.into());
+        let mut check = LinkCheck::new();
+        assert!(
+            check.check(subscribe("user.x")).is_err(),
+            "before the script"
+        );
+        let mut check = ready();
+        assert_eq!(check.check(subscribe("user.x")), Ok(Heard::Topics));
+        assert_eq!(check.check(subscribe("")), Ok(Heard::Topics));
+        assert_eq!(
+            check
+                .topics()
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["", "user.x"]
+        );
+        assert!(check.check(subscribe("user.x")).is_err(), "twice");
+        assert_eq!(check.check(unsubscribe("user.x")), Ok(Heard::Topics));
+        assert!(
+            check.check(unsubscribe("user.x")).is_err(),
+            "not subscribed"
+        );
+        let long = "x".repeat(MAX_TOPIC_BYTES + 1);
+        assert!(check.check(subscribe(&long)).is_err(), "too long");
+        for n in 1..MAX_TOPICS {
+            check
+                .check(subscribe(&format!("t.{n}")))
+                .expect("within the bound");
+        }
+        let err = check.check(subscribe("one.more")).expect_err("beyond");
+        assert_eq!(
+            err.to_string(),
+            format!("a subscription to more than {MAX_TOPICS} topics at once")
+        );
+        check.calling("main");
+        check.check(state(Complete)).expect("the end");
+        assert!(
+            check.check(unsubscribe("")).is_err(),
+            "after the final word"
+        );
     }
 }

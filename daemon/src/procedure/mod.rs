@@ -13,8 +13,10 @@
 //!   with, `config` the `[procedures]` section and the settings in effect.
 //! - `prepare` makes a script runnable (a git checkout, a Python environment: PREP_ENV),
 //!   with what `git_services` opens at start-up.
-//! - `worker` spawns and signals the worker process (in its cgroup), `worker_link` is the
-//!   channel to the Python harness in `worker.py`, `link_check` says which of the
+//! - `worker` starts (cold, or forked by the interpreter's zygote: `zygote`) and signals
+//!   the worker process (in its cgroup; `worker_io` is what a worker is given),
+//!   `worker_link` is the channel to the Python
+//!   harness in `worker.py`, `link_check` says which of the
 //!   worker's messages may come when (the channel is untrusted), `script` parses script
 //!   URIs.
 //! - `output` sends the lines scripts print to the journal as their own records,
@@ -36,7 +38,9 @@ mod service;
 pub mod state;
 mod supervisor;
 pub mod worker;
+mod worker_io;
 pub mod worker_link;
+pub mod zygote;
 
 pub use config::{ProcedureConfig, Settings};
 pub use error::ProcedureError;

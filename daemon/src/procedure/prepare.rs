@@ -58,7 +58,7 @@ pub(super) async fn prepare(
     match script {
         Script::File(path) => Ok(Some(Prepared {
             path,
-            python: PathBuf::from(context.settings.get(|c| c.python.clone())),
+            python: context.launcher.workers.python(),
             cwd: context.launcher.work_dir.clone(),
             held: None,
         })),
@@ -121,10 +121,7 @@ async fn prepare_git(
                 Err(err) => return Err(err.to_string()),
             }
         } else {
-            (
-                PathBuf::from(context.settings.get(|c| c.python.clone())),
-                None,
-            )
+            (context.launcher.workers.python(), None)
         };
         Ok(Some(Prepared {
             path,

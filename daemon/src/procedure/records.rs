@@ -430,18 +430,19 @@ impl Records {
         }
     }
 
-    /// Summaries of the given procedures (live or past), or of the table when `ids` is
-    /// empty: every live procedure and the newest final ones.
+    /// Summaries of the given procedures (live or past, a live one with what its cgroup
+    /// measured so far), or of the table when `ids` is empty: every live procedure and
+    /// the newest final ones, as a snapshot of the table — without reading each live
+    /// procedure's cgroup, so that listing hundreds costs no more than copying them.
     pub fn list(&self, ids: &[u64]) -> Result<Vec<ProcedureSummary>, ProcedureError> {
         if ids.is_empty() {
-            let read: Vec<_> = self
+            return Ok(self
                 .table
                 .lock()
                 .entries
                 .values()
-                .map(Entry::snapshot)
-                .collect();
-            return Ok(read.into_iter().map(measured).collect());
+                .map(|entry| entry.summary.clone())
+                .collect());
         }
         ids.iter().map(|id| self.summary(*id)).collect()
     }

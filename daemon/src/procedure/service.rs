@@ -41,9 +41,15 @@ struct Inner {
 impl ProcedureService {
     /// The service over the durable `store`, issuing IDs after the highest it has
     /// issued. Call [`ProcedureService::recover`] before serving anyone.
-    pub fn new(config: ProcedureConfig, launcher: Launcher, store: Store) -> Self {
-        let settings = Settings::new(config);
+    pub fn new(settings: Settings, launcher: Launcher, store: Store) -> Self {
         let last_id = store.issued().map_or(0, |(procedures, _)| procedures);
+        // A zygote runs from its environment's interpreter: it ends before the
+        // environment is deleted, so no worker is forked from files that are gone.
+        let zygotes = launcher.workers.zygotes().clone();
+        launcher.git.envs.on_removed(move |python| {
+            let zygotes = zygotes.clone();
+            Box::pin(async move { zygotes.retire(&[python]).await })
+        });
         ProcedureService {
             inner: Arc::new(Inner {
                 records: Arc::new(Records::new(settings.clone(), store, last_id)),
@@ -355,6 +361,26 @@ impl ProcedureService {
         self.inner.launcher.containment.to_wire()
     }
 
+    /// The zygotes workers are forked from, for `oetctl status`.
+    pub fn zygotes(&self) -> Vec<oet_protocol::ZygoteStatus> {
+        self.inner.launcher.workers.zygotes().status()
+    }
+
+    /// Applies `procedures.python` and `procedures.zygote*` as they are set now (at
+    /// start-up and after a reload): the interpreter is resolved again, and zygotes no
+    /// longer wanted end.
+    pub async fn apply_interpreter(&self) {
+        let name = self.inner.settings.get(|c| c.python.clone());
+        let workers = &self.inner.launcher.workers;
+        let before = workers.python();
+        let python = workers.set_python(&name).await;
+        let replaced: Vec<_> = Some(before)
+            .filter(|before| *before != python)
+            .into_iter()
+            .collect();
+        workers.zygotes().retire(&replaced).await;
+    }
+
     /// How many procedures are live (not final), and the IDs of those RUNNING.
     pub fn counts(&self) -> (u64, Vec<u64>) {
         self.inner.records.counts()
@@ -379,5 +405,6 @@ impl ProcedureService {
             }
         });
         futures::future::join_all(stops).await;
+        self.inner.launcher.workers.zygotes().shutdown().await;
     }
 }

@@ -1,7 +1,8 @@
 //! One procedure's supervisor: from preparing the script and spawning its worker (in the
 //! procedure's cgroup) to the final state. It is the only task that talks to the worker:
 //! it checks and relays the worker's reports to the procedure's record (through its
-//! [`ProcedureHandle`]), hands the worker calls and bus events, and carries out stops —
+//! [`ProcedureHandle`]), hands the worker calls and the bus events of the topics its
+//! script subscribed to (never `request.*`), and carries out stops —
 //! SIGTERM, the grace period, then `cgroup.kill` of everything in the procedure's cgroup
 //! (SIGKILL of its process group where there is no cgroup). A message the harness could
 //! not have sent ends the procedure FAILED as a worker protocol violation.
@@ -26,10 +27,10 @@ use super::launch::Context;
 use super::link_check::{Heard, LastWords, LinkCheck, Violation};
 use super::prepare;
 use super::script::Script;
-use super::worker::{describe_exit, Confinement, Worker};
+use super::worker::{describe_exit, Worker};
 use super::worker_link::{self, FromWorker, JsonArgs, LinkError, LinkReader, LinkWriter, ToWorker};
 use crate::cgroup::ProcedureCgroup;
-use crate::events::{BusEvent, Received};
+use crate::events::{BusEvent, Received, Subscription, Topics};
 use crate::process;
 
 /// Bus events waiting to be handed to a worker; beyond this the worker misses events
@@ -80,13 +81,14 @@ async fn supervise(
         Err(message) => return handle.fail(message),
     };
     let id = handle.id();
-    let confinement = match confine(id, &context) {
-        Ok(confinement) => confinement,
+    let cgroup = match confine(id, &context) {
+        Ok(cgroup) => cgroup,
         Err(message) => return handle.fail(message),
     };
-    let cgroup = confinement.as_ref().map(|c| c.cgroup.clone());
     let workers = &context.launcher.workers;
-    let spawned = workers.spawn(&prepared.python, id, &prepared.cwd, confinement);
+    let spawned = workers
+        .start(&prepared.python, id, &prepared.cwd, cgroup.clone())
+        .await;
     let (worker, io) = match spawned {
         Ok(spawned) => spawned,
         Err(err) => {
@@ -114,6 +116,7 @@ async fn supervise(
         reader,
         outbox: Outbox::start(writer),
         check: LinkCheck::new(),
+        events: None,
         pending_load: Some((prepared.path.clone(), init)),
         last_words: None,
     };
@@ -123,8 +126,8 @@ async fn supervise(
     drop(prepared);
 }
 
-/// Makes the procedure's cgroup, where procedures get one.
-fn confine(id: u64, context: &Context) -> Result<Option<Confinement>, String> {
+/// Makes the procedure's cgroup, where procedures get one, and tells the guard.
+fn confine(id: u64, context: &Context) -> Result<Option<Arc<ProcedureCgroup>>, String> {
     let Some(root) = context.launcher.containment.root() else {
         return Ok(None);
     };
@@ -132,16 +135,15 @@ fn confine(id: u64, context: &Context) -> Result<Option<Confinement>, String> {
     let cgroup = root
         .procedure(id, &limits)
         .map_err(|err| format!("cannot make the procedure's cgroup: {err}"))?;
-    Ok(Some(Confinement {
-        cgroup: Arc::new(cgroup),
-        roots: root.made_dirs(),
-    }))
+    context.launcher.guard.cgroup(&cgroup.name());
+    Ok(Some(Arc::new(cgroup)))
 }
 
 /// Hands a procedure's cgroup back to the root, which removes it.
 fn release(context: &Context, cgroup: Option<&ProcedureCgroup>) {
     if let (Some(root), Some(cgroup)) = (context.launcher.containment.root(), cgroup) {
         root.release(cgroup);
+        context.launcher.guard.cgroup_gone(&cgroup.name());
     }
 }
 
@@ -153,6 +155,9 @@ struct Running<'a> {
     reader: LinkReader,
     outbox: Outbox,
     check: LinkCheck,
+    /// The bus events of the topics the script subscribed to; none while it subscribed
+    /// to nothing.
+    events: Option<Subscription>,
     /// The script to hand the worker once its interpreter is up.
     pending_load: Option<(PathBuf, FunctionArgs)>,
     /// How the worker said the procedure ended, and when. It is recorded once the
@@ -166,7 +171,6 @@ impl Running<'_> {
     /// a stop is asked for, or the worker breaks the protocol.
     async fn watch(&mut self, control: &mut mpsc::UnboundedReceiver<Control>) -> End {
         let id = self.handle.id();
-        let mut events = self.context.bus.subscribe();
         let mut reader_open = true;
         loop {
             let lingering = self
@@ -193,22 +197,24 @@ impl Running<'_> {
                     // The record keeps a sender while the procedure exists.
                     None => {}
                 },
-                status = self.worker.child.wait() => return End::Exited(status),
+                status = self.worker.wait() => return End::Exited(status),
                 () = sleep_until(lingering), if lingering.is_some() => {
                     if let Some((last, _)) = &self.last_words {
                         return End::Violation(LinkCheck::lingering(last, LAST_WORDS_EXIT_SECS));
                     }
                 },
-                received = events.recv() => match received {
+                received = next_event(&mut self.events) => match received {
                     Received::Event(published) => {
                         // A script's own events are not handed back to it.
                         let own = matches!(
                             published.event(),
                             BusEvent::Script { id: from, .. } if *from == id
                         );
-                        if !own {
+                        if let (false, Some(events)) = (own, &self.events) {
                             for event in published.wire() {
-                                self.outbox.event(event);
+                                if events.wants_topic(&event.topic) {
+                                    self.outbox.event(event);
+                                }
                             }
                         }
                     }
@@ -237,8 +243,24 @@ impl Running<'_> {
             Heard::Enter(state) => self.enter(state),
             Heard::Final(last) => self.last_words = Some((last, Instant::now())),
             Heard::Event { topic, payload } => self.handle.publish(topic, payload),
+            Heard::Topics => self.listen(),
         }
         Ok(())
+    }
+
+    /// Follows the topics the script listens to: a subscription to them on the bus,
+    /// none at all while there are none.
+    fn listen(&mut self) {
+        let topics = self.check.topics();
+        if topics.is_empty() {
+            self.events = None;
+            return;
+        }
+        let topics = Topics::Script(topics.clone());
+        match &self.events {
+            Some(events) => events.set_topics(topics),
+            None => self.events = Some(self.context.bus.subscribe_to(topics)),
+        }
     }
 
     fn enter(&self, state: ProcedureState) {
@@ -285,8 +307,7 @@ impl Running<'_> {
                 );
                 self.worker.kill_all();
                 let _ =
-                    tokio::time::timeout(settings.get(|c| c.kill_wait()), self.worker.child.wait())
-                        .await;
+                    tokio::time::timeout(settings.get(|c| c.kill_wait()), self.worker.wait()).await;
                 collect_output(output).await;
                 self.wait_empty().await;
                 (
@@ -305,8 +326,8 @@ impl Running<'_> {
             }
             None => final_state,
         };
-        // Nothing of the procedure is left once its final state is told: its guard is
-        // let go and its cgroup removed first.
+        // Nothing of the procedure is left once its final state is told: its worker is
+        // reaped and its cgroup removed first.
         self.worker.finish().await;
         release(self.context, cgroup.as_deref());
         match ending {
@@ -392,14 +413,9 @@ fn out_of_memory(ending: Ending, cgroup: &ProcedureCgroup, usage: &ResourceUsage
 async fn stop(id: u64, worker: &mut Worker, settings: &Settings) -> ProcedureState {
     let (grace, kill_wait) = settings.get(|c| (c.stop_grace(), c.kill_wait()));
     worker.terminate();
-    let ended = tokio::time::timeout(grace, worker.child.wait())
-        .await
-        .is_ok();
+    let ended = tokio::time::timeout(grace, worker.wait()).await.is_ok();
     worker.kill_all();
-    let worker_gone = ended
-        || tokio::time::timeout(kill_wait, worker.child.wait())
-            .await
-            .is_ok();
+    let worker_gone = ended || tokio::time::timeout(kill_wait, worker.wait()).await.is_ok();
     let all_gone = match worker.cgroup() {
         Some(cgroup) => worker_gone && wait_empty(cgroup.clone(), kill_wait).await,
         None => worker_gone,
@@ -421,6 +437,14 @@ async fn wait_empty(cgroup: Arc<ProcedureCgroup>, within: Duration) -> bool {
     tokio::task::spawn_blocking(move || cgroup.wait_empty(within))
         .await
         .unwrap_or(false)
+}
+
+/// The next event of `events`, or never while there is no subscription.
+async fn next_event(events: &mut Option<Subscription>) -> Received {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

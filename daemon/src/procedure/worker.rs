@@ -1,29 +1,34 @@
-//! Worker processes: spawning the Python harness in its procedure's cgroup (and a
-//! process group of its own), signalling it, and making sure nothing it started outlives
-//! it — or outlives the daemon.
+//! Worker processes: starting the Python harness for a procedure — forked by the
+//! interpreter's zygote when one is up, else cold — in its procedure's cgroup (and a
+//! process group of its own), signalling it, and waiting for it.
 //!
-//! The worker joins its cgroup between fork and exec, so every process the script starts
-//! is in it from its first instruction, whatever it does to its process group. Each
-//! worker gets a companion reaper (see `crate::reaper`) that kills the whole cgroup (or,
-//! without one, the process group) when the procedure ends or the daemon dies, even by
-//! SIGKILL. The worker itself also has a parent-death signal, which covers the moment
-//! before its reaper exists.
+//! Starting a worker and handing it its script are two steps: a worker is started (and
+//! in its cgroup) before the supervisor sends it the script, so nothing a script starts
+//! is ever outside the cgroup. A cold worker joins its cgroup between fork and exec; a
+//! forked one is moved there by oetd as soon as the zygote names it. Both are oetd's
+//! children (a forked one through oetd being a child subreaper) and are waited for
+//! through [`crate::children`], without a descriptor each: a live procedure holds three
+//! descriptors in oetd, its channel and its two output pipes. The procedures' guard
+//! ([`crate::guard`]) kills the procedure's cgroup — or, without one, its process group —
+//! if oetd dies; a cold worker also has a parent-death signal from the start, a forked
+//! one from when it is handed its script.
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream as StdUnixStream;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
-use crate::cgroup::{self, ProcedureCgroup};
+use super::worker_io::{contain, Ends, WorkerIo};
+use super::zygote::{Forked, Zygotes};
+use crate::cgroup::ProcedureCgroup;
+use crate::children::{self, Exit};
+use crate::guard::Guard;
 use crate::process::{self, ProcessGroup};
-use crate::reaper::{Guarded, Reaper};
 
 /// The worker harness, shipped inside the binary and written out at start-up.
 pub const WORKER_HARNESS: &str = include_str!("worker.py");
@@ -31,50 +36,133 @@ pub const WORKER_HARNESS: &str = include_str!("worker.py");
 /// File descriptor number of the worker's channel inside the worker.
 const WORKER_FD: i32 = 3;
 
-/// How to start workers.
-#[derive(Debug, Clone)]
-pub struct WorkerCommand {
+/// How long the interpreter may take to say where it is.
+const RESOLVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How workers are started: from the interpreter's zygote when one is up, else cold.
+#[derive(Clone)]
+pub struct Workers {
     /// The worker harness file written out at start-up.
-    pub harness: PathBuf,
-    /// This daemon's own executable, re-executed as the reaper.
-    pub daemon_exe: PathBuf,
+    harness: PathBuf,
+    guard: Arc<Guard>,
+    zygotes: Zygotes,
+    /// `procedures.python`, resolved to the interpreter's own path.
+    python: Arc<RwLock<PathBuf>>,
 }
 
-/// A started worker process and its reaper.
+/// A started worker process.
 pub struct Worker {
-    pub child: Child,
     group: ProcessGroup,
     cgroup: Option<Arc<ProcedureCgroup>>,
-    reaper: Reaper,
+    guard: Arc<Guard>,
+    exit: Exit,
+    finished: bool,
 }
 
-/// Where a worker's processes are kept: a cgroup, and what its guard removes when
-/// oetd is gone.
-pub struct Confinement {
-    pub cgroup: Arc<ProcedureCgroup>,
-    /// The daemon's root cgroups, for the guard to remove if the daemon died.
-    pub roots: Vec<PathBuf>,
-}
+impl Workers {
+    pub fn new(harness: PathBuf, guard: Arc<Guard>, zygotes: Zygotes) -> Self {
+        Workers {
+            harness,
+            guard,
+            zygotes,
+            python: Arc::default(),
+        }
+    }
 
-/// The daemon's ends of a worker's channel and output pipes.
-pub struct WorkerIo {
-    pub channel: tokio::net::UnixStream,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
-}
+    /// The interpreter of filesystem scripts (and of git scripts without an
+    /// environment of their own).
+    pub fn python(&self) -> PathBuf {
+        self.python
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 
-impl WorkerCommand {
-    /// Starts `python` running the harness for procedure `id`, in a new process group,
-    /// and in `confinement`'s cgroup when there is one.
-    pub fn spawn(
+    /// Makes `name` (`procedures.python`) the default interpreter, resolved once to its
+    /// own path, so that a shim on PATH (pyenv's adds ~70 ms) is not paid per procedure,
+    /// and starts its zygote. Returns the path.
+    pub async fn set_python(&self, name: &str) -> PathBuf {
+        let resolved = match resolve_python(name).await {
+            Ok(path) => {
+                tracing::info!("scripts run with {} ({name})", path.display());
+                path
+            }
+            Err(err) => {
+                tracing::warn!(
+                    "cannot ask procedures.python ({name}) where it is: {err}; it is looked \
+                     up on PATH for each procedure"
+                );
+                PathBuf::from(name)
+            }
+        };
+        *self.python.write().unwrap_or_else(PoisonError::into_inner) = resolved.clone();
+        self.zygotes.prestart(&resolved);
+        resolved
+    }
+
+    /// The zygotes workers are forked from.
+    pub fn zygotes(&self) -> &Zygotes {
+        &self.zygotes
+    }
+
+    /// Starts a worker running the harness under `python` for procedure `id`, in a new
+    /// process group and in `cgroup` when there is one. The worker then says it is up
+    /// and waits for its script.
+    pub async fn start(
         &self,
         python: &Path,
         id: u64,
         cwd: &Path,
-        confinement: Option<Confinement>,
+        cgroup: Option<Arc<ProcedureCgroup>>,
     ) -> io::Result<(Worker, WorkerIo)> {
-        let (ours, theirs) = StdUnixStream::pair()?;
-        let their_fd = theirs.as_raw_fd();
+        if let Some(forked) = self.zygotes.fork(python, id, cwd).await {
+            let Forked { pid, exit, io } = forked;
+            let worker = self.worker(pid, exit, cgroup)?;
+            if let Some(cgroup) = &worker.cgroup {
+                // Before the script is handed over, which only the supervisor does.
+                if let Err(err) = cgroup.add(pid) {
+                    return Err(io::Error::other(format!(
+                        "cannot move the worker into cgroup {}: {err}",
+                        cgroup.dir().display()
+                    )));
+                }
+            }
+            return Ok((worker, io));
+        }
+        self.start_cold(python, id, cwd, cgroup)
+    }
+
+    fn worker(
+        &self,
+        pid: u32,
+        exit: Exit,
+        cgroup: Option<Arc<ProcedureCgroup>>,
+    ) -> io::Result<Worker> {
+        let group = i32::try_from(pid)
+            .ok()
+            .and_then(ProcessGroup::from_id)
+            .ok_or_else(|| io::Error::other(format!("the worker was given pid {pid}")))?;
+        if cgroup.is_none() {
+            self.guard.group(group);
+        }
+        Ok(Worker {
+            group,
+            cgroup,
+            guard: self.guard.clone(),
+            exit,
+            finished: false,
+        })
+    }
+
+    /// Starts `python` on the harness afresh.
+    fn start_cold(
+        &self,
+        python: &Path,
+        id: u64,
+        cwd: &Path,
+        cgroup: Option<Arc<ProcedureCgroup>>,
+    ) -> io::Result<(Worker, WorkerIo)> {
+        let ends = Ends::new()?;
         let mut command = Command::new(python);
         command
             .arg("-u")
@@ -83,75 +171,45 @@ impl WorkerCommand {
             .env("OET_WORKER_FD", WORKER_FD.to_string())
             .env("OET_PROCEDURE_ID", id.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // Opened here, so that the child only has to write to them.
-        let membership = match &confinement {
-            Some(confinement) => Some(confinement.cgroup.membership()?),
-            None => None,
-        };
-        let cgroup_fds = membership.as_ref().map(cgroup::Membership::fds);
-        // SAFETY: only async-signal-safe calls (write, prctl) between fork and exec, on
-        // descriptors that stay open until the child is spawned. Registered before the
-        // channel is put on its number, which could otherwise be one of these.
-        unsafe {
-            command.pre_exec(move || {
-                if let Some(fds) = &cgroup_fds {
-                    cgroup::join(fds)?;
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        process::pass_fd(command.as_std_mut(), their_fd, WORKER_FD);
-        let (mut child, group) = ProcessGroup::spawn(&mut command)?;
-        drop(membership);
-        drop(theirs);
-        let guarded = Guarded {
-            group,
-            cgroups: confinement
-                .as_ref()
-                .map(|c| c.cgroup.dirs().map(Path::to_owned).collect())
-                .unwrap_or_default(),
-            roots: confinement
-                .as_ref()
-                .map(|c| c.roots.clone())
-                .unwrap_or_default(),
-        };
-        let cgroup = confinement.map(|c| c.cgroup);
-        let reaper = match Reaper::spawn(&self.daemon_exe, guarded) {
-            Ok(reaper) => reaper,
-            Err(err) => {
-                kill_all(group, cgroup.as_deref());
-                return Err(err);
-            }
-        };
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("no stdout pipe"))?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| io::Error::other("no stderr pipe"))?;
-        ours.set_nonblocking(true)?;
-        let channel = tokio::net::UnixStream::from_std(ours)?;
-        Ok((
-            Worker {
-                child,
-                group,
-                cgroup,
-                reaper,
-            },
-            WorkerIo {
-                channel,
-                stdout,
-                stderr,
-            },
-        ))
+            .stdout(Stdio::from(ends.stdout))
+            .stderr(Stdio::from(ends.stderr))
+            .process_group(0);
+        let membership = contain(&mut command, cgroup.as_deref())?;
+        process::pass_fd(&mut command, ends.channel.as_raw_fd(), WORKER_FD);
+        let starting = children::starting();
+        let child = command.spawn()?;
+        let exit = children::watch(child.id(), &starting);
+        drop((membership, ends.channel, command));
+        Ok((self.worker(child.id(), exit, cgroup)?, ends.ours))
+    }
+}
+
+/// Asks the interpreter `name` for its own path (`sys.executable`).
+async fn resolve_python(name: &str) -> Result<PathBuf, String> {
+    let mut command = tokio::process::Command::new(name);
+    command
+        .args(["-c", "import sys; sys.stdout.write(sys.executable)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let (child, _group) = ProcessGroup::spawn(&mut command).map_err(|e| e.to_string())?;
+    let asked = tokio::time::timeout(RESOLVE_WITHIN, child.wait_with_output());
+    let output = asked
+        .await
+        .map_err(|_| format!("it did not answer within {RESOLVE_WITHIN:?}"))?
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!(
+            "it ended with {}",
+            process::exit_summary(output.status)
+        ));
+    }
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).into_owned());
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err("it did not name an absolute path".into())
     }
 }
 
@@ -159,6 +217,11 @@ impl Worker {
     /// The worker's process ID, which is also its process group's.
     pub fn pid(&self) -> u32 {
         self.group.id()
+    }
+
+    /// Waits until the worker's process has exited (cancel-safe).
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.exit.wait().await
     }
 
     /// Asks the script to stop: the harness turns SIGTERM into an exception.
@@ -170,7 +233,10 @@ impl Worker {
     /// Kills the worker and everything in its cgroup — or, without one, its process
     /// group.
     pub fn kill_all(&self) {
-        kill_all(self.group, self.cgroup.as_deref());
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+        self.group.kill();
     }
 
     /// The procedure's cgroup, if it has one.
@@ -178,20 +244,24 @@ impl Worker {
         self.cgroup.as_ref()
     }
 
-    /// Ends the procedure's processes for good: kills whatever is left and lets the
-    /// reaper go.
+    /// Ends the procedure's processes for good: kills whatever is left and waits for the
+    /// worker.
     pub async fn finish(mut self) {
         self.kill_all();
-        let _ = self.child.wait().await;
-        self.reaper.release().await;
+        let _ = self.exit.wait().await;
+        self.finished = true;
+        if self.cgroup.is_none() {
+            self.guard.group_gone(self.group);
+        }
     }
 }
 
-fn kill_all(group: ProcessGroup, cgroup: Option<&ProcedureCgroup>) {
-    if let Some(cgroup) = cgroup {
-        cgroup.kill();
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if !self.finished && !self.exit.has_exited() {
+            self.kill_all();
+        }
     }
-    group.kill();
 }
 
 /// A human description of how a process ended, for the stack-trace text of a procedure

@@ -72,6 +72,10 @@ pub enum FromWorker {
         topic: String,
         payload: Value,
     },
+    /// The script listens to `topic` now ("" is every topic).
+    Subscribe(String),
+    /// The script no longer listens to `topic`.
+    Unsubscribe(String),
 }
 
 #[derive(Deserialize)]
@@ -80,6 +84,8 @@ struct RawFromWorker {
     state: Option<String>,
     stacktrace: Option<String>,
     event: Option<RawEvent>,
+    subscribe: Option<String>,
+    unsubscribe: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -123,9 +129,25 @@ fn parse(line: &str) -> Result<FromWorker, LinkError> {
         serde_json::from_str(line).map_err(|e| LinkError::Malformed(e.to_string()))?;
     match raw {
         RawFromWorker {
+            event: None,
+            state: None,
+            stacktrace: None,
+            subscribe: Some(topic),
+            unsubscribe: None,
+        } => Ok(FromWorker::Subscribe(topic)),
+        RawFromWorker {
+            event: None,
+            state: None,
+            stacktrace: None,
+            subscribe: None,
+            unsubscribe: Some(topic),
+        } => Ok(FromWorker::Unsubscribe(topic)),
+        RawFromWorker {
             event: Some(event),
             state: None,
             stacktrace: None,
+            subscribe: None,
+            unsubscribe: None,
         } => {
             if event.topic.is_empty() {
                 return Err(malformed("an event without a topic"));
@@ -152,6 +174,8 @@ fn parse(line: &str) -> Result<FromWorker, LinkError> {
             event: None,
             state: Some(name),
             stacktrace,
+            subscribe: None,
+            unsubscribe: None,
         } => {
             let state: ProcedureState = name.parse().map_err(LinkError::Malformed)?;
             if stacktrace.is_some() && state != ProcedureState::Failed {
@@ -159,7 +183,9 @@ fn parse(line: &str) -> Result<FromWorker, LinkError> {
             }
             Ok(FromWorker::State { state, stacktrace })
         }
-        _ => Err(malformed("not exactly one state or event")),
+        _ => Err(malformed(
+            "not exactly one state, event, subscription or unsubscription",
+        )),
     }
 }
 
@@ -258,6 +284,14 @@ mod tests {
             r#"{"event": {"topic": "user.script.announce", "payload": {"msg": "hi", "n": 1}}}"#,
         )
         .expect("parses");
+        assert_eq!(
+            parse(r#"{"subscribe": "user.x"}"#).expect("parses"),
+            FromWorker::Subscribe("user.x".into())
+        );
+        assert_eq!(
+            parse(r#"{"unsubscribe": ""}"#).expect("parses"),
+            FromWorker::Unsubscribe(String::new())
+        );
         match event {
             FromWorker::Event { topic, payload } => {
                 assert_eq!(topic, "user.script.announce");
@@ -282,6 +316,9 @@ mod tests {
             r#"{"event": {"topic": ""}}"#,
             r#"{"event": {"topic": "a", "extra": 1}}"#,
             r#"{"event": {"topic": "a", "payload": [1]}}"#,
+            r#"{"subscribe": "a", "unsubscribe": "b"}"#,
+            r#"{"subscribe": "a", "state": "READY"}"#,
+            r#"{"subscribe": 7}"#,
         ] {
             let err = parse(line).expect_err(line);
             assert!(matches!(err, LinkError::Malformed(_)), "{line}: {err}");

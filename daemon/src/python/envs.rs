@@ -143,8 +143,14 @@ struct Inner {
     /// pip outlives neither a stop nor the daemon. Unset (in library tests), builds are
     /// still killed on cancellation, but not when the process dies.
     reaper_exe: std::sync::OnceLock<PathBuf>,
+    /// Told the interpreter of each environment removed, before its files go (see
+    /// [`EnvManager::on_removed`]).
+    on_removed: std::sync::OnceLock<Removed>,
     state: Mutex<State>,
 }
+
+/// What is told of a removed environment's interpreter; done once the future is.
+type Removed = Arc<dyn Fn(PathBuf) -> BoxFuture<'static, ()> + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -327,6 +333,7 @@ impl<P: Project> EnvManager<P> {
             env_dir,
             tmp_dir,
             reaper_exe: std::sync::OnceLock::new(),
+            on_removed: std::sync::OnceLock::new(),
             state: Mutex::new(state),
         });
         inner.schedule_pass();
@@ -340,6 +347,16 @@ impl<P: Project> EnvManager<P> {
     /// executable), so that they die with the daemon.
     pub fn guard_builds_with(&self, exe: PathBuf) {
         let _ = self.inner.reaper_exe.set(exe);
+    }
+
+    /// Has `removed` told the interpreter of each environment eviction or a prune
+    /// removes, and waits for what it does before the environment's files are deleted:
+    /// whoever keeps a process of that interpreter (a zygote) ends it.
+    pub fn on_removed(
+        &self,
+        removed: impl Fn(PathBuf) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) {
+        let _ = self.inner.on_removed.set(Arc::new(removed));
     }
 
     /// The environment for `project`, building it first if needed; it stays (it is
@@ -641,12 +658,16 @@ impl Inner {
     async fn pass(&self, bounds: Option<Bounds>) -> EnvsPruned {
         self.measure().await;
         let mut pruned = EnvsPruned::default();
+        let mut interpreters = Vec::new();
         let doomed = {
             let mut state = self.lock();
-            let mut doomed = self.evict(&mut state, bounds, &mut pruned);
+            let mut doomed = self.evict(&mut state, bounds, &mut pruned, &mut interpreters);
             doomed.extend(self.clear_pip_cache(&mut state, bounds, &mut pruned));
             doomed
         };
+        if let Some(removed) = self.on_removed.get() {
+            futures::future::join_all(interpreters.into_iter().map(|python| removed(python))).await;
+        }
         if !doomed.is_empty() {
             let _ = tokio::task::spawn_blocking(move || {
                 for (dir, done) in doomed {
@@ -663,12 +684,13 @@ impl Inner {
 
     /// Moves the environments beyond `bounds` (every one nobody uses, with `None`) out
     /// of the way, so that no request finds them; returns them with what to log once
-    /// they are deleted.
+    /// they are deleted, and adds their interpreters (as they were) to `interpreters`.
     fn evict(
         &self,
         state: &mut State,
         bounds: Option<Bounds>,
         pruned: &mut EnvsPruned,
+        interpreters: &mut Vec<PathBuf>,
     ) -> Vec<(PathBuf, String)> {
         let mut doomed = Vec::new();
         for (key, reason) in state.slots.victims(bounds) {
@@ -689,6 +711,7 @@ impl Inner {
                     slot.label
                 );
                 doomed.push((to, done));
+                interpreters.push(python_of(&from));
                 pruned.envs += 1;
                 pruned.env_bytes += bytes;
             }

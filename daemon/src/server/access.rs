@@ -1,9 +1,11 @@
 //! Who is on the other end of a connection, and what they may do: the peer's
-//! credentials (`SO_PEERCRED` uid, gid and pid, plus the supplementary groups read from
-//! `/proc/<pid>/status` at connect), the `[access]` section that lists users and groups
-//! per role, and the role a peer has under it. Root and oetd's own user have every role.
+//! credentials (`SO_PEERCRED` uid, gid and pid, and `SO_PEERGROUPS` supplementary
+//! groups, as the kernel recorded them at connect), the `[access]` section that lists
+//! users and groups per role, and the role a peer has under it. Root and oetd's own user
+//! have every role.
 
 use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use nix::unistd::{Gid, Group, Uid, User};
@@ -68,7 +70,7 @@ pub struct Peer {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub pid: Option<i32>,
-    /// Supplementary groups, from `/proc/<pid>/status` at connect.
+    /// Supplementary groups, as the kernel recorded them at connect.
     pub groups: Vec<u32>,
 }
 
@@ -84,10 +86,12 @@ impl Peer {
             pid: cred.pid(),
             groups: Vec::new(),
         };
-        if let Some(pid) = peer.pid {
-            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                peer.groups = supplementary_groups(&status, cred.uid(), cred.gid());
-            }
+        match peer_groups(stream) {
+            Ok(groups) => peer.groups = groups,
+            Err(err) => tracing::debug!(
+                "the supplementary groups of {} are unknown: {err}",
+                peer.describe()
+            ),
         }
         peer
     }
@@ -100,25 +104,44 @@ impl Peer {
     }
 }
 
-/// The `Groups:` of a `/proc/<pid>/status`, if its effective uid and gid are the ones
-/// the kernel recorded at connect. Otherwise the process has changed identity, or its
-/// pid was reused: no supplementary group is trusted then.
-fn supplementary_groups(status: &str, uid: u32, gid: u32) -> Vec<u32> {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .map(|rest| {
-                rest.split_whitespace()
-                    .filter_map(|n| n.parse::<u32>().ok())
-                    .collect::<Vec<_>>()
-            })
-    };
-    let effective = |ids: Option<Vec<u32>>| ids.and_then(|ids| ids.get(1).copied());
-    if effective(field("Uid:")) != Some(uid) || effective(field("Gid:")) != Some(gid) {
-        return Vec::new();
+/// `SO_PEERGROUPS` (Linux 4.13): the peer's supplementary groups. Not in the `libc` crate
+/// for Linux; 59 is the generic value (x86, arm, riscv, ...), SPARC's differs.
+#[cfg(not(target_arch = "sparc64"))]
+const SO_PEERGROUPS: libc::c_int = 59;
+#[cfg(target_arch = "sparc64")]
+const SO_PEERGROUPS: libc::c_int = 0x003d;
+
+/// The supplementary groups of the peer of `stream`, as the kernel recorded them when
+/// it connected (`SO_PEERGROUPS`): neither a reused PID nor a `/proc` hidden from oetd
+/// (`ProtectProc=invisible`) can mislead or blind it.
+fn peer_groups(stream: &UnixStream) -> std::io::Result<Vec<u32>> {
+    const ID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * ID) as libc::socklen_t;
+        // SAFETY: `groups` is valid for `len` bytes, and getsockopt writes at most that.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / ID);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        // Too small a buffer: `len` says how much is needed (at most NGROUPS_MAX ids).
+        let needed = len as usize / ID;
+        if err.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() && needed <= 65536 {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Err(err);
     }
-    field("Groups:").unwrap_or_default()
 }
 
 /// Users and groups, resolved to ids.
@@ -321,13 +344,5 @@ mod tests {
         });
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("access.operate_users"), "{warnings:?}");
-    }
-
-    #[test]
-    fn groups_are_trusted_only_from_the_process_that_connected() {
-        let status = "Name:\tx\nUid:\t1000\t1001\t1001\t1001\nGid:\t100\t100\t100\t100\nGroups:\t4 27 6000 \n";
-        assert_eq!(supplementary_groups(status, 1001, 100), vec![4, 27, 6000]);
-        assert!(supplementary_groups(status, 1000, 100).is_empty());
-        assert!(supplementary_groups(status, 1001, 101).is_empty());
     }
 }

@@ -19,6 +19,7 @@ use oet_protocol::{
     topics, ClientMessage, Event, Opening, ProtocolError, ServerMessage, Value, Welcome,
     DAEMON_SOURCE, PROTOCOL_VERSION,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -143,7 +144,7 @@ pub async fn serve(
         };
         ticket.set_phase(Phase::Busy);
         let topic = request.body.topic();
-        let result = api::dispatch(&services, &mut session, request.body).await;
+        let result = api::dispatch(&services, &mut session, request.id, request.body).await;
         if let Err(err) = answer(&mut transport, request.id, topic, result, limits).await {
             debug!(peer_pid = session.peer.pid, "client went away: {err}");
             return;
@@ -272,6 +273,10 @@ async fn refuse(transport: &mut Transport, peer: &Peer, reason: &str, limits: Li
 /// a frame is replaced by a notice naming its topic and size. Events already published
 /// are sent before a shutdown closes the stream, so listeners see the final states of
 /// the scripts stopped on the way down.
+///
+/// Each event's frames are encoded once for all subscribers ([`crate::events::Published::frames`]), and
+/// whatever is queued goes out in one write (up to [`BATCH_BYTES`]): a burst costs a
+/// subscriber a few writes, not one per event.
 async fn stream_events(
     transport: &mut Transport,
     mut events: Subscription,
@@ -284,6 +289,7 @@ async fn stream_events(
             _ = stop[1].cancelled() => {}
         }
     };
+    let mut batch = Vec::new();
     loop {
         let received = tokio::select! {
             biased;
@@ -293,70 +299,71 @@ async fn stream_events(
             // Biased: events already queued go out before a shutdown ends the stream.
             _ = stopped() => return,
         };
-        let published = match received {
-            Received::Event(published) => published,
-            Received::Lagged(missed) => {
-                if send_or_stop(transport, ServerMessage::Lagged { missed }, stopped()).await {
-                    continue;
-                }
-                return;
-            }
+        batch.clear();
+        let mut next = Some(received);
+        while let Some(received) = next {
+            add_to_batch(&mut batch, received, &events, max_frame);
+            next = if batch.len() < BATCH_BYTES {
+                events.try_recv()
+            } else {
+                None
+            };
+        }
+        // Biased: events that can go out go out, also when a shutdown has come meanwhile
+        // (listeners see the final states); only a write that would wait gives way to it.
+        let written = tokio::select! {
+            biased;
+            written = transport.get_mut().write_all(&batch) => written,
+            _ = stopped() => return,
         };
-        for event in published.wire() {
-            if !events.wants_topic(&event.topic) {
-                continue;
-            }
-            let message = ServerMessage::Event(event.clone());
-            // Biased: an event that can go out goes out, also when a shutdown has come
-            // meanwhile (listeners see the final states); only a send that would wait
-            // gives way to it.
-            let sent = tokio::select! {
-                biased;
-                sent = transport.send(message) => sent,
-                _ = stopped() => return,
-            };
-            let sent = match sent {
-                Err(CodecError::FrameTooLarge { len, max }) => {
-                    let notice = too_large(event, len, max);
-                    info!(
-                        "an event of topic {} ({len} bytes) is larger than the frame limit of {max_frame} bytes; a subscriber got a notice instead",
-                        event.topic
-                    );
-                    send_or_stop(transport, notice, stopped()).await
-                }
-                Err(err) => {
-                    if !matches!(err, CodecError::Io(_)) {
-                        info!("event could not be sent to a subscriber: {err}");
-                    }
-                    false
-                }
-                Ok(()) => true,
-            };
-            if !sent {
-                return;
-            }
+        if written.is_err() {
+            return;
         }
     }
 }
 
-/// Sends `message`, unless the send would wait and `stopped` comes first (a subscriber
-/// that does not read holds only its own queue's budget; a shutdown or making room
-/// still ends its stream).
-async fn send_or_stop(
-    transport: &mut Transport,
-    message: ServerMessage,
-    stopped: impl std::future::Future<Output = ()>,
-) -> bool {
-    tokio::select! {
-        biased;
-        sent = transport.send(message) => sent.is_ok(),
-        _ = stopped => false,
+/// How many bytes of queued events one write to a subscriber takes at most.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Appends the frames a subscriber gets for `received` to `batch`.
+fn add_to_batch(batch: &mut Vec<u8>, received: Received, events: &Subscription, max_frame: usize) {
+    let published = match received {
+        Received::Event(published) => published,
+        Received::Lagged(missed) => {
+            append_frame(batch, &ServerMessage::Lagged { missed }, max_frame);
+            return;
+        }
+    };
+    for (event, frame) in published.wire().iter().zip(published.frames()) {
+        if !events.wants_topic(&event.topic) {
+            continue;
+        }
+        match frame {
+            Ok(frame) if frame.len() - FRAME_HEAD <= max_frame => batch.extend_from_slice(frame),
+            Ok(frame) => too_large(batch, event, frame.len() - FRAME_HEAD, max_frame),
+            Err(len) => too_large(batch, event, *len, max_frame),
+        }
     }
 }
 
-/// The notice sent in place of `event`, which is `bytes` long, over the frame limit.
-fn too_large(event: &Event, bytes: usize, max: usize) -> ServerMessage {
-    ServerMessage::Event(Event {
+/// Bytes of a frame's length prefix.
+const FRAME_HEAD: usize = 4;
+
+fn append_frame(batch: &mut Vec<u8>, message: &ServerMessage, max_frame: usize) {
+    match encode_frame(message, max_frame) {
+        Ok(frame) => batch.extend_from_slice(&frame),
+        Err(err) => info!("a message could not be sent to a subscriber: {err}"),
+    }
+}
+
+/// Appends the notice sent in place of `event`, which is `bytes` long, over the frame
+/// limit.
+fn too_large(batch: &mut Vec<u8>, event: &Event, bytes: usize, max: usize) {
+    info!(
+        "an event of topic {} ({bytes} bytes) is larger than the frame limit of {max} bytes; a subscriber got a notice instead",
+        event.topic
+    );
+    let notice = ServerMessage::Event(Event {
         topic: topics::EVENT_TOO_LARGE.to_owned(),
         msg_src: DAEMON_SOURCE.to_owned(),
         time: event.time,
@@ -365,5 +372,6 @@ fn too_large(event: &Event, bytes: usize, max: usize) -> ServerMessage {
             ("bytes", Value::from(bytes as u64)),
             ("max_bytes", Value::from(max as u64)),
         ]),
-    })
+    });
+    append_frame(batch, &notice, max);
 }

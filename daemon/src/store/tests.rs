@@ -234,7 +234,15 @@ async fn retention_keeps_to_the_age_and_count_bounds_and_never_removes_live_reco
         max_activities: 1,
         ..StoreConfig::default()
     };
-    let store = open(dir.path(), &config);
+    // The store's own retention pass runs when it opens, at a moment of its thread's
+    // choosing; with no bounds it removes nothing, so the pass below sees every record.
+    let unbounded = StoreConfig {
+        max_age_days: 0.0,
+        max_procedures: 0,
+        max_activities: 0,
+        ..StoreConfig::default()
+    };
+    let store = open(dir.path(), &unbounded);
     let now = oet_protocol::now();
     let day = 86_400.0;
     // 1: ended three days ago; 2: live for a week; 3..=7: ended just now.

@@ -6,7 +6,7 @@ use oet_protocol::{
     SbdStored, Value,
 };
 
-use super::handler::{Handler, Services, Session};
+use super::handler::{announce_ids, Handler, Services, Session};
 use super::procedures::history_query;
 
 impl Handler for RunActivity {
@@ -32,6 +32,10 @@ impl Handler for RunActivity {
 }
 
 impl Handler for ListActivities {
+    fn announce(&self) -> Vec<(&'static str, Value)> {
+        announce_ids(&self.ids)
+    }
+
     async fn handle(
         self,
         services: &Services,

@@ -36,6 +36,7 @@ impl Handler for GetStatus {
                 .problem()
                 .map(|problem| problem.to_string()),
             containment: services.procedures.containment(),
+            zygotes: services.procedures.zygotes(),
             caches: services.procedures.git().usage().await,
         })
     }

@@ -62,3 +62,14 @@ pub trait Handler: Call + Send + 'static {
         session: &mut Session,
     ) -> impl Future<Output = Result<Self::Response, ProtocolError>> + Send;
 }
+
+/// A list request's announcement: the IDs it asked for (`ids`), none for the default list.
+pub(super) fn announce_ids(ids: &[u64]) -> Vec<(&'static str, Value)> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    vec![(
+        "ids",
+        Value::List(ids.iter().map(|&id| Value::from(id)).collect()),
+    )]
+}

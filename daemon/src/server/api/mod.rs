@@ -18,16 +18,17 @@ use crate::events::BusEvent;
 use crate::server::access::Peer;
 pub use handler::{Handler, Reload, Services, Session};
 
-/// Serves one request of any kind.
+/// Serves one request of any kind; `id` is the ID its client gave it.
 pub async fn dispatch(
     services: &Services,
     session: &mut Session,
+    id: u64,
     body: RequestBody,
 ) -> Result<ResponseBody, ProtocolError> {
     macro_rules! route {
         ($($name:ident),*) => {
             match body {
-                $( RequestBody::$name(request) => serve(services, session, request).await, )*
+                $( RequestBody::$name(request) => serve(services, session, id, request).await, )*
             }
         };
     }
@@ -35,10 +36,13 @@ pub async fn dispatch(
 }
 
 /// Checks the caller's role; announces the request, audits a state-changing one, and
-/// serves it. A refused request is audited too, and changes nothing.
+/// serves it. A refused request is audited too, and changes nothing. The announcement
+/// carries the request's ID as `request_id` (as upstream's did), so that a client
+/// watching the events, such as the HTTP shim's stream, can tell its own requests.
 async fn serve<R: Handler>(
     services: &Services,
     session: &mut Session,
+    id: u64,
     request: R,
 ) -> Result<ResponseBody, ProtocolError> {
     let role = services.access.role_of(&session.peer);
@@ -52,6 +56,7 @@ async fn serve<R: Handler>(
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
         .collect();
+    payload.insert("request_id".into(), Value::from(id));
     if let Some(uid) = peer.uid {
         payload.insert("peer_uid".into(), Value::from(u64::from(uid)));
     }

@@ -1,13 +1,14 @@
 //! The procedure requests: create, start, stop, list, history and logs. A request that
 //! changes something answers once the change is written to the store.
 
-use oet_protocol::view::function_args;
+use oet_protocol::view::{function_args, script};
 use oet_protocol::{
     CreateProcedure, GetLogs, ListProcedureHistory, ListProcedures, ProcedureLogs,
     ProcedureSummary, ProtocolError, StartProcedure, StopProcedure, Value, HISTORY_PAGE_MAX,
 };
 
-use super::handler::{Handler, Services, Session};
+use super::handler::{announce_ids, Handler, Services, Session};
+use crate::procedure::script::shown;
 use crate::store::HistoryQuery;
 
 impl Handler for CreateProcedure {
@@ -18,6 +19,8 @@ impl Handler for CreateProcedure {
     fn announce(&self) -> Vec<(&'static str, Value)> {
         vec![
             ("script_uri", Value::from(self.script.uri())),
+            // As it is recorded: a repository's credentials never reach the bus.
+            ("script", script(&shown(&self.script))),
             ("init_args", function_args(&self.init_args)),
         ]
     }
@@ -86,6 +89,10 @@ impl Handler for StopProcedure {
 }
 
 impl Handler for ListProcedures {
+    fn announce(&self) -> Vec<(&'static str, Value)> {
+        announce_ids(&self.ids)
+    }
+
     async fn handle(
         self,
         services: &Services,
