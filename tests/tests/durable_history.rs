@@ -244,11 +244,13 @@ async fn kill_and_restart(point: KillPoint) {
             );
         }
     }
-    // The restarted oetd and its own zygote are not what was left.
+    // The restarted oetd and its own zygote (up, or still starting: its child) are not
+    // what was left.
     let zygotes = client.status().await.expect("status").zygotes;
     let workers: Vec<String> = live_processes_mentioning(&state_dir)
         .into_iter()
         .filter(|p| !p.starts_with(&format!("{}:", daemon.pid())))
+        .filter(|p| parent_of(p) != Some(daemon.pid()))
         .filter(|p| {
             !zygotes
                 .iter()

@@ -15,6 +15,8 @@ impl Handler for GetStatus {
         services: &Services,
         _: &mut Session,
     ) -> Result<DaemonStatus, ProtocolError> {
+        // Measured first (it may take a moment): the rest is a snapshot of one instant.
+        let caches = services.procedures.git().usage().await;
         let (live, running) = services.procedures.counts();
         Ok(DaemonStatus {
             server: format!("oetd {}", env!("CARGO_PKG_VERSION")),
@@ -37,7 +39,7 @@ impl Handler for GetStatus {
                 .map(|problem| problem.to_string()),
             containment: services.procedures.containment(),
             zygotes: services.procedures.zygotes(),
-            caches: services.procedures.git().usage().await,
+            caches,
         })
     }
 }
