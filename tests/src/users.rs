@@ -94,6 +94,16 @@ pub fn user(name: &str, primary: &str, groups: &[&str]) -> TestUser {
 }
 
 impl TestUser {
+    /// The real `oetctl` against `daemon`'s socket, run as this user.
+    pub fn oetctl(&self, daemon: &crate::TestDaemon, args: &[&str]) -> std::process::Output {
+        self.command(crate::oetctl_bin())
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .expect("run oetctl as another user")
+    }
+
     /// `program args...` run as this user, with its groups from the group database.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("setpriv");

@@ -6,19 +6,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
-use oet_tests::users::{self, TestUser};
+use oet_tests::users;
 use oet_tests::{wait_for_line, TestDaemon};
 
 const LOOP: &str = "import time\n\ndef main():\n    while True:\n        time.sleep(0.05)\n";
-
-fn oetctl_as(user: &TestUser, daemon: &TestDaemon, args: &[&str]) -> Output {
-    user.command(oet_tests::oetctl_bin())
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(args)
-        .output()
-        .expect("run oetctl as another user")
-}
 
 fn ok(output: &Output) -> String {
     assert!(
@@ -57,44 +48,28 @@ fn readers_read_operators_operate_and_only_admins_reload() {
     wait_for_line(&lines, "oetd listening on").expect("oetd starts");
     let uri = daemon.script("loop.py", LOOP);
 
-    ok(&oetctl_as(&reader, &daemon, &["procedure", "list"]));
+    ok(&reader.oetctl(&daemon, &["procedure", "list"]));
     denied(
-        &oetctl_as(&reader, &daemon, &["procedure", "create", &uri]),
+        &reader.oetctl(&daemon, &["procedure", "create", &uri]),
         "operate",
     );
-    let created = ok(&oetctl_as(
-        &operator,
-        &daemon,
-        &["--json", "procedure", "create", &uri, "--wait"],
-    ));
+    let created = ok(&operator.oetctl(&daemon, &["--json", "procedure", "create", &uri, "--wait"]));
     let summary: serde_json::Value = serde_json::from_str(&created).expect("JSON");
     let id = summary["id"].to_string();
     denied(
-        &oetctl_as(&reader, &daemon, &["procedure", "start", "--pid", &id]),
+        &reader.oetctl(&daemon, &["procedure", "start", "--pid", &id]),
         "operate",
     );
-    ok(&oetctl_as(
-        &operator,
-        &daemon,
-        &["procedure", "start", "--pid", &id],
-    ));
+    ok(&operator.oetctl(&daemon, &["procedure", "start", "--pid", &id]));
     denied(
-        &oetctl_as(&reader, &daemon, &["procedure", "stop", "--pid", &id]),
+        &reader.oetctl(&daemon, &["procedure", "stop", "--pid", &id]),
         "operate",
     );
-    let described = ok(&oetctl_as(
-        &reader,
-        &daemon,
-        &["procedure", "describe", "--pid", &id],
-    ));
+    let described = ok(&reader.oetctl(&daemon, &["procedure", "describe", "--pid", &id]));
     assert!(described.contains("RUNNING"), "{described}");
-    ok(&oetctl_as(
-        &operator,
-        &daemon,
-        &["procedure", "stop", "--pid", &id],
-    ));
-    denied(&oetctl_as(&operator, &daemon, &["reload"]), "admin");
-    denied(&oetctl_as(&reader, &daemon, &["reload"]), "admin");
+    ok(&operator.oetctl(&daemon, &["procedure", "stop", "--pid", &id]));
+    denied(&operator.oetctl(&daemon, &["reload"]), "admin");
+    denied(&reader.oetctl(&daemon, &["reload"]), "admin");
     let reloaded = daemon.oetctl(&["reload"]);
     assert!(
         reloaded.status.success(),

@@ -462,16 +462,6 @@ fn other_user() -> Option<TestUser> {
     Some(users::user("oettest-cache", "oettest", &[]))
 }
 
-/// `oetctl --socket <daemon's> args...` run as `user`.
-fn oetctl_as(user: &TestUser, daemon: &TestDaemon, args: &[&str]) -> Output {
-    user.command(oet_tests::oetctl_bin())
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(args)
-        .output()
-        .expect("run oetctl as another user")
-}
-
 #[tokio::test]
 async fn cache_prune_as_a_non_admin_is_denied() {
     let Some(user) = other_user() else {
@@ -487,9 +477,9 @@ async fn cache_prune_as_a_non_admin_is_denied() {
     let id = ready(&daemon, &repo, &commit).await;
     complete(&daemon, id).await;
 
-    let status = oetctl_as(&user, &daemon, &["status"]);
+    let status = user.oetctl(&daemon, &["status"]);
     assert!(status.status.success(), "a reader reads: {status:?}");
-    let refused = oetctl_as(&user, &daemon, &["cache", "prune"]);
+    let refused = user.oetctl(&daemon, &["cache", "prune"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "not refused: {refused:?}");
     assert!(stderr.contains("permission denied"), "{stderr}");
