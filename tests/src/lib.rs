@@ -695,6 +695,14 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// A process's parent, if it exists.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name: the state, then the parent's pid.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Live processes (not zombies) whose command line mentions `needle`, as "pid: cmdline".
 pub fn live_processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();

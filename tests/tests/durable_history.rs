@@ -16,8 +16,8 @@ use oet_protocol::{
     ProcedureSummary, Value,
 };
 use oet_tests::{
-    alive, kwargs, live_processes_mentioning, next_event, positional, wait_for, wait_for_activity,
-    wait_for_line, wait_gone, NotifySocket, TestDaemon, DEADLINE,
+    alive, kwargs, live_processes_mentioning, next_event, parent_of, positional, wait_for,
+    wait_for_activity, wait_for_line, wait_gone, NotifySocket, TestDaemon, DEADLINE,
 };
 use serde_json::{json, Value as Json};
 
@@ -244,17 +244,13 @@ async fn kill_and_restart(point: KillPoint) {
             );
         }
     }
-    // The restarted oetd and its own zygote (up, or still starting: its child) are not
-    // what was left.
-    let zygotes = client.status().await.expect("status").zygotes;
+    // The restarted oetd and its own children (its zygote, perhaps still starting) are
+    // not what was left: what the killed oetd left has another parent.
     let workers: Vec<String> = live_processes_mentioning(&state_dir)
         .into_iter()
-        .filter(|p| !p.starts_with(&format!("{}:", daemon.pid())))
-        .filter(|p| parent_of(p) != Some(daemon.pid()))
         .filter(|p| {
-            !zygotes
-                .iter()
-                .any(|z| p.starts_with(&format!("{}:", z.pid)))
+            pid_and_parent(p)
+                .is_some_and(|(pid, parent)| pid != daemon.pid() && parent != daemon.pid())
         })
         .collect();
     assert!(workers.is_empty(), "left running: {workers:?}");
@@ -319,16 +315,10 @@ async fn sigkill_right_after_a_create_leaves_it_unknown_with_every_announced_sta
     .await;
 }
 
-/// The parent pid of a process listed as "pid: cmdline".
-fn parent_of(listed: &str) -> Option<u32> {
-    let pid = listed.split(':').next()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// The pid and the parent's pid of a process listed as "pid: cmdline".
+fn pid_and_parent(listed: &str) -> Option<(u32, u32)> {
+    let pid = listed.split(':').next()?.parse().ok()?;
+    Some((pid, parent_of(pid)?))
 }
 
 #[tokio::test]
@@ -341,7 +331,7 @@ async fn what_an_interrupted_procedure_left_running_is_killed_at_restart() {
     // Without the guard, nothing else would kill what the script left when oetd dies.
     let guards: Vec<String> = live_processes_mentioning("--guard-procedures")
         .into_iter()
-        .filter(|p| parent_of(p) == Some(daemon.pid()))
+        .filter(|p| pid_and_parent(p).is_some_and(|(_, parent)| parent == daemon.pid()))
         .collect();
     assert_eq!(guards.len(), 1, "{guards:?}");
     assert!(alive(worker), "the worker {worker} runs");

@@ -3,7 +3,8 @@
 //! cold start — and a zygote that is contained, dies with oetd, and is replaced if it
 //! dies.
 
-use oet_protocol::{FunctionArgs, ProcedureState::*, ZygoteStatus};
+use oet_protocol::{FunctionArgs, GitArgs, ProcedureState::*, ScriptSpec, ZygoteStatus};
+use oet_tests::git::{TestRepo, PYPROJECT};
 use oet_tests::{assert_state, states, wait_gone, TestDaemon, DEADLINE};
 
 /// Waits until oetd logs that a zygote is up, and returns it as `status` shows it.
@@ -179,4 +180,88 @@ async fn a_killed_zygote_is_replaced_and_creates_succeed_meanwhile() {
     assert!(zygotes[0].forks >= 1, "{zygotes:?}");
     let done = daemon.run_main(after.id, FunctionArgs::default()).await;
     assert_state(&done, Complete);
+}
+
+/// A git project's script: it needs the project installed in its environment, and prints
+/// its pid and its parent's.
+const WHO_NEEDS_ITS_PROJECT: &str =
+    "import os\nimport oettestpkg\nprint(os.getpid(), os.getppid())\n\ndef main():\n    pass\n";
+
+#[tokio::test]
+async fn a_git_environment_used_again_gets_a_zygote_of_its_own() {
+    let repo = TestRepo::new();
+    repo.commit_project(PYPROJECT, None, WHO_NEEDS_ITS_PROJECT);
+    // pip works offline: the project builds itself.
+    let daemon = TestDaemon::start_with(
+        "zygote_env_uses = 2\n[python]\npip_extra_args = [\"--no-index\", \"--no-build-isolation\"]\n",
+    );
+    let default = zygote_up(&daemon).await;
+    let script = ScriptSpec::Git {
+        script_uri: "git://scripts/observe.py".into(),
+        git_args: GitArgs {
+            git_repo: Some(repo.url().to_owned()),
+            git_branch: None,
+            git_commit: None,
+        },
+        create_env: true,
+    };
+    let mut created = Vec::new();
+    for _ in 0..2 {
+        let ready = daemon
+            .create_script_ready(script.clone(), FunctionArgs::default())
+            .await;
+        assert_state(&ready, Ready);
+        created.push(ready.id);
+    }
+    // Used twice: the environment's interpreter gets a zygote.
+    let line = daemon
+        .log_line("is up (pid")
+        .expect("a zygote of the environment starts");
+    assert!(line.contains("state/envs/"), "{line}");
+    let zygotes = daemon
+        .client()
+        .await
+        .status()
+        .await
+        .expect("status")
+        .zygotes;
+    assert_eq!(zygotes.len(), 2, "{zygotes:?}");
+    let env = zygotes
+        .iter()
+        .find(|z| z.pid != default.pid)
+        .expect("the environment's zygote")
+        .clone();
+    assert!(env.python.contains("state/envs/"), "{env:?}");
+    assert_eq!(env.forks, 0);
+
+    let third = daemon
+        .create_script_ready(script, FunctionArgs::default())
+        .await;
+    assert_state(&third, Ready);
+    let (pid, parent) = pids(&daemon, third.id).await;
+    assert_ne!(pid, env.pid, "no script runs in the zygote");
+    assert_eq!(parent, daemon.pid());
+    let zygotes = daemon
+        .client()
+        .await
+        .status()
+        .await
+        .expect("status")
+        .zygotes;
+    let forks = |pid: u32| zygotes.iter().find(|z| z.pid == pid).map(|z| z.forks);
+    assert_eq!(
+        forks(env.pid),
+        Some(1),
+        "forked by its environment's zygote"
+    );
+    assert_eq!(
+        forks(default.pid),
+        Some(0),
+        "never by the default interpreter's, which lacks the project"
+    );
+    // The environment's procedures run: the project is importable in each.
+    for id in created.into_iter().chain([third.id]) {
+        let done = daemon.run_main(id, FunctionArgs::default()).await;
+        assert_state(&done, Complete);
+    }
 }
