@@ -339,10 +339,28 @@ impl TestDaemon {
     }
 
     /// Sends a signal to the daemon.
+    /// Sends `signal` to oetd. For SIGSTOP, returns once oetd has stopped: until one of
+    /// its threads takes the signal, the others go on serving, so `kill` returning is
+    /// not enough.
     pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
         // SAFETY: kill has no memory-safety preconditions.
         unsafe {
-            libc::kill(self.pid() as i32, signal);
+            libc::kill(pid as i32, signal);
+        }
+        if signal == libc::SIGSTOP {
+            // SAFETY: waitid writes only into `info`, which lives for the call. WNOWAIT
+            // leaves the child waitable for its exit as before.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let waited = unsafe {
+                libc::waitid(libc::P_PID, pid, &mut info, libc::WSTOPPED | libc::WNOWAIT)
+            };
+            assert_eq!(
+                waited,
+                0,
+                "waiting for oetd to stop: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 
