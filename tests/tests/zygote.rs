@@ -12,15 +12,20 @@ async fn zygote_up(daemon: &TestDaemon) -> ZygoteStatus {
     daemon
         .log_line("is up (pid")
         .expect("oetd says its zygote is up");
-    let zygotes = daemon
+    let zygotes = zygotes(daemon).await;
+    assert_eq!(zygotes.len(), 1, "{zygotes:?}");
+    zygotes[0].clone()
+}
+
+/// The zygotes `oetctl status` shows.
+async fn zygotes(daemon: &TestDaemon) -> Vec<ZygoteStatus> {
+    daemon
         .client()
         .await
         .status()
         .await
         .expect("status")
-        .zygotes;
-    assert_eq!(zygotes.len(), 1, "{zygotes:?}");
-    zygotes[0].clone()
+        .zygotes
 }
 
 /// A script that prints its pid and its parent's at import.
@@ -59,13 +64,7 @@ async fn two_creates_get_fresh_workers_forked_by_the_zygote_and_waited_for_by_oe
     // Double-forked by the zygote, reparented to oetd (a child subreaper), which waits
     // for them.
     assert_eq!((one_parent, two_parent), (daemon.pid(), daemon.pid()));
-    let zygotes = daemon
-        .client()
-        .await
-        .status()
-        .await
-        .expect("status")
-        .zygotes;
+    let zygotes = zygotes(&daemon).await;
     assert_eq!(zygotes[0].pid, zygote.pid);
     assert_eq!(zygotes[0].forks, 2, "both were forked by the zygote");
     let done = daemon.run_main(first.id, FunctionArgs::default()).await;
@@ -115,13 +114,7 @@ def main():
             "json False pub False harness False deliver _deliver",
         )
         .await;
-    let zygotes = daemon
-        .client()
-        .await
-        .status()
-        .await
-        .expect("status")
-        .zygotes;
+    let zygotes = zygotes(&daemon).await;
     assert_eq!(
         zygotes[0].forks, 2,
         "both ran in workers forked by the zygote"
@@ -169,13 +162,7 @@ async fn a_killed_zygote_is_replaced_and_creates_succeed_meanwhile() {
     assert_ne!(replaced.pid, zygote.pid);
     let after = daemon.create_ready(&uri, FunctionArgs::default()).await;
     assert_state(&after, Ready);
-    let zygotes = daemon
-        .client()
-        .await
-        .status()
-        .await
-        .expect("status")
-        .zygotes;
+    let zygotes = zygotes(&daemon).await;
     assert_eq!(zygotes[0].pid, replaced.pid);
     assert!(zygotes[0].forks >= 1, "{zygotes:?}");
     let done = daemon.run_main(after.id, FunctionArgs::default()).await;
@@ -218,15 +205,9 @@ async fn a_git_environment_used_again_gets_a_zygote_of_its_own() {
         .log_line("is up (pid")
         .expect("a zygote of the environment starts");
     assert!(line.contains("state/envs/"), "{line}");
-    let zygotes = daemon
-        .client()
-        .await
-        .status()
-        .await
-        .expect("status")
-        .zygotes;
-    assert_eq!(zygotes.len(), 2, "{zygotes:?}");
-    let env = zygotes
+    let both = zygotes(&daemon).await;
+    assert_eq!(both.len(), 2, "{both:?}");
+    let env = both
         .iter()
         .find(|z| z.pid != default.pid)
         .expect("the environment's zygote")
@@ -241,13 +222,7 @@ async fn a_git_environment_used_again_gets_a_zygote_of_its_own() {
     let (pid, parent) = pids(&daemon, third.id).await;
     assert_ne!(pid, env.pid, "no script runs in the zygote");
     assert_eq!(parent, daemon.pid());
-    let zygotes = daemon
-        .client()
-        .await
-        .status()
-        .await
-        .expect("status")
-        .zygotes;
+    let zygotes = zygotes(&daemon).await;
     let forks = |pid: u32| zygotes.iter().find(|z| z.pid == pid).map(|z| z.forks);
     assert_eq!(
         forks(env.pid),
