@@ -98,6 +98,19 @@ fn journal_text(sandbox: &Sandbox) -> String {
         .unwrap_or_default()
 }
 
+/// The sandbox with oetd installed as the package installs it: both binaries, the
+/// `oet` user, the shipped units unchanged, and `config` as /etc/oet/oetd.toml.
+fn with_oetd(builder: SandboxBuilder, config: &str) -> SandboxBuilder {
+    let repo = repo();
+    builder
+        .copy(&oetd_bin(), "/usr/bin/oetd")
+        .copy(&oetctl_bin(), "/usr/bin/oetctl")
+        .file("/etc/oet/oetd.toml", config, 0o644)
+        .sysusers(&repo.join("systemd/sysusers.d/oet.conf"))
+        .unit("oetd.service", &read(&repo.join("systemd/oetd.service")))
+        .unit("oetd.socket", &read(&repo.join("systemd/oetd.socket")))
+}
+
 fn message(entry: &Json) -> &str {
     entry["MESSAGE"].as_str().unwrap_or("")
 }
@@ -108,7 +121,6 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
         oet_tests::skip_unless_ci(&reason);
         return;
     }
-    let repo = repo();
     let builder = SandboxBuilder::new().expect("sandbox directory");
     // The shipped units unchanged; a drop-in only shortens the watchdog so that the test
     // can watch it not fire.
@@ -122,14 +134,8 @@ fn oetd_runs_as_a_socket_activated_service_under_real_systemd() {
     // ProtectHome hides the test's own interpreter under /root and PrivateTmp its temp
     // files: the service gets the system Python and a script under /usr/share.
     let config = "[procedures]\npython = \"/usr/bin/python3\"\nstop_grace_secs = 2.0\n";
-    let sandbox = builder
-        .copy(&oetd_bin(), "/usr/bin/oetd")
-        .copy(&oetctl_bin(), "/usr/bin/oetctl")
-        .file("/etc/oet/oetd.toml", config, 0o644)
+    let sandbox = with_oetd(builder, config)
         .file(SCRIPT, OBSERVE, 0o644)
-        .sysusers(&repo.join("systemd/sysusers.d/oet.conf"))
-        .unit("oetd.service", &read(&repo.join("systemd/oetd.service")))
-        .unit("oetd.socket", &read(&repo.join("systemd/oetd.socket")))
         .boot()
         .expect("boot the sandbox");
 
@@ -339,22 +345,14 @@ fn the_hardened_service_fetches_git_scripts_builds_their_environment_and_runs_th
         oet_tests::skip_unless_ci(&reason);
         return;
     }
-    let repo = repo();
     let project = oet_tests::git::TestRepo::new();
     project.commit_project(oet_tests::git::PYPROJECT, None, NEEDS_ITS_PROJECT);
     // pip works offline: the project builds itself, with no index and no build tools.
     let config = "[procedures]\npython = \"/usr/bin/python3\"\n\n[python]\n\
                   interpreter = \"/usr/bin/python3\"\n\
                   pip_extra_args = [\"--no-index\", \"--no-build-isolation\"]\n";
-    let sandbox = SandboxBuilder::new()
-        .expect("sandbox directory")
-        .copy(&oetd_bin(), "/usr/bin/oetd")
-        .copy(&oetctl_bin(), "/usr/bin/oetctl")
-        .file("/etc/oet/oetd.toml", config, 0o644)
+    let sandbox = with_oetd(SandboxBuilder::new().expect("sandbox directory"), config)
         .copy_dir(project.path(), "/usr/share/oet-test/project")
-        .sysusers(&repo.join("systemd/sysusers.d/oet.conf"))
-        .unit("oetd.service", &read(&repo.join("systemd/oetd.service")))
-        .unit("oetd.socket", &read(&repo.join("systemd/oetd.socket")))
         .boot()
         .expect("boot the sandbox");
     sandbox
