@@ -171,11 +171,16 @@ fn own_children() -> HashSet<i32> {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            == Some("Z")
-    })
+    stat_fields(pid).is_some_and(|fields| fields.split_whitespace().next() == Some("Z"))
+}
+
+/// The fields of `/proc/<pid>/stat` from the state (field 3) on, separated by spaces;
+/// `None` when there is no such process. The command name before them (field 2) may
+/// hold spaces and parentheses, so they are what follows its last `)`.
+pub fn stat_fields(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, fields) = stat.rsplit_once(')')?;
+    Some(fields.to_owned())
 }
 
 #[cfg(test)]

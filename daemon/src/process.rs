@@ -93,10 +93,9 @@ impl ProcessGroup {
             .filter_map(|entry| {
                 let entry = entry.ok()?;
                 let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                // Fields after the parenthesised command name: state, ppid, pgrp, ...
-                let rest = &stat[stat.rfind(')')? + 1..];
-                let mut fields = rest.split_whitespace();
+                // state, ppid, pgrp, ...
+                let stat = crate::children::stat_fields(pid)?;
+                let mut fields = stat.split_whitespace();
                 let state = fields.next()?;
                 let group: i32 = fields.nth(1)?.parse().ok()?;
                 (group == pgid && state != "Z" && state != "X").then_some(pid)

@@ -12,10 +12,7 @@ use crate::store::Interrupted;
 /// `/proc/<pid>/stat`): with the PID, it names one process, never a later one given the
 /// same PID. `None` when there is no such process.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses; fields 3.. follow the
-    // last ')'.
-    let (_, fields) = stat.rsplit_once(')')?;
+    let fields = crate::children::stat_fields(i32::try_from(pid).ok()?)?;
     fields.split_whitespace().nth(19)?.parse().ok()
 }
 
