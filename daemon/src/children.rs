@@ -106,11 +106,10 @@ pub fn starting() -> Starting {
 }
 
 /// Watches child `pid` (which must be oetd's child: spawned by it, or reparented to it).
+/// If it exited before it was watched, the reap when `_starting` ends finds it.
 pub fn watch(pid: u32, _starting: &Starting) -> Exit {
     let (sender, receiver) = oneshot::channel();
     table().watched.insert(pid as i32, sender);
-    // It may have exited before it was watched.
-    reap();
     Exit {
         receiver,
         status: None,
@@ -235,5 +234,34 @@ mod tests {
             !own_children().contains(&orphan),
             "the orphan {orphan} was not reaped"
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exits_before_it_is_watched_is_reaped_when_its_start_ends() {
+        // No SIGCHLD task (no `start`): only the end of the start may reap the child.
+        let starting = starting();
+        #[allow(clippy::zombie_processes)]
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 4"])
+            .spawn()
+            .expect("sh");
+        let pid = child.id();
+        // Until it has exited (WNOWAIT: still to be reaped).
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: waitid writes only into `info`, which lives for the call.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let waited =
+                unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            assert_eq!(waited, 0, "{}", io::Error::last_os_error());
+        })
+        .await
+        .expect("waited");
+        let mut exit = watch(pid, &starting);
+        drop(starting);
+        let status = tokio::time::timeout(std::time::Duration::from_secs(60), exit.wait())
+            .await
+            .expect("the child is reaped once its start ends")
+            .expect("status");
+        assert_eq!(status.code(), Some(4));
     }
 }
